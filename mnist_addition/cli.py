@@ -1,0 +1,175 @@
+"""Command line: ``mnist-addition train|evaluate``. Train flags are generated from TrainConfig."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
+from .data import DataError
+from .runs import RunError
+
+EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are suppressed so we know what the user typed."""
+    hints = typing.get_type_hints(TrainConfig)
+    groups = {False: parser.add_argument_group("training (hyperparameters)"),
+              True: parser.add_argument_group("infrastructure (do not change the maths)")}
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        if typing.get_origin(kind) is not None:  # Optional[X] -> X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        meta = f.metadata
+        default = "preset's" if f.name not in ("preset", "seed", "data_dir", "output_dir") else f.default
+        groups[meta["infra"]].add_argument(
+            flag(f.name), dest=f.name, type=kind, choices=meta["choices"], default=argparse.SUPPRESS,
+            metavar=None if meta["choices"] else f.name.split("_")[-1].upper(),
+            help=f"{meta['help']} (default: {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mnist-addition", description="Digit and digit+number classification on MNIST.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model and write a run folder",
+                           description="Train a model. Precedence: preset < --config file < --smoke < flags.")
+    train.add_argument("--config", type=Path, help="JSON file of TrainConfig fields (e.g. a run's config.json)")
+    train.add_argument("--smoke", action="store_true",
+                       help=f"single-CPU smoke test: {', '.join(f'{k}={v}' for k, v in SMOKE_OVERRIDES.items())}")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
+    train.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    add_config_flags(train)
+
+    ev = sub.add_parser("evaluate", help="re-evaluate a saved model on the test set")
+    ev.add_argument("run_dir", type=Path, help="a run folder written by 'mnist-addition train'")
+    ev.add_argument("--data-dir", help="folder with MNIST/raw/*-ubyte (default: the run's, then $MNIST_ADDITION_DATA)")
+    ev.add_argument("--all-numbers", action="store_true", help="pair every test image with all ten numbers (100,000 pairs)")
+    ev.add_argument("--json", action="store_true", help="print metrics as JSON")
+    ev.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """preset defaults < --config file < --smoke < explicit flags."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    explicit = {k: v for k, v in vars(args).items() if k in names}
+    values: dict[str, Any] = TrainConfig.load(args.config).to_dict() if args.config else {}
+    if args.smoke:
+        values.update(SMOKE_OVERRIDES)
+    values.update(explicit)
+    return TrainConfig.from_dict(values, source="the command line")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .data import load_mnist, make_splits
+    from .runs import default_run_dir, prepare_run_dir
+
+    config = config_from_args(args)
+    run_dir = prepare_run_dir(config.output_dir or default_run_dir(), overwrite=args.overwrite)
+    config = config.replace(output_dir=str(run_dir))
+    console = Console(stderr=True)
+    data = make_splits(load_mnist(config.data_dir, download=not args.no_download), config.val_size,
+                       config.train_limit, config.eval_limit)
+
+    from .train import fit  # imported late: Accelerate is slow to import and not needed for --help
+
+    def printer(row: dict[str, Any]) -> None:
+        console.print(f"epoch {row['epoch']}/{config.epochs}  train loss {row['train_loss']:.4f}  "
+                      f"val digit {100 * row['val_digit_acc']:.2f}%  sum {100 * row['val_sum_acc']:.2f}%  "
+                      f"{row['images_per_s']:,.0f} img/s")
+
+    console.print(f"[bold]training[/] preset={config.preset} width={config.width} epochs={config.epochs} "
+                  f"batch={config.batch_size} lr={config.lr:g} seed={config.seed} -> {run_dir}")
+    try:
+        final = fit(config, report=printer, data=data)
+    except KeyboardInterrupt:
+        console.print(f"[red]interrupted[/]: {run_dir} keeps config.json and the finished epochs in metrics.jsonl")
+        return EXIT_INTERRUPTED
+    if final["setup"]["num_processes"] == 1 or _is_main():
+        _print_results(console, final, run_dir)
+    return 0
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _print_results(console: Any, final: dict[str, Any], run_dir: Path | None) -> None:
+    from rich.table import Table
+
+    table = Table(title="Results" + (f" - {run_dir}" if run_dir else ""))
+    table.add_column("split")
+    for col in ("digit acc", "sum acc", "both acc", "sum right, digit wrong", "loss", "images"):
+        table.add_column(col, justify="right")
+    for split in ("val", "test"):
+        m = final.get(split)
+        if m:
+            table.add_row(split, f"{100 * m['digit_acc']:.2f}%", f"{100 * m['sum_acc']:.2f}%",
+                          f"{100 * m['both_acc']:.2f}%", str(m["sum_right_digit_wrong"]), f"{m['loss']:.4f}",
+                          f"{m['n']:,}")
+    console.print(table)
+    if "params" in final:
+        console.print(f"{final['params']:,} parameters, {final['train_seconds']:.1f} s of training "
+                      f"({final['images_per_s']:,.0f} img/s, {final['setup']['mixed_precision']} precision)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from .data import load_mnist, make_splits
+    from .evaluate import evaluate_all_numbers, evaluate_counts
+    from .metrics import summarize
+    from .runs import load_run
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config, model = load_run(args.run_dir, device=device)
+    setup = json.loads((args.run_dir / "config.json").read_text()).get("setup", {})
+    data_dir = args.data_dir or config.data_dir
+    test = make_splits(load_mnist(data_dir, download=not args.no_download), config.val_size).test.to(device)
+    # Same precision as training, so the figures match the run's metrics.json.
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=setup.get("mixed_precision") == "bf16"):
+        counts = (evaluate_all_numbers if args.all_numbers else evaluate_counts)(
+            model, test, config.eval_batch_size, config.sum_weight)
+    metrics = summarize(counts)
+    if args.json:
+        print(json.dumps({"test": metrics, "all_numbers": args.all_numbers}))
+    else:
+        pairs = "every test image x all 10 numbers" if args.all_numbers else "official test set, fixed numbers"
+        _print_results(Console(), {"test": metrics}, None)
+        Console().print(f"{pairs}: {metrics['n']:,} pairs")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except (ConfigError, RunError) as e:
+        print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except DataError as e:
+        print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_DATA
+
+
+if __name__ == "__main__":
+    sys.exit(main())

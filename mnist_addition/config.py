@@ -1,0 +1,201 @@
+"""TrainConfig: the single source of truth for a run.
+
+CLI flags are generated from the fields (see ``cli.py``), a Tune search space is checked against
+the field names, and the resolved config is written into every run folder as ``config.json``.
+Presets only change defaults: ``TrainConfig.from_preset("seed", epochs=3)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("fast", "seed")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or unknown; the message names the flag and the fix."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, infra: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "infra": infra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the ``fast`` preset."""
+
+    # --- what is trained ---------------------------------------------------------------------
+    preset: str = _f("fast", "model and recipe preset: 'fast' (our default) or 'seed' (the 6.4M reference)", PRESETS)
+    width: int = _f(16, "channels of the first conv layer; later layers use 2x and 4x (fast only; seed is fixed at 32)")
+    # --- optimisation ------------------------------------------------------------------------
+    epochs: int = _f(2, "passes over the 55,000 training images")
+    batch_size: int = _f(256, "images per optimizer step (global, summed over processes)")
+    lr: float = _f(8e-3, "peak learning rate")
+    optimizer: str = _f("adamw", "optimizer", ("adamw", "sgd"))
+    momentum: float = _f(0.9, "SGD momentum (AdamW beta1)")
+    weight_decay: float = _f(5e-4, "decoupled weight decay on conv/linear weights")
+    schedule: str = _f("onecycle", "learning-rate schedule", ("onecycle", "constant"))
+    warmup: float = _f(0.2, "fraction of the steps spent warming up (onecycle only)")
+    sum_weight: float = _f(0.5, "loss = (1 - w) * CE(digit) + w * CE(sum); 0.5 is the seed's plain average")
+    label_smoothing: float = _f(0.0, "label smoothing for both cross-entropies")
+    shift: int = _f(1, "random translation of training images by up to this many pixels (0 = off)")
+    seed: int = _f(0, "seed for initialisation, data order, training numbers and augmentation")
+    # --- data sizes --------------------------------------------------------------------------
+    val_size: int = _f(5000, "images held out of the official training set for validation")
+    train_limit: int = _f(0, "use only the first N training images (0 = all); for smoke tests")
+    eval_limit: int = _f(0, "evaluate on only the first N validation/test images (0 = all)")
+    # --- infrastructure (do not change the maths) ---------------------------------------------
+    mixed_precision: str = _f("auto", "'auto' = bf16 where the hardware runs it natively, else 'no'", MIXED_PRECISION, infra=True)
+    gradient_accumulation_steps: int = _f(1, "split each batch into K micro-batches", infra=True)
+    eval_batch_size: int = _f(1000, "images per evaluation forward pass", infra=True)
+    log_every: int = _f(20, "refresh progress (one CPU-GPU sync) every N steps", infra=True)
+    data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte (default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)", infra=True)
+    output_dir: str | None = _f(None, "run folder (default: runs/<timestamp>)", infra=True)
+
+    def __post_init__(self) -> None:
+        self._coerce_types()
+        self._check()
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: str = "fast", **overrides: Any) -> "TrainConfig":
+        """Preset defaults, then ``overrides`` (unknown keys are an error)."""
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}: use --preset {' or --preset '.join(PRESETS)}")
+        check_keys(overrides, "override")
+        return cls(**{**PRESET_DEFAULTS[preset], **overrides, "preset": preset})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from a dict such as a ``config.json``; extra bookkeeping keys are ignored."""
+        data = {k: v for k, v in data.items() if k not in BOOKKEEPING_KEYS}
+        check_keys(data, source)
+        preset = data.pop("preset", "fast")
+        return cls.from_preset(preset, **data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a JSON config file (as written into a run folder, or by a sweep)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist: check the path given to --config") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid JSON ({e}): fix or regenerate it") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object of TrainConfig fields")
+        if "config" in data and isinstance(data["config"], dict):  # a run folder's config.json
+            data = data["config"]
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        check_keys(changes, "replace")
+        return dataclasses.replace(self, **changes)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _coerce_types(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = hints[f.name]
+            optional = _is_optional(kind)
+            if optional:
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            if value is None:
+                if optional:
+                    continue
+                raise ConfigError(f"{flag(f.name)} needs a value")
+            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = float(value)
+            elif kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"{flag(f.name)} must be {kind.__name__}, got {value!r}")
+            object.__setattr__(self, f.name, value)
+
+    def _check(self) -> None:
+        def need(ok: bool, name: str, what: str, fix: str) -> None:
+            if not ok:
+                raise ConfigError(f"{flag(name)} {what} (got {getattr(self, name)!r}): {fix}")
+
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                need(False, f.name, "is not a known choice", "use one of " + ", ".join(choices))
+        need(self.epochs >= 1, "epochs", "must be at least 1", "train for one or more epochs")
+        need(self.batch_size >= 1, "batch_size", "must be at least 1", "use e.g. --batch-size 256")
+        need(self.lr > 0, "lr", "must be > 0", "use e.g. --lr 0.004")
+        need(self.width >= 1, "width", "must be at least 1", "use e.g. --width 16")
+        need(self.preset != "seed" or self.width == 32, "width", "is fixed at 32 for the seed preset",
+             "drop --width, or use --preset fast")
+        need(0.0 <= self.sum_weight <= 1.0, "sum_weight", "must be in [0, 1]", "use e.g. --sum-weight 0.5")
+        need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)", "use e.g. --momentum 0.9")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0", "use 0 to turn it off")
+        need(0.0 < self.warmup < 1.0, "warmup", "must be in (0, 1)", "use e.g. --warmup 0.2")
+        need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", "use 0 to turn it off")
+        need(0 <= self.shift <= 8, "shift", "must be in 0..8 pixels", "use 0 to turn augmentation off")
+        need(self.seed >= 0, "seed", "must be >= 0", "use a non-negative integer")
+        need(self.val_size >= 1, "val_size", "must be at least 1", "use e.g. --val-size 5000")
+        need(self.train_limit >= 0, "train_limit", "must be >= 0", "use 0 for all training images")
+        need(self.eval_limit >= 0, "eval_limit", "must be >= 0", "use 0 for all images")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1",
+             "use 1 to turn accumulation off")
+        need(self.batch_size % self.gradient_accumulation_steps == 0, "gradient_accumulation_steps",
+             f"must divide --batch-size {self.batch_size}", "pick a divisor of the batch size")
+        need(self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1", "use e.g. --eval-batch-size 1000")
+        need(self.log_every >= 1, "log_every", "must be at least 1", "use e.g. --log-every 20")
+
+
+# The seed recipe: SGD lr 0.01 momentum 0.7, batch 128, 25 epochs, plain average of the losses,
+# no augmentation, no weight decay, constant learning rate.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "seed": dict(width=32, epochs=25, batch_size=128, lr=0.01, optimizer="sgd", momentum=0.7,
+                 weight_decay=0.0, schedule="constant", sum_weight=0.5, label_smoothing=0.0, shift=0,
+                 mixed_precision="no"),
+}
+
+# Written next to the config in a run folder's config.json; ignored when a config is read back.
+BOOKKEEPING_KEYS = frozenset({"versions", "git_commit", "setup", "created"})
+
+# What --smoke sets (explicit flags still win): a small subset and one short epoch.
+SMOKE_OVERRIDES: dict[str, Any] = dict(epochs=1, train_limit=10_000, batch_size=128, eval_limit=1000)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def flag(name: str) -> str:
+    """``batch_size`` -> ``--batch-size``: how users see a field."""
+    return "--" + name.replace("_", "-")
+
+
+def check_keys(data: dict[str, Any], source: str) -> None:
+    """Reject keys that are not TrainConfig fields, naming the first one."""
+    known = set(field_names())
+    for key in data:
+        if key not in known:
+            close = [k for k in known if k.startswith(str(key)[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint}: remove it; known keys are TrainConfig fields")
+
+
+def _is_optional(kind: Any) -> bool:
+    origin = typing.get_origin(kind)
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)

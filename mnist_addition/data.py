@@ -1,0 +1,266 @@
+"""MNIST raw IDX files -> in-memory tensors; the paired (image, number) task; batching.
+
+The whole dataset lives in memory (on the training device) as one tensor: a batch is a slice of a
+seeded permutation, augmentation is batch-wise, and there is no per-sample Python in the hot path.
+Only torch (and torchvision, lazily, for the download) is needed here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+ENV_DATA_DIR = "MNIST_ADDITION_DATA"
+DEFAULT_DATA_DIR = "~/.cache/mnist-addition"
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MEAN, STD = 0.1307, 0.3081  # of the official training images, the usual MNIST normalisation
+
+# Fixed seeds, independent of the run's --seed, so that every model (every seed, every sweep
+# trial) is validated on the same 5,000 images and tested on the same (image, number) pairs.
+SPLIT_SEED = 20_231_129
+VAL_NUMBERS_SEED = 1
+TEST_NUMBERS_SEED = 2
+
+_IDX_DTYPES = {0x08: torch.uint8}
+
+
+class DataError(RuntimeError):
+    """The data folder or a file in it is unusable; the message names it and says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------------
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """--data-dir, else $MNIST_ADDITION_DATA, else ~/.cache/mnist-addition."""
+    chosen = data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser()
+
+
+def find_raw_dir(root: Path) -> Path | None:
+    """The folder holding the four IDX files: root/MNIST/raw (torchvision's layout), root/raw or root."""
+    for candidate in (root / "MNIST" / "raw", root / "raw", root):
+        if all((candidate / name).is_file() for name in FILES.values()):
+            return candidate
+    return None
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """Read one IDX file (the MNIST format: magic, big-endian dims, raw bytes) into a uint8 tensor."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in _IDX_DTYPES or not 1 <= blob[3] <= 4:
+        raise DataError(f"{path} is not an MNIST IDX file (bad magic number {blob[:4].hex() or 'empty'}): "
+                        "replace it with the original file")
+    ndim = blob[3]
+    header = 4 + 4 * ndim
+    if len(blob) < header:
+        raise DataError(f"{path} is truncated (header cut short): replace it with the original file")
+    dims = [int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    size = 1
+    for d in dims:
+        size *= d
+    if len(blob) != header + size:
+        raise DataError(f"{path} has {len(blob) - header} data bytes but its header promises {size} "
+                        f"(shape {tuple(dims)}): the file is truncated or corrupt, replace it with the original")
+    data = torch.frombuffer(bytearray(blob[header:]), dtype=_IDX_DTYPES[blob[2]])
+    return data.reshape(dims)
+
+
+def download_mnist(root: Path) -> None:
+    """Fetch the official files with torchvision into root/MNIST/raw, one process at a time."""
+    from filelock import FileLock  # several processes or trials may start at once
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".mnist-download.lock")):
+        if find_raw_dir(root) is not None:  # another process finished while we waited
+            return
+        from torchvision.datasets import MNIST
+
+        for train in (True, False):
+            MNIST(str(root), train=train, download=True)
+
+
+@dataclass
+class Mnist:
+    """The official MNIST arrays: uint8 images (N, 28, 28) and int64 labels (N,)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> Mnist:
+    """Read (downloading first, if allowed and needed) the four MNIST files into memory."""
+    root = resolve_data_dir(data_dir)
+    raw = find_raw_dir(root)
+    if raw is None and download:
+        try:
+            download_mnist(root)
+        except Exception as e:  # offline, proxy, disk full...: all end the same way for the user
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise DataError(_missing_message(root, f"download failed: {reason}")) from None
+        raw = find_raw_dir(root)
+    if raw is None:
+        raise DataError(_missing_message(root, "download disabled" if not download else "download gave no files"))
+    arrays = {key: read_idx(raw / name) for key, name in FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
+            raise DataError(f"{raw / FILES[split + '_images']} holds shape {tuple(images.shape)}, not N x 28 x 28: "
+                            "replace it with the original file")
+        if labels.dim() != 1 or len(labels) != len(images):
+            raise DataError(f"{raw / FILES[split + '_labels']} has {labels.numel()} labels for {len(images)} images: "
+                            "the image and label files do not belong together")
+        if len(labels) and int(labels.max()) > 9:
+            raise DataError(f"{raw / FILES[split + '_labels']} has labels above 9: replace it with the original file")
+        arrays[f"{split}_labels"] = labels.long()
+    return Mnist(**arrays)
+
+
+def _missing_message(root: Path, why: str) -> str:
+    return (f"MNIST not found in {root} (looked for MNIST/raw/train-images-idx3-ubyte and the other 3 files; {why}): "
+            f"pass --data-dir pointing to a folder that holds MNIST/raw/*-ubyte, or set {ENV_DATA_DIR}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The paired task
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    """One split on one device: normalised images (N, 1, 28, 28), digits (N,), numbers (N,) or None."""
+
+    images: torch.Tensor
+    digits: torch.Tensor
+    numbers: torch.Tensor | None  # None for train: drawn fresh every epoch
+
+    def __len__(self) -> int:
+        return len(self.digits)
+
+    def to(self, device: torch.device | str) -> "Split":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Split(move(self.images), move(self.digits), move(self.numbers))
+
+
+@dataclass
+class PairedMnist:
+    train: Split
+    val: Split
+    test: Split
+
+
+def normalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), zero mean / unit variance over MNIST."""
+    return ((images_u8.float() / 255.0 - MEAN) / STD).unsqueeze(1)
+
+
+def fixed_numbers(n: int, seed: int) -> torch.Tensor:
+    """The same number r in 0..9 for image i every time (val/test): every model sees the same pairs."""
+    return torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def train_numbers(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Fresh numbers for every training image every epoch, reproducible from (seed, epoch)."""
+    return torch.randint(0, 10, (n,), generator=epoch_generator(seed, epoch, stream=1))
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """An independent CPU generator per (seed, epoch, stream): order, numbers and shifts don't interact."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 8 + stream) % (2**63))
+
+
+def make_splits(mnist: Mnist, val_size: int = 5000, train_limit: int = 0, eval_limit: int = 0) -> PairedMnist:
+    """55,000 train / 5,000 val (fixed split of the official train set) and the official test set."""
+    n = len(mnist.train_labels)
+    if val_size >= n:
+        raise DataError(f"--val-size {val_size} leaves no training images (the training file has {n}): use a smaller value")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if train_limit:
+        train_idx = train_idx[:train_limit]
+    if eval_limit:
+        val_idx = val_idx[:eval_limit]
+    val_numbers = fixed_numbers(val_size, VAL_NUMBERS_SEED)[: len(val_idx)]
+    test_numbers = fixed_numbers(len(mnist.test_labels), TEST_NUMBERS_SEED)
+    test_images, test_labels = mnist.test_images, mnist.test_labels
+    if eval_limit:
+        test_images, test_labels, test_numbers = test_images[:eval_limit], test_labels[:eval_limit], test_numbers[:eval_limit]
+    return PairedMnist(
+        train=Split(normalize(mnist.train_images[train_idx]), mnist.train_labels[train_idx], None),
+        val=Split(normalize(mnist.train_images[val_idx]), mnist.train_labels[val_idx], val_numbers),
+        test=Split(normalize(test_images), test_labels, test_numbers),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Batching
+# ------------------------------------------------------------------------------------------------
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, numbers, digits, sums
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by its own (dy, dx) in [-max_shift, max_shift], filling with background.
+
+    Batch-wise: pad once, then gather rows and columns with per-image offsets.
+    """
+    if max_shift == 0:
+        return images
+    b, c, h, w = images.shape  # (B, 1, 28, 28)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).to(images.device)
+    background = images.amin(dim=(1, 2, 3), keepdim=True)  # normalised black
+    padded = torch.nn.functional.pad(images - background, (max_shift,) * 4) + background
+    rows = (torch.arange(h, device=images.device)[None, :] + offsets[0][:, None])  # (B, H)
+    cols = (torch.arange(w, device=images.device)[None, :] + offsets[1][:, None])  # (B, W)
+    padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * max_shift))
+    return padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: int = 0,
+                  rank: int = 0, world: int = 1, drop_last: bool = True) -> Iterator[Batch]:
+    """One epoch of shuffled training batches; numbers and shifts are fresh per (seed, epoch).
+
+    With ``world`` processes each global batch of ``batch_size`` is cut into ``world`` equal shards
+    and this process yields shard ``rank``: all processes step in lock-step on disjoint images.
+    """
+    n = len(split)
+    device = split.images.device
+    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, stream=0)).to(device)
+    numbers = train_numbers(n, seed, epoch).to(device)
+    shift_gen = epoch_generator(seed, epoch, stream=2)
+    per_rank = batch_size // world
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = perm[start:start + batch_size]
+        idx = idx[rank * per_rank:(rank + 1) * per_rank] if world > 1 else idx
+        images = random_shift(split.images[idx], shift, shift_gen)
+        digits = split.digits[idx]
+        r = numbers[idx]
+        yield images, r, digits, digits + r
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def eval_batches(split: Split, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+    """The split in order, each process taking a disjoint contiguous shard (no sample twice)."""
+    n = len(split)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    assert split.numbers is not None, "evaluation splits carry fixed numbers"
+    for start in range(lo, hi, batch_size):
+        end = min(start + batch_size, hi)
+        digits, r = split.digits[start:end], split.numbers[start:end]
+        yield split.images[start:end], r, digits, digits + r

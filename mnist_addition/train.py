@@ -1,0 +1,203 @@
+"""The training loop: the only core module that imports Accelerate.
+
+``fit(config, report)`` trains, validates every epoch, tests once at the end and returns the final
+metrics. The same code runs as one CPU process, on one GPU, or data-parallel under
+``accelerate launch``: ``--batch-size`` is the global batch, and each process takes an equal
+shard of every global batch, so the learning rate needs no rescaling.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+
+from . import runs
+from .config import ConfigError, TrainConfig
+from .data import PairedMnist, load_mnist, make_splits, steps_per_epoch, train_batches
+from .evaluate import evaluate_counts
+from .metrics import loss_fn, summarize
+from .model import build_model, count_parameters, param_groups
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def resolve_mixed_precision(requested: str, cuda: bool) -> str:
+    """'auto' -> 'bf16' where the hardware has native bf16 (Ampere+ GPUs, AMX/AVX512-BF16 CPUs), else 'no'."""
+    if requested != "auto":
+        return requested
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16" if native else "no"
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """A fresh Accelerator for one run (several runs may share a process: benchmarks, tests, sweeps)."""
+    # Accelerate keeps mixed precision and accumulation in process-wide singletons and refuses a
+    # second Accelerator with other settings. Reset them (not the distributed PartialState, which
+    # owns the process group) so that each fit() gets exactly its config's settings.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    cuda = torch.cuda.is_available()
+    # cpu=True without CUDA: otherwise several CPU processes would each train alone instead of DDP/gloo.
+    return Accelerator(cpu=not cuda, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
+                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
+    groups = param_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=config.warmup,
+            cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | None = None,
+        progress: bool = True, test_every_epoch: bool = False) -> dict[str, Any]:
+    """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
+
+    ``data`` skips reading MNIST (tests and benchmarks pass their own). When ``config.output_dir``
+    is set, the main process writes the run folder there (the caller checked it may). With
+    ``test_every_epoch`` the test set is also scored each epoch (benchmarks only: never for selection).
+    """
+    accelerator = make_accelerator(config)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro = config.gradient_accumulation_steps
+    if config.batch_size % (world * micro):
+        raise ConfigError(f"--batch-size {config.batch_size} is not divisible by {world} processes x "
+                          f"{micro} accumulation steps: pick a multiple of {world * micro}")
+    set_seed(config.seed)  # model initialisation; data order has its own (seed, epoch) generators
+
+    if data is None:
+        data = make_splits(load_mnist(config.data_dir), config.val_size, config.train_limit, config.eval_limit)
+    if len(data.train) < config.batch_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images: "
+                          "use a smaller batch")
+    device = accelerator.device
+    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
+
+    model = build_model(config.preset, config.width).to(memory_format=torch.channels_last)
+    n_params = count_parameters(model)
+    steps = steps_per_epoch(len(train), config.batch_size)
+    optimizer, scheduler = make_optimizer(model, config, total_steps=steps * config.epochs)
+    # The scheduler is not prepared: Accelerate would step it once per process, but each of our
+    # steps already consumes a whole global batch.
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    main = accelerator.is_main_process
+    run_dir = Path(config.output_dir) if config.output_dir else None
+    setup = {"num_processes": world, "distributed_type": str(accelerator.distributed_type.value),
+             "mixed_precision": accelerator.mixed_precision, "device": str(device),
+             "global_batch_size": config.batch_size, "per_process_batch_size": config.batch_size // world,
+             "micro_batch_size": config.batch_size // world // micro, "params": n_params}
+    if run_dir and main:
+        runs.write_config(run_dir, config, setup)
+
+    def scored(split) -> dict[str, Any]:
+        counts = accelerator.reduce(evaluate_counts(model, split, config.eval_batch_size, config.sum_weight,
+                                                    rank, world), reduction="sum")
+        return summarize(counts)
+
+    history: list[dict[str, Any]] = []
+    train_seconds = 0.0
+    bar = _Progress(enabled=progress and main, epochs=config.epochs, steps=steps)
+    with bar:
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            bar.start_epoch(epoch)
+            start = time.perf_counter()
+            for step, (images, numbers, digits, sums) in enumerate(
+                    train_batches(train, config.batch_size, config.seed, epoch, config.shift, rank, world), 1):
+                for chunk in range(micro):  # gradient accumulation: micro-batches of one global batch
+                    part = slice(chunk * len(digits) // micro, (chunk + 1) * len(digits) // micro)
+                    with accelerator.accumulate(model):
+                        digit_logits, sum_logits = model(images[part], numbers[part])
+                        loss = loss_fn(digit_logits, sum_logits, digits[part], sums[part], config.sum_weight,
+                                       config.label_smoothing)
+                        accelerator.backward(loss)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    loss_sum += loss.detach() / micro
+                scheduler.step()
+                if step % config.log_every == 0 or step == steps:
+                    # .item() is a device sync: only at log intervals
+                    bar.update(step, loss_sum.item() / step, step * config.batch_size / (time.perf_counter() - start))
+            epoch_seconds = time.perf_counter() - start
+            train_seconds += epoch_seconds
+            train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            row.update({f"val_{k}": v for k, v in scored(val).items()})
+            if test_every_epoch:
+                row.update({f"test_{k}": v for k, v in scored(test).items()})
+            row.update({"images_per_s": steps * config.batch_size / epoch_seconds, "epoch_seconds": epoch_seconds,
+                        "train_seconds": train_seconds, "lr": scheduler.get_last_lr()[0]})
+            history.append(row)
+            if run_dir and main:
+                runs.append_jsonl(run_dir / "metrics.jsonl", row)
+            if report is not None:
+                report(row)
+
+    final = {"val": _strip(history[-1], "val_"), "test": scored(test), "params": n_params,
+             "train_seconds": train_seconds, "epochs": config.epochs,
+             "images_per_s": steps * config.batch_size * config.epochs / train_seconds, "setup": setup}
+    if run_dir and main:
+        unwrapped = accelerator.unwrap_model(model)
+        runs.save_weights(unwrapped, run_dir / "model.safetensors", config)
+        runs.write_json(run_dir / "metrics.json", final)
+        from .plots import plot_curves
+
+        plot_curves(history, run_dir / "curves.png", title=f"{config.preset} (width {config.width}), seed {config.seed}")
+    accelerator.wait_for_everyone()
+    final["history"] = history
+    return final
+
+
+def _strip(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
+
+
+class _Progress:
+    """A rich epoch/step bar with loss and throughput, or nothing (non-main processes, tests)."""
+
+    def __init__(self, enabled: bool, epochs: int, steps: int) -> None:
+        self.enabled, self.epochs, self.steps = enabled, epochs, steps
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                                     TextColumn("{task.fields[speed]:,.0f} img/s"), TimeElapsedColumn(), transient=False)
+            self.task = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.enabled:
+            self.task = self.progress.add_task("train", total=self.steps, epoch=epoch, epochs=self.epochs,
+                                               loss=float("nan"), speed=0.0)
+
+    def update(self, step: int, loss: float, speed: float) -> None:
+        if self.enabled:
+            self.progress.update(self.task, completed=step, loss=loss, speed=speed)

@@ -1,0 +1,129 @@
+"""The command line as a user meets it: run folders, evaluate, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mnist_addition.cli import main
+
+from .conftest import REAL_MNIST
+
+TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
+        "--mixed-precision", "no"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run1"
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_the_run_folder(run_dir):
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["width"] == 8 and config["setup"]["num_processes"] == 1
+    assert {"torch", "accelerate"} <= set(config["versions"])
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in lines] == [1, 2]
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert set(final) >= {"val", "test", "params", "train_seconds"}
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_run_is_not_overwritten(run_dir, mnist_dir, capsys):
+    before = (run_dir / "model.safetensors").read_bytes()
+    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run_dir), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err and "\n" not in err
+    assert (run_dir / "model.safetensors").read_bytes() == before
+
+
+def test_config_json_reproduces_the_run(run_dir, mnist_dir, tmp_path):
+    out = tmp_path / "again"
+    assert main(["train", "--config", str(run_dir / "config.json"), "--output-dir", str(out)]) == 0
+    a = json.loads((run_dir / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    assert a["test"] == b["test"]
+
+
+def test_evaluate_matches_training_metrics(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["test"]
+    want = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert got["digit_acc"] == want["digit_acc"] and got["sum_acc"] == want["sum_acc"] and got["n"] == want["n"]
+
+
+def test_evaluate_all_numbers_pairs_every_image_with_every_number(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--all-numbers", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["all_numbers"] and got["test"]["n"] == 10 * 200
+
+
+def test_smoke_sets_small_run_and_flags_still_win(mnist_dir, tmp_path):
+    from mnist_addition.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--smoke", "--epochs", "2"])
+    config = config_from_args(args)
+    assert config.epochs == 2 and config.train_limit == 10_000 and config.batch_size == 128 and config.eval_limit == 1000
+
+
+@pytest.mark.parametrize("argv,code,match", [
+    (["train", "--lr", "-1"], 2, "--lr must be > 0"),
+    (["train", "--lr", "abc"], 2, "argument --lr: invalid float value: 'abc'"),
+    (["train", "--preset", "huge"], 2, "argument --preset: invalid choice"),
+    (["train", "--sum-weight", "2"], 2, "--sum-weight must be in [0, 1]"),
+    (["train", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    (["evaluate", "/nonexistent/run"], 2, "run folder /nonexistent/run does not exist"),
+])
+def test_bad_usage_is_one_line_and_exit_2(argv, code, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no stray runs/ folders
+    try:
+        got = main(argv)
+    except SystemExit as e:  # argparse
+        got = e.code
+    err = capsys.readouterr().err.strip()
+    assert got == code and match in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_data_is_one_line_exit_1(tmp_path, capsys):
+    code = main(["train", "--no-download", "--data-dir", str(tmp_path / "nowhere"),
+                 "--output-dir", str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "MNIST not found in" in err and "--data-dir" in err and "\n" not in err
+
+
+def test_evaluate_refuses_a_run_without_weights(run_dir, tmp_path, capsys):
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "config.json").write_text((run_dir / "config.json").read_text())
+    assert main(["evaluate", str(half)]) == 2
+    assert "has no model.safetensors" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_corrupt_weights(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((run_dir / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes()[:100])
+    assert main(["evaluate", str(bad)]) == 2
+    assert "is unreadable" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "mnist_addition", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--sum-weight" in out.stdout and "--smoke" in out.stdout
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
+def test_smoke_on_real_mnist(tmp_path):
+    out = tmp_path / "smoke"
+    assert main(["train", "--smoke", "--no-download", "--data-dir", str(REAL_MNIST), "--output-dir", str(out)]) == 0
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["test"]["n"] == 1000 and final["test"]["digit_acc"] > 0.9 and final["test"]["sum_acc"] > 0.9

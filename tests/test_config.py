@@ -1,0 +1,83 @@
+"""TrainConfig: validation, presets, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mnist_addition.config import ConfigError, TrainConfig
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(lr=0.0), r"--lr must be > 0"),
+    (dict(lr=-1e-3), r"--lr must be > 0"),
+    (dict(width=0), r"--width must be at least 1"),
+    (dict(sum_weight=1.5), r"--sum-weight must be in \[0, 1\]"),
+    (dict(sum_weight=-0.1), r"--sum-weight must be in \[0, 1\]"),
+    (dict(epochs=0), r"--epochs must be at least 1"),
+    (dict(batch_size=0), r"--batch-size must be at least 1"),
+    (dict(optimizer="lbfgs"), r"--optimizer is not a known choice.*adamw, sgd"),
+    (dict(shift=9), r"--shift must be in 0..8"),
+    (dict(batch_size=100, gradient_accumulation_steps=3), r"--gradient-accumulation-steps must divide"),
+    (dict(epochs="three"), r"--epochs must be int, got 'three'"),
+    (dict(epochs=True), r"--epochs must be int"),
+    (dict(mixed_precision="fp8"), r"--mixed-precision is not a known choice"),
+])
+def test_bad_values_are_rejected_with_the_flag_name(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'"):
+        TrainConfig.from_preset("huge")
+    with pytest.raises(ConfigError, match=r"--preset is not a known choice"):
+        TrainConfig(preset="huge")
+
+
+def test_seed_preset_is_the_reference_recipe():
+    c = TrainConfig.from_preset("seed")
+    assert (c.optimizer, c.lr, c.momentum, c.batch_size, c.epochs, c.sum_weight, c.shift, c.schedule) == \
+        ("sgd", 0.01, 0.7, 128, 25, 0.5, 0, "constant")
+    with pytest.raises(ConfigError, match="fixed at 32 for the seed preset"):
+        TrainConfig.from_preset("seed", width=16)
+
+
+def test_overrides_win_over_preset():
+    assert TrainConfig.from_preset("seed", epochs=2).epochs == 2
+
+
+def test_json_round_trip(tmp_path):
+    c = TrainConfig.from_preset("fast", lr=0.02, width=24, sum_weight=0.3, seed=7, data_dir="/data")
+    path = tmp_path / "c.json"
+    path.write_text(c.to_json())
+    assert TrainConfig.load(path) == c
+
+
+def test_run_folder_config_json_loads(tmp_path):
+    c = TrainConfig(epochs=5)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": c.to_dict(), "setup": {"num_processes": 1}, "git_commit": None}))
+    assert TrainConfig.load(path) == c
+
+
+def test_integers_for_floats_are_accepted():
+    assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"lr": 0.1, "learning_rate": 3}', r"unknown config key 'learning_rate'"),
+    ("{not json", r"is not valid JSON"),
+    ("[1, 2]", r"must hold a JSON object"),
+])
+def test_bad_config_files(tmp_path, text, match):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.load(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        TrainConfig.load(tmp_path / "nope.json")

@@ -1,0 +1,146 @@
+"""The IDX reader, the data folder, the paired task and batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_addition import data as D
+from mnist_addition.data import DataError
+
+from .conftest import REAL_MNIST, synthetic_digits, write_idx, write_mnist
+
+
+def test_idx_round_trip(tmp_path):
+    images, _ = synthetic_digits(7, seed=0)
+    write_idx(tmp_path / "x", images)
+    assert torch.equal(D.read_idx(tmp_path / "x"), images)
+
+
+def test_truncated_idx_names_the_file(tmp_path):
+    images, _ = synthetic_digits(7, seed=0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte .*truncated"):
+        D.read_idx(path)
+
+
+def test_wrong_magic_names_the_file(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"\x1f\x8b\x08\x00" + bytes(20))  # a gzip header: the classic mistake
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte is not an MNIST IDX file \(bad magic number 1f8b0800\)"):
+        D.read_idx(path)
+
+
+def test_load_mnist_reads_torchvision_layout(mnist_dir):
+    mnist = D.load_mnist(mnist_dir, download=False)
+    assert mnist.train_images.shape == (600, 28, 28) and mnist.test_images.shape == (200, 28, 28)
+    assert mnist.train_labels.dtype == torch.int64 and set(mnist.train_labels.tolist()) == set(range(10))
+
+
+def test_load_mnist_accepts_the_raw_folder_itself(mnist_dir):
+    assert len(D.load_mnist(mnist_dir / "MNIST" / "raw", download=False).test_labels) == 200
+
+
+def test_mismatched_label_file_is_reported(tmp_path):
+    root = write_mnist(tmp_path, n_train=30, n_test=20)
+    write_idx(root / "MNIST/raw" / D.FILES["test_labels"], torch.zeros(19, dtype=torch.uint8))
+    with pytest.raises(DataError, match="19 labels for 20 images"):
+        D.load_mnist(root, download=False)
+
+
+def test_missing_data_without_download_says_where_and_how(tmp_path):
+    with pytest.raises(DataError) as err:
+        D.load_mnist(tmp_path / "empty", download=False)
+    message = str(err.value)
+    assert str(tmp_path / "empty") in message and "--data-dir" in message and D.ENV_DATA_DIR in message
+    assert "\n" not in message
+
+
+def test_failed_download_is_one_line(tmp_path, monkeypatch):
+    def offline(root):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(D, "download_mnist", offline)
+    with pytest.raises(DataError, match=r"download failed: .*name resolution.*--data-dir"):
+        D.load_mnist(tmp_path, download=True)
+
+
+def test_data_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv(D.ENV_DATA_DIR, str(tmp_path / "env"))
+    assert D.resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert D.resolve_data_dir(None) == tmp_path / "env"
+    monkeypatch.delenv(D.ENV_DATA_DIR)
+    assert D.resolve_data_dir(None) == D.Path(D.DEFAULT_DATA_DIR).expanduser()
+
+
+def test_split_sizes_and_fixed_numbers(mnist_dir):
+    mnist = D.load_mnist(mnist_dir, download=False)
+    a, b = D.make_splits(mnist, val_size=100), D.make_splits(mnist, val_size=100)
+    assert (len(a.train), len(a.val), len(a.test)) == (500, 100, 200)
+    # val/test numbers are the same on every call (every model sees the same pairs) and cover 0..9
+    assert torch.equal(a.val.numbers, b.val.numbers) and torch.equal(a.test.numbers, b.test.numbers)
+    assert set(a.test.numbers.tolist()) == set(range(10))
+    assert a.train.numbers is None  # drawn per epoch
+    # the split is a partition of the training file: no image in both train and val
+    assert a.train.images.shape[1:] == (1, 28, 28) and a.train.images.dtype == torch.float32
+
+
+def test_train_numbers_are_seeded_per_epoch():
+    assert torch.equal(D.train_numbers(1000, seed=3, epoch=1), D.train_numbers(1000, seed=3, epoch=1))
+    assert not torch.equal(D.train_numbers(1000, seed=3, epoch=1), D.train_numbers(1000, seed=3, epoch=2))
+    assert not torch.equal(D.train_numbers(1000, seed=3, epoch=1), D.train_numbers(1000, seed=4, epoch=1))
+
+
+def _split(n=64):
+    images, labels = synthetic_digits(n, seed=5)
+    return D.Split(D.normalize(images), labels.long(), None)
+
+
+def test_train_batches_pair_sums_and_cover_the_epoch():
+    split = _split(64)
+    batches = list(D.train_batches(split, batch_size=16, seed=0, epoch=1))
+    assert len(batches) == 4
+    for images, numbers, digits, sums in batches:
+        assert images.shape == (16, 1, 28, 28)
+        assert torch.equal(sums, digits + numbers) and numbers.min() >= 0 and numbers.max() <= 9
+    seen = torch.cat([b[0] for b in batches])
+    assert torch.allclose(seen.sum(0), split.images.sum(0), atol=1e-3)  # a permutation of the whole split
+
+
+def test_train_batches_shard_without_overlap():
+    split = _split(64)
+    whole = list(D.train_batches(split, 16, seed=0, epoch=2))
+    shards = [list(D.train_batches(split, 16, seed=0, epoch=2, rank=r, world=2)) for r in range(2)]
+    for step, (images, numbers, digits, sums) in enumerate(whole):
+        joined = torch.cat([shards[0][step][0], shards[1][step][0]])
+        assert shards[0][step][0].shape[0] == 8
+        assert torch.equal(joined, images) and torch.equal(torch.cat([shards[0][step][1], shards[1][step][1]]), numbers)
+
+
+def test_eval_batches_shard_each_sample_once():
+    split = _split(50)
+    split.numbers = D.fixed_numbers(50, 1)
+    counts = [sum(len(b[2]) for b in D.eval_batches(split, 7, rank=r, world=3)) for r in range(3)]
+    assert sum(counts) == 50 and max(counts) - min(counts) <= 1
+
+
+def test_random_shift_moves_content_within_bounds():
+    images = torch.full((4, 1, 28, 28), -0.42)
+    images[:, :, 14, 14] = 3.0  # one bright pixel
+    moved = D.random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape
+    for img in moved:
+        (y, x), = torch.nonzero(img[0] > 1).tolist()
+        assert abs(y - 14) <= 2 and abs(x - 14) <= 2
+    assert torch.all(moved[moved < 1] == -0.42)  # the border fills with background, not zeros
+    assert torch.equal(D.random_shift(images, 0, torch.Generator()), images)
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
+def test_real_mnist_files_read():
+    mnist = D.load_mnist(REAL_MNIST, download=False)
+    assert mnist.train_images.shape == (60000, 28, 28) and mnist.test_images.shape == (10000, 28, 28)
+    splits = D.make_splits(mnist)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)

@@ -1,0 +1,24 @@
+"""Imports point one way: the core needs only torch; Accelerate only in train; Ray never here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_core_imports_neither_accelerate_nor_ray():
+    loaded = _loaded_after("import mnist_addition, mnist_addition.data, mnist_addition.model, "
+                           "mnist_addition.metrics, mnist_addition.evaluate, mnist_addition.runs, mnist_addition.cli")
+    assert "torch" in loaded
+    assert "accelerate" not in loaded and "ray" not in loaded
+
+
+def test_training_loop_imports_accelerate_but_not_ray():
+    loaded = _loaded_after("import mnist_addition.train")
+    assert "accelerate" in loaded and "ray" not in loaded

@@ -1,0 +1,56 @@
+"""Model presets: exact reference size, shapes, the adder head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_addition.model import NUM_SUMS, AdderHead, build_model, count_parameters, param_groups
+
+
+def test_seed_preset_has_exactly_the_reference_parameter_count():
+    assert count_parameters(build_model("seed")) == 6_384_925
+
+
+def test_fast_preset_is_small_at_default_width():
+    from mnist_addition.config import TrainConfig
+
+    assert count_parameters(build_model("fast", TrainConfig().width)) <= 150_000
+
+
+@pytest.mark.parametrize("preset,width", [("seed", 32), ("fast", 16), ("fast", 8)])
+def test_output_shapes(preset, width):
+    model = build_model(preset, width).eval()
+    digit_logits, sum_logits = model(torch.randn(5, 1, 28, 28), torch.arange(5))
+    assert digit_logits.shape == (5, 10) and sum_logits.shape == (5, NUM_SUMS)
+
+
+def test_width_scales_the_fast_model():
+    assert count_parameters(build_model("fast", 8)) < count_parameters(build_model("fast", 16)) < \
+        count_parameters(build_model("fast", 32))
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'big'"):
+        build_model("big")
+
+
+def test_adder_table_adds_when_set_to_addition():
+    head = AdderHead()
+    with torch.no_grad():
+        for r in range(10):
+            for d in range(10):
+                head.table[r, d, d + r] = 1.0
+    digit_logits = torch.full((10, 10), -20.0)
+    digit_logits[torch.arange(10), torch.arange(10)] = 20.0  # confident: digit i for row i
+    numbers = torch.tensor([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    assert torch.equal(head(digit_logits, numbers).argmax(1), torch.arange(10) + numbers)
+
+
+def test_no_weight_decay_on_biases_norms_or_adder():
+    model = build_model("fast", 8)
+    groups = param_groups(model, 0.1)
+    decayed = {id(p) for p in groups[0]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert names and all(n.endswith("weight") and "adder" not in n for n in names)
+    assert groups[1]["weight_decay"] == 0.0 and any(p.ndim == 1 for p in groups[1]["params"])
