@@ -31,6 +31,7 @@ TARGET = 0.9927  # the seed network's published test accuracy (digit 99.27%, sum
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "fast (default)": dict(preset="fast"),
+    "fast (default, fp32)": dict(preset="fast", mixed_precision="no"),
     "fast (best)": dict(preset="fast", epochs=16, shift=2, lr=0.005, label_smoothing=0.1),
 }
 
@@ -90,7 +91,7 @@ def main() -> None:
     # Baseline first, in the same process: the seed network's throughput (or its full recipe).
     seed_overrides: dict[str, Any] = dict(preset="seed")
     if not args.seed_full:
-        seed_overrides.update(epochs=1, train_limit=args.seed_steps * 128)
+        seed_overrides.update(epochs=1, train_limit=args.seed_steps * 128, eval_limit=1000)  # throughput only
     print(f"seed network ({'full recipe' if args.seed_full else f'{args.seed_steps} steps'}) ...", flush=True)
     results.append(run_config("seed" + ("" if args.seed_full else f" ({args.seed_steps} steps)"), seed_overrides,
                               seeds if args.seed_full else seeds[:1], data))

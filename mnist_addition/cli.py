@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from .checkpoint import CheckpointError, list_checkpoints
 from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
 from .data import DataError
 from .runs import RunError
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"single-CPU smoke test: {', '.join(f'{k}={v}' for k, v in SMOKE_OVERRIDES.items())}")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
     train.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue an interrupted run from its newest valid checkpoint")
     add_config_flags(train)
 
     ev = sub.add_parser("evaluate", help="re-evaluate a saved model on the test set")
@@ -63,10 +66,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags that may change on --resume: where things are and how often to log or save, not the maths.
+RESUMABLE = frozenset({"data_dir", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"})
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """preset defaults < --config file < --smoke < explicit flags."""
+    """preset defaults < --config file < --smoke < explicit flags; or the run's own config on --resume."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     explicit = {k: v for k, v in vars(args).items() if k in names}
+    if args.resume:
+        for option in ("config", "smoke", "overwrite"):
+            if getattr(args, option):
+                raise ConfigError(f"--{option} cannot be combined with --resume: a resumed run keeps its own config")
+        changed = sorted(set(explicit) - RESUMABLE - {"output_dir"})
+        if changed:
+            raise ConfigError(f"{flag(changed[0])} cannot change when resuming (the run's config.json fixes it): "
+                              "drop the flag, or start a new run with --config RUN/config.json")
+        config_path = args.resume / "config.json"
+        if not args.resume.is_dir():
+            raise RunError(f"--resume {args.resume}: no such run folder; pass the --output-dir of an earlier run")
+        if not config_path.is_file():
+            raise RunError(f"--resume {args.resume}: not a run folder (no config.json)")
+        if not list_checkpoints(args.resume):
+            raise RunError(f"--resume {args.resume}: the run has no checkpoints (it stopped before its first one); "
+                           "train it again without --resume")
+        if (args.resume / "model.safetensors").exists():
+            raise RunError(f"--resume {args.resume}: that run already finished (model.safetensors exists); "
+                           "nothing to resume")
+        values = TrainConfig.load(config_path).to_dict()
+        values.update({k: v for k, v in explicit.items() if k in RESUMABLE}, output_dir=str(args.resume))
+        return TrainConfig.from_dict(values, source=str(config_path))
     values: dict[str, Any] = TrainConfig.load(args.config).to_dict() if args.config else {}
     if args.smoke:
         values.update(SMOKE_OVERRIDES)
@@ -75,41 +104,44 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from accelerate.utils import broadcast_object_list
     from rich.console import Console
 
     from .data import load_mnist, make_splits
-    from .runs import default_run_dir, prepare_run_dir
+    from .runs import check_run_dir, default_run_dir, prepare_run_dir
+    from .train import fit, process_state  # Accelerate is imported here, not for --help
 
+    state = process_state()
     config = config_from_args(args)
-    run_dir = prepare_run_dir(config.output_dir or default_run_dir(), overwrite=args.overwrite)
+    # Every process must write to the same folder: the main process picks the default name.
+    run_dir = Path(broadcast_object_list([str(config.output_dir or default_run_dir())])[0])
+    if not args.resume:
+        check_run_dir(run_dir, overwrite=args.overwrite)  # all processes, before anyone writes
+    # Data before the run folder: a missing dataset leaves no empty run behind.
+    data = make_splits(load_mnist(config.data_dir, download=not args.no_download), config.val_size)
+    state.wait_for_everyone()
+    if not args.resume and state.is_main_process:
+        prepare_run_dir(run_dir, overwrite=args.overwrite)
+    state.wait_for_everyone()
     config = config.replace(output_dir=str(run_dir))
-    console = Console(stderr=True)
-    data = make_splits(load_mnist(config.data_dir, download=not args.no_download), config.val_size,
-                       config.train_limit, config.eval_limit)
-
-    from .train import fit  # imported late: Accelerate is slow to import and not needed for --help
+    console = Console(stderr=True, quiet=not state.is_main_process, soft_wrap=True)  # one line per message
 
     def printer(row: dict[str, Any]) -> None:
         console.print(f"epoch {row['epoch']}/{config.epochs}  train loss {row['train_loss']:.4f}  "
                       f"val digit {100 * row['val_digit_acc']:.2f}%  sum {100 * row['val_sum_acc']:.2f}%  "
                       f"{row['images_per_s']:,.0f} img/s")
 
-    console.print(f"[bold]training[/] preset={config.preset} width={config.width} epochs={config.epochs} "
-                  f"batch={config.batch_size} lr={config.lr:g} seed={config.seed} -> {run_dir}")
+    console.print(f"[bold]{'resuming' if args.resume else 'training'}[/] preset={config.preset} width={config.width} "
+                  f"epochs={config.epochs} batch={config.batch_size} lr={config.lr:g} seed={config.seed} "
+                  f"processes={state.num_processes} -> {run_dir}")
     try:
-        final = fit(config, report=printer, data=data)
+        final = fit(config, report=printer, data=data, resume=bool(args.resume),
+                    warn=lambda line: console.print(line, markup=False, highlight=False))
     except KeyboardInterrupt:
-        console.print(f"[red]interrupted[/]: {run_dir} keeps config.json and the finished epochs in metrics.jsonl")
+        console.print(f"[red]interrupted[/]: resume with  mnist-addition train --resume {run_dir}")
         return EXIT_INTERRUPTED
-    if final["setup"]["num_processes"] == 1 or _is_main():
-        _print_results(console, final, run_dir)
+    _print_results(Console(quiet=not state.is_main_process), final, run_dir)
     return 0
-
-
-def _is_main() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
 
 
 def _print_results(console: Any, final: dict[str, Any], run_dir: Path | None) -> None:
@@ -163,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
-    except (ConfigError, RunError) as e:
+    except (ConfigError, RunError, CheckpointError) as e:
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DataError as e:

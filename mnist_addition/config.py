@@ -45,7 +45,7 @@ class TrainConfig:
     schedule: str = _f("onecycle", "learning-rate schedule", ("onecycle", "constant"))
     warmup: float = _f(0.2, "fraction of the steps spent warming up (onecycle only)")
     sum_weight: float = _f(0.5, "loss = (1 - w) * CE(digit) + w * CE(sum); 0.5 is the seed's plain average")
-    label_smoothing: float = _f(0.0, "label smoothing for both cross-entropies")
+    label_smoothing: float = _f(0.1, "label smoothing for both cross-entropies")
     shift: int = _f(1, "random translation of training images by up to this many pixels (0 = off)")
     seed: int = _f(0, "seed for initialisation, data order, training numbers and augmentation")
     # --- data sizes --------------------------------------------------------------------------
@@ -57,6 +57,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(1, "split each batch into K micro-batches", infra=True)
     eval_batch_size: int = _f(1000, "images per evaluation forward pass", infra=True)
     log_every: int = _f(20, "refresh progress (one CPU-GPU sync) every N steps", infra=True)
+    checkpoint_every: int = _f(0, "also save the full training state every N steps (0 = at epoch ends only)", infra=True)
+    keep_checkpoints: int = _f(2, "keep the newest N checkpoints in the run folder", infra=True)
     data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte (default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)", infra=True)
     output_dir: str | None = _f(None, "run folder (default: runs/<timestamp>)", infra=True)
 
@@ -159,6 +161,8 @@ class TrainConfig:
              f"must divide --batch-size {self.batch_size}", "pick a divisor of the batch size")
         need(self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1", "use e.g. --eval-batch-size 1000")
         need(self.log_every >= 1, "log_every", "must be at least 1", "use e.g. --log-every 20")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0", "use 0 to save at epoch ends only")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1", "use e.g. --keep-checkpoints 2")
 
 
 # The seed recipe: SGD lr 0.01 momentum 0.7, batch 128, 25 epochs, plain average of the losses,

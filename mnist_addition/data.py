@@ -161,6 +161,15 @@ class PairedMnist:
     val: Split
     test: Split
 
+    def limited(self, train_limit: int = 0, eval_limit: int = 0) -> "PairedMnist":
+        """The first ``train_limit`` training and ``eval_limit`` val/test pairs (0 = all)."""
+        def head(split: Split, k: int) -> Split:
+            if not k or k >= len(split):
+                return split
+            return Split(split.images[:k], split.digits[:k], None if split.numbers is None else split.numbers[:k])
+
+        return PairedMnist(head(self.train, train_limit), head(self.val, eval_limit), head(self.test, eval_limit))
+
 
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), zero mean / unit variance over MNIST."""
@@ -189,20 +198,14 @@ def make_splits(mnist: Mnist, val_size: int = 5000, train_limit: int = 0, eval_l
         raise DataError(f"--val-size {val_size} leaves no training images (the training file has {n}): use a smaller value")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     val_idx, train_idx = order[:val_size], order[val_size:]
-    if train_limit:
-        train_idx = train_idx[:train_limit]
-    if eval_limit:
-        val_idx = val_idx[:eval_limit]
-    val_numbers = fixed_numbers(val_size, VAL_NUMBERS_SEED)[: len(val_idx)]
-    test_numbers = fixed_numbers(len(mnist.test_labels), TEST_NUMBERS_SEED)
-    test_images, test_labels = mnist.test_images, mnist.test_labels
-    if eval_limit:
-        test_images, test_labels, test_numbers = test_images[:eval_limit], test_labels[:eval_limit], test_numbers[:eval_limit]
-    return PairedMnist(
+    splits = PairedMnist(
         train=Split(normalize(mnist.train_images[train_idx]), mnist.train_labels[train_idx], None),
-        val=Split(normalize(mnist.train_images[val_idx]), mnist.train_labels[val_idx], val_numbers),
-        test=Split(normalize(test_images), test_labels, test_numbers),
+        val=Split(normalize(mnist.train_images[val_idx]), mnist.train_labels[val_idx],
+                  fixed_numbers(val_size, VAL_NUMBERS_SEED)),
+        test=Split(normalize(mnist.test_images), mnist.test_labels,
+                   fixed_numbers(len(mnist.test_labels), TEST_NUMBERS_SEED)),
     )
+    return splits.limited(train_limit, eval_limit)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,48 +214,50 @@ def make_splits(mnist: Mnist, val_size: int = 5000, train_limit: int = 0, eval_l
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, numbers, digits, sums
 
 
-def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by its own (dy, dx) in [-max_shift, max_shift], filling with background.
+def random_shift(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate image i by (offsets[0, i], offsets[1, i]) - max_shift pixels, filling with background.
 
-    Batch-wise: pad once, then gather rows and columns with per-image offsets.
+    Batch-wise: pad once, then gather rows and columns with per-image offsets in [0, 2 * max_shift].
     """
     if max_shift == 0:
         return images
     b, c, h, w = images.shape  # (B, 1, 28, 28)
-    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).to(images.device)
+    offsets = offsets.to(images.device)
     background = images.amin(dim=(1, 2, 3), keepdim=True)  # normalised black
     padded = torch.nn.functional.pad(images - background, (max_shift,) * 4) + background
-    rows = (torch.arange(h, device=images.device)[None, :] + offsets[0][:, None])  # (B, H)
-    cols = (torch.arange(w, device=images.device)[None, :] + offsets[1][:, None])  # (B, W)
+    rows = torch.arange(h, device=images.device)[None, :] + offsets[0][:, None]  # (B, H)
+    cols = torch.arange(w, device=images.device)[None, :] + offsets[1][:, None]  # (B, W)
     padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * max_shift))
     return padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: int = 0,
-                  rank: int = 0, world: int = 1, drop_last: bool = True) -> Iterator[Batch]:
-    """One epoch of shuffled training batches; numbers and shifts are fresh per (seed, epoch).
+                  rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[Batch]:
+    """One epoch of shuffled training batches; order, numbers and shifts are fresh per (seed, epoch).
 
     With ``world`` processes each global batch of ``batch_size`` is cut into ``world`` equal shards
     and this process yields shard ``rank``: all processes step in lock-step on disjoint images.
+    Everything random is drawn up front for the whole epoch, so ``start_step`` (resuming mid-epoch)
+    skips batches without changing the ones that follow. The last partial batch is dropped.
     """
     n = len(split)
     device = split.images.device
     perm = torch.randperm(n, generator=epoch_generator(seed, epoch, stream=0)).to(device)
     numbers = train_numbers(n, seed, epoch).to(device)
-    shift_gen = epoch_generator(seed, epoch, stream=2)
+    offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=epoch_generator(seed, epoch, stream=2))
     per_rank = batch_size // world
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        idx = perm[start:start + batch_size]
-        idx = idx[rank * per_rank:(rank + 1) * per_rank] if world > 1 else idx
-        images = random_shift(split.images[idx], shift, shift_gen)
+    for start in range(start_step * batch_size, n - n % batch_size, batch_size):
+        lo = start + rank * per_rank
+        idx = perm[lo:lo + per_rank]
+        images = random_shift(split.images[idx], offsets[:, lo:lo + per_rank], shift)
         digits = split.digits[idx]
         r = numbers[idx]
         yield images, r, digits, digits + r
 
 
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
-    return n // batch_size if drop_last else -(-n // batch_size)
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps per epoch (the last partial batch is dropped)."""
+    return n // batch_size
 
 
 def eval_batches(split: Split, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:

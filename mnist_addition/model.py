@@ -65,7 +65,10 @@ class AdderHead(nn.Module):
 
     def forward(self, digit_logits: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         probs = digit_logits.float().softmax(dim=1)  # (B, 10); fp32 even under autocast
-        rows = self.table[numbers]  # (B, 10, 19)
+        # One-hot matmul rather than self.table[numbers]: the backward of indexing is a scatter-add,
+        # whose order (and so whose float rounding) varies between CPU runs; a matmul's does not.
+        one_hot = F.one_hot(numbers, 10).to(self.table.dtype)  # (B, 10)
+        rows = (one_hot @ self.table.flatten(1)).view(-1, NUM_DIGITS, NUM_SUMS)  # (B, 10, 19)
         return self.scale * torch.bmm(probs.unsqueeze(1), rows).squeeze(1) + self.bias  # (B, 19)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -27,18 +28,25 @@ def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
+def check_run_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise RunError if ``path`` cannot become a run folder (without touching anything)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunError(f"output path {path} is a file, not a folder: choose another --output-dir")
     existing = [name for name in RUN_FILES if (path / name).exists()]
     if existing and not overwrite:
         raise RunError(f"{path} already holds a run ({', '.join(existing)}): choose another --output-dir, "
-                       "or pass --overwrite to replace it")
+                       "resume it with --resume, or pass --overwrite to replace it")
+
+
+def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
+    path = Path(path)
+    check_run_dir(path, overwrite)
     if overwrite:
-        for name in existing:
-            (path / name).unlink()
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

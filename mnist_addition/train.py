@@ -8,15 +8,17 @@ shard of every global batch, so the learning rate needs no rescaling.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import set_seed
 
+from . import checkpoint as checkpoint_io
 from . import runs
 from .config import ConfigError, TrainConfig
 from .data import PairedMnist, load_mnist, make_splits, steps_per_epoch, train_batches
@@ -38,6 +40,15 @@ def resolve_mixed_precision(requested: str, cuda: bool) -> str:
     return "bf16" if native else "no"
 
 
+def process_state() -> PartialState:
+    """This process's place in the launch (joins the process group under ``accelerate launch``).
+
+    ``cpu=True`` without CUDA: otherwise several CPU processes would each train alone instead of
+    joining one gloo group.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """A fresh Accelerator for one run (several runs may share a process: benchmarks, tests, sweeps)."""
     # Accelerate keeps mixed precision and accumulation in process-wide singletons and refuses a
@@ -46,7 +57,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     cuda = torch.cuda.is_available()
-    # cpu=True without CUDA: otherwise several CPU processes would each train alone instead of DDP/gloo.
+    process_state()  # the same process group whoever asks first
     return Accelerator(cpu=not cuda, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
                        gradient_accumulation_steps=config.gradient_accumulation_steps)
 
@@ -67,12 +78,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int
 
 
 def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | None = None,
-        progress: bool = True, test_every_epoch: bool = False) -> dict[str, Any]:
+        progress: bool = True, test_every_epoch: bool = False, resume: bool = False,
+        warn: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
     ``data`` skips reading MNIST (tests and benchmarks pass their own). When ``config.output_dir``
-    is set, the main process writes the run folder there (the caller checked it may). With
-    ``test_every_epoch`` the test set is also scored each epoch (benchmarks only: never for selection).
+    is set, the main process writes the run folder there (the caller checked it may) and every
+    process joins in saving checkpoints; ``resume`` continues from its newest valid checkpoint.
+    With ``test_every_epoch`` the test set is also scored each epoch (benchmarks only: never for
+    selection).
     """
     accelerator = make_accelerator(config)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -80,10 +94,14 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     if config.batch_size % (world * micro):
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by {world} processes x "
                           f"{micro} accumulation steps: pick a multiple of {world * micro}")
+    run_dir = Path(config.output_dir) if config.output_dir else None
+    if resume and run_dir is None:
+        raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
     set_seed(config.seed)  # model initialisation; data order has its own (seed, epoch) generators
 
     if data is None:
-        data = make_splits(load_mnist(config.data_dir), config.val_size, config.train_limit, config.eval_limit)
+        data = make_splits(load_mnist(config.data_dir), config.val_size)
+    data = data.limited(config.train_limit, config.eval_limit)
     if len(data.train) < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images: "
                           "use a smaller batch")
@@ -95,34 +113,65 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     steps = steps_per_epoch(len(train), config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, total_steps=steps * config.epochs)
     # The scheduler is not prepared: Accelerate would step it once per process, but each of our
-    # steps already consumes a whole global batch.
+    # steps already consumes a whole global batch. It is registered so checkpoints include it.
     model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
 
     main = accelerator.is_main_process
-    run_dir = Path(config.output_dir) if config.output_dir else None
     setup = {"num_processes": world, "distributed_type": str(accelerator.distributed_type.value),
              "mixed_precision": accelerator.mixed_precision, "device": str(device),
              "global_batch_size": config.batch_size, "per_process_batch_size": config.batch_size // world,
              "micro_batch_size": config.batch_size // world // micro, "params": n_params}
+
+    # Where to start: from scratch, or from the newest valid checkpoint.
+    history: list[dict[str, Any]] = []
+    start_epoch, start_step, train_seconds, samples_seen = 1, 0, 0.0, 0
+    loss_carry = 0.0
+    if resume:
+        checkpoint, state = checkpoint_io.latest_valid(run_dir, warn=warn if main else lambda _: None)
+        if (state["preset"], state["width"]) != (config.preset, config.width):
+            raise checkpoint_io.CheckpointError(
+                f"checkpoint {checkpoint} was written by preset {state['preset']!r} width {state['width']}, but "
+                f"config.json says {config.preset!r} width {config.width}: the checkpoint belongs to another run")
+        if state["world"] != world and main:
+            warn(f"note: resuming a {state['world']}-process run on {world} processes; "
+                 "the global batch is unchanged, so the maths is the same")
+        accelerator.load_state(str(checkpoint))
+        history, train_seconds = state["history"], state["train_seconds"]
+        start_epoch, start_step, loss_carry = state["epoch"], state["step"], state["loss_sum"]
+        samples_seen = state["samples_per_process"] * state["world"] // world
+        if start_step == steps:  # the checkpoint closed an epoch
+            start_epoch, start_step, loss_carry = start_epoch + 1, 0, 0.0
+        if main:
+            warn(f"resuming from {checkpoint.name}: epoch {start_epoch}, step {start_step}/{steps}")
     if run_dir and main:
         runs.write_config(run_dir, config, setup)
+        if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
 
     def scored(split) -> dict[str, Any]:
         counts = accelerator.reduce(evaluate_counts(model, split, config.eval_batch_size, config.sum_weight,
                                                     rank, world), reduction="sum")
         return summarize(counts)
 
-    history: list[dict[str, Any]] = []
-    train_seconds = 0.0
+    def save(epoch: int, step: int, loss_sum: torch.Tensor, seconds: float) -> None:
+        state = {"epoch": epoch, "step": step, "global_step": (epoch - 1) * steps + step,
+                 # the mean over processes, so that every process resumes from the same running sum
+                 "loss_sum": accelerator.reduce(loss_sum.clone(), reduction="mean").item(), "train_seconds": seconds,
+                 "history": history, "preset": config.preset, "width": config.width, "world": world,
+                 "samples_per_process": samples_seen}
+        checkpoint_io.save_checkpoint(accelerator, run_dir, state["global_step"], state, config.keep_checkpoints)
+
     bar = _Progress(enabled=progress and main, epochs=config.epochs, steps=steps)
     with bar:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(start_epoch, config.epochs + 1):
             model.train()
-            loss_sum = torch.zeros((), device=device)
-            bar.start_epoch(epoch)
+            first = start_step if epoch == start_epoch else 0
+            loss_sum = torch.full((), loss_carry if epoch == start_epoch else 0.0, device=device)
+            bar.start_epoch(epoch, first)
             start = time.perf_counter()
-            for step, (images, numbers, digits, sums) in enumerate(
-                    train_batches(train, config.batch_size, config.seed, epoch, config.shift, rank, world), 1):
+            batches = train_batches(train, config.batch_size, config.seed, epoch, config.shift, rank, world, first)
+            for step, (images, numbers, digits, sums) in enumerate(batches, first + 1):
                 for chunk in range(micro):  # gradient accumulation: micro-batches of one global batch
                     part = slice(chunk * len(digits) // micro, (chunk + 1) * len(digits) // micro)
                     with accelerator.accumulate(model):
@@ -134,9 +183,14 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
                         optimizer.zero_grad(set_to_none=True)
                     loss_sum += loss.detach() / micro
                 scheduler.step()
+                samples_seen += len(digits)
                 if step % config.log_every == 0 or step == steps:
                     # .item() is a device sync: only at log intervals
-                    bar.update(step, loss_sum.item() / step, step * config.batch_size / (time.perf_counter() - start))
+                    bar.update(step, loss_sum.item() / step,
+                               (step - first) * config.batch_size / (time.perf_counter() - start))
+                if run_dir and config.checkpoint_every and ((epoch - 1) * steps + step) % config.checkpoint_every == 0 \
+                        and step < steps:  # the epoch-end checkpoint below covers step == steps
+                    save(epoch, step, loss_sum, train_seconds + time.perf_counter() - start)
             epoch_seconds = time.perf_counter() - start
             train_seconds += epoch_seconds
             train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps
@@ -144,17 +198,22 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
             row.update({f"val_{k}": v for k, v in scored(val).items()})
             if test_every_epoch:
                 row.update({f"test_{k}": v for k, v in scored(test).items()})
-            row.update({"images_per_s": steps * config.batch_size / epoch_seconds, "epoch_seconds": epoch_seconds,
-                        "train_seconds": train_seconds, "lr": scheduler.get_last_lr()[0]})
+            row.update({"images_per_s": (steps - first) * config.batch_size / epoch_seconds,
+                        "epoch_seconds": epoch_seconds, "train_seconds": train_seconds,
+                        "lr": scheduler.get_last_lr()[0]})
             history.append(row)
             if run_dir and main:
                 runs.append_jsonl(run_dir / "metrics.jsonl", row)
+            if run_dir:
+                save(epoch, steps, loss_sum, train_seconds)
             if report is not None:
                 report(row)
 
+    per_process = accelerator.gather(torch.tensor([samples_seen], device=device)).tolist()
+    setup["train_samples_per_process"] = per_process
     final = {"val": _strip(history[-1], "val_"), "test": scored(test), "params": n_params,
              "train_seconds": train_seconds, "epochs": config.epochs,
-             "images_per_s": steps * config.batch_size * config.epochs / train_seconds, "setup": setup}
+             "images_per_s": steps * config.batch_size * config.epochs / max(train_seconds, 1e-9), "setup": setup}
     if run_dir and main:
         unwrapped = accelerator.unwrap_model(model)
         runs.save_weights(unwrapped, run_dir / "model.safetensors", config)
@@ -193,10 +252,10 @@ class _Progress:
         if self.enabled:
             self.progress.stop()
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, first_step: int = 0) -> None:
         if self.enabled:
-            self.task = self.progress.add_task("train", total=self.steps, epoch=epoch, epochs=self.epochs,
-                                               loss=float("nan"), speed=0.0)
+            self.task = self.progress.add_task("train", total=self.steps, completed=first_step, epoch=epoch,
+                                               epochs=self.epochs, loss=float("nan"), speed=0.0)
 
     def update(self, step: int, loss: float, speed: float) -> None:
         if self.enabled:

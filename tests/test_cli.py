@@ -127,3 +127,9 @@ def test_smoke_on_real_mnist(tmp_path):
     assert main(["train", "--smoke", "--no-download", "--data-dir", str(REAL_MNIST), "--output-dir", str(out)]) == 0
     final = json.loads((out / "metrics.json").read_text())
     assert final["test"]["n"] == 1000 and final["test"]["digit_acc"] > 0.9 and final["test"]["sum_acc"] > 0.9
+
+
+def test_missing_data_leaves_no_run_folder(tmp_path):
+    assert main(["train", "--no-download", "--data-dir", str(tmp_path / "nowhere"),
+                 "--output-dir", str(tmp_path / "run"), *TINY]) == 1
+    assert not (tmp_path / "run").exists()

@@ -111,8 +111,8 @@ def test_train_batches_pair_sums_and_cover_the_epoch():
 
 def test_train_batches_shard_without_overlap():
     split = _split(64)
-    whole = list(D.train_batches(split, 16, seed=0, epoch=2))
-    shards = [list(D.train_batches(split, 16, seed=0, epoch=2, rank=r, world=2)) for r in range(2)]
+    whole = list(D.train_batches(split, 16, seed=0, epoch=2, shift=1))
+    shards = [list(D.train_batches(split, 16, seed=0, epoch=2, shift=1, rank=r, world=2)) for r in range(2)]
     for step, (images, numbers, digits, sums) in enumerate(whole):
         joined = torch.cat([shards[0][step][0], shards[1][step][0]])
         assert shards[0][step][0].shape[0] == 8
@@ -129,13 +129,24 @@ def test_eval_batches_shard_each_sample_once():
 def test_random_shift_moves_content_within_bounds():
     images = torch.full((4, 1, 28, 28), -0.42)
     images[:, :, 14, 14] = 3.0  # one bright pixel
-    moved = D.random_shift(images, 2, torch.Generator().manual_seed(0))
+    offsets = torch.tensor([[0, 4, 2, 1], [4, 0, 2, 3]])  # dy + 2, dx + 2
+    moved = D.random_shift(images, offsets, 2)
     assert moved.shape == images.shape
-    for img in moved:
+    for i, img in enumerate(moved):
         (y, x), = torch.nonzero(img[0] > 1).tolist()
-        assert abs(y - 14) <= 2 and abs(x - 14) <= 2
+        # content moves opposite to the crop offset: crop row r shows source row r + dy
+        assert (y, x) == (14 - (offsets[0, i] - 2), 14 - (offsets[1, i] - 2))
     assert torch.all(moved[moved < 1] == -0.42)  # the border fills with background, not zeros
-    assert torch.equal(D.random_shift(images, 0, torch.Generator()), images)
+    assert torch.equal(D.random_shift(images, offsets, 0), images)
+
+
+def test_resuming_mid_epoch_yields_the_same_remaining_batches():
+    split = _split(64)
+    whole = list(D.train_batches(split, 16, seed=0, epoch=3, shift=2))
+    rest = list(D.train_batches(split, 16, seed=0, epoch=3, shift=2, start_step=2))
+    assert len(rest) == 2
+    for a, b in zip(whole[2:], rest):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")

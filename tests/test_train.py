@@ -80,3 +80,11 @@ def test_auto_precision_resolves_to_a_concrete_choice():
     assert resolve_mixed_precision("no", cuda=False) == "no"
     assert resolve_mixed_precision("auto", cuda=False) in ("bf16", "no")
     assert torch.cuda.is_available() or resolve_mixed_precision("fp16", cuda=False) == "fp16"
+
+
+def test_limits_apply_to_data_passed_in(mnist_dir):
+    from mnist_addition.data import load_mnist, make_splits
+
+    data = make_splits(load_mnist(mnist_dir, download=False), val_size=100)
+    final = fit(tiny_config(mnist_dir, epochs=1, train_limit=64, eval_limit=50), data=data, progress=False)
+    assert final["setup"]["train_samples_per_process"] == [64] and final["test"]["n"] == 50
