@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", label_smoothing: float = 0.0) -> None:
     """Training loss and validation accuracy (digit, sum) per epoch: the plot the seed shows."""
     import matplotlib
 
@@ -15,7 +15,9 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
 
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
+    # the training loss includes label smoothing (it cannot reach 0); validation loss does not
+    train_label = f"train (label smoothing {label_smoothing:g})" if label_smoothing else "train"
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], "o-", label=train_label)
     ax_loss.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss", yscale="log")
     ax_loss.legend()

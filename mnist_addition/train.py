@@ -220,7 +220,8 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
         runs.write_json(run_dir / "metrics.json", final)
         from .plots import plot_curves
 
-        plot_curves(history, run_dir / "curves.png", title=f"{config.preset} (width {config.width}), seed {config.seed}")
+        plot_curves(history, run_dir / "curves.png", title=f"{config.preset} (width {config.width}), seed {config.seed}",
+                    label_smoothing=config.label_smoothing)
     accelerator.wait_for_everyone()
     final["history"] = history
     return final
