@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from .checkpoint import CheckpointError, list_checkpoints
 from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
 from .data import DataError
+from .predict import ImageError
 from .runs import RunError
 
 EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 2, 1, 130
@@ -63,7 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--all-numbers", action="store_true", help="pair every test image with all ten numbers (100,000 pairs)")
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
     ev.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    pr = sub.add_parser("predict", help="digit and sum for an image (or a folder of images) and a number",
+                        description="Predict the digit in IMAGE and IMAGE's digit + NUMBER. IMAGE may be any size, "
+                                    "grayscale or colour, dark ink on white or light ink on black.")
+    pr.add_argument("run_dir", type=Path, help="a run folder written by 'mnist-addition train'")
+    pr.add_argument("image", type=Path, help="an image file (PNG/JPEG/BMP...), or a folder of them")
+    pr.add_argument("number", nargs="?", type=_number, help="the number to add, 0..9 (single image)")
+    pr.add_argument("--numbers", type=_number_list, help="for a folder: one number per image in sorted file order, e.g. 3,7,1")
+    pr.add_argument("--random-numbers", action="store_true", help="for a folder: a seeded random number per image")
+    pr.add_argument("--seed", type=int, default=0, help="seed for --random-numbers (default: 0)")
+    pr.add_argument("--csv", type=Path, help="also write file,number,digit,sum,digit_prob,sum_prob rows here")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 9 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(f"NUMBER must be a whole number from 0 to 9, got {text!r}")
+    return value
+
+
+def _number_list(text: str) -> list[int]:
+    return [_number(part.strip()) for part in text.split(",")]
 
 
 # Flags that may change on --resume: where things are and how often to log or save, not the maths.
@@ -191,11 +218,68 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from .predict import ImageError, image_files, load_image, load_model, predict
+
+    folder = args.image.is_dir()
+    if folder:
+        if args.number is not None:
+            raise ImageError(f"{args.image} is a folder: give --numbers or --random-numbers instead of NUMBER")
+        if (args.numbers is None) == (not args.random_numbers):
+            raise ImageError(f"{args.image} is a folder: pass exactly one of --numbers 3,7,... or --random-numbers")
+        files = image_files(args.image)
+        if not files:
+            raise ImageError(f"{args.image} holds no image files ({', '.join(s.lstrip('.') for s in ('.png', '.jpg', '.bmp'))}, ...)")
+        if args.numbers is not None and len(args.numbers) != len(files):
+            raise ImageError(f"--numbers has {len(args.numbers)} values for {len(files)} images in {args.image}: "
+                             "give one per image, in sorted file order")
+        numbers = args.numbers or torch.randint(0, 10, (len(files),),
+                                                generator=torch.Generator().manual_seed(args.seed)).tolist()
+    else:
+        if args.numbers is not None or args.random_numbers:
+            raise ImageError("--numbers and --random-numbers are for a folder of images: for one image give NUMBER")
+        if args.number is None:
+            raise ImageError("missing NUMBER: give a number from 0 to 9 after the image")
+        files, numbers = [args.image], [args.number]
+    if args.csv is not None and args.csv.exists() and not args.overwrite:
+        raise ImageError(f"{args.csv} exists: choose another --csv, or pass --overwrite to replace it")
+    images = torch.stack([load_image(f) for f in files])  # every file is checked before any output
+    model = load_model(args.run_dir)
+    rows = [{"file": str(f), **r} for f, r in zip(files, predict(model, images, numbers))]
+    if args.csv is not None:
+        with args.csv.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "number", "digit", "sum", "digit_prob", "sum_prob"])
+            for r in rows:
+                writer.writerow([r["file"], r["number"], r["digit"], r["sum"], f"{r['digit_prob']:.6f}",
+                                 f"{r['sum_prob']:.6f}"])
+    if args.json:
+        print(json.dumps(rows if folder else rows[0]))
+        return 0
+    table = Table(title=f"Predictions - {args.run_dir}")
+    for col in ("file", "number", "digit", "sum", "top digits", "top sums"):
+        table.add_column(col, justify="left" if col.startswith(("file", "top")) else "right",
+                         no_wrap=col.startswith("top"))
+    for r in rows:
+        top = lambda probs: " ".join(f"{i}:{100 * p:.0f}%" for p, i in  # noqa: E731
+                                     sorted(((p, i) for i, p in enumerate(probs)), reverse=True)[:3])
+        table.add_row(Path(r["file"]).name, str(r["number"]), str(r["digit"]), str(r["sum"]),
+                      top(r["digit_probs"]), top(r["sum_probs"]))
+    Console().print(table)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
-    except (ConfigError, RunError, CheckpointError) as e:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command](args)
+    except (ConfigError, RunError, CheckpointError, ImageError) as e:
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DataError as e:

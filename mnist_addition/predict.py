@@ -1,0 +1,125 @@
+"""Predict from any image file: MNIST-style preprocessing, a model from a run folder, both heads.
+
+Preprocessing follows how MNIST itself was made: the digit is cropped to its ink, scaled so its
+longer side is 20 pixels (keeping the aspect ratio), and placed in a 28x28 field so that its
+centre of mass is at the centre. Dark ink on a light background (how people draw) is inverted
+first. A 28x28 image that already looks like MNIST (light ink on a dark border) is used unchanged.
+Pure torch + Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import MEAN, STD
+from .runs import load_run
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MIN_SIDE = 8  # pixels: anything smaller cannot hold a legible digit
+
+
+class ImageError(ValueError):
+    """An input image is unusable; the message names the file and what to do."""
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a run folder (weights from safetensors only; no pickle), in eval mode."""
+    return load_run(run_dir, device)[1]
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file -> float (H, W) in [0, 1], 1 = white. Transparency is composited on white."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path} does not exist: check the path")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image: pass a file, or use --numbers/--random-numbers for a folder")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(white, rgba)
+            gray = img.convert("L")
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image Pillow can read: pass a PNG, JPEG or BMP file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path} is damaged or truncated ({str(e).splitlines()[0][:80]}): re-export the image") from None
+    if min(gray.size) < MIN_SIDE:
+        raise ImageError(f"{path} is only {gray.size[0]}x{gray.size[1]} pixels: a digit needs at least "
+                         f"{MIN_SIDE}x{MIN_SIDE}; pass a larger image")
+    data = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).float() / 255.0
+    return data.reshape(gray.size[1], gray.size[0])
+
+
+def to_mnist(gray: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """(H, W) in [0, 1] -> normalised (1, 28, 28) in MNIST's format: light ink on black, centred."""
+    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.median() > 0.5:  # light background: dark ink on paper
+        gray = 1.0 - gray
+        border = 1.0 - border
+    span = gray.max() - gray.min()
+    if span < 0.1:
+        raise ImageError(f"{name} is blank (all one shade): draw a digit, darker or lighter than its background")
+    if gray.shape == (28, 28):  # already an MNIST-style image: leave it exactly as it is
+        return ((gray - MEAN) / STD).unsqueeze(0)
+    ink = (gray - border.median()).clamp(min=0)
+    ink = ink / ink.max()
+    rows, cols = torch.nonzero(ink > 0.2, as_tuple=True)
+    if len(rows) == 0:
+        raise ImageError(f"{name} has no digit that stands out from its background: pass a clearer image")
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]  # crop to the ink
+    h, w = ink.shape
+    scale = 20.0 / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    digit = torch.nn.functional.interpolate(ink[None, None], size=size, mode="area" if scale < 1 else "bilinear",
+                                            **({} if scale < 1 else {"align_corners": False}))[0, 0]
+    # Centre of mass at the centre of the 28x28 field, as in MNIST.
+    total = digit.sum()
+    ys = torch.arange(size[0], dtype=digit.dtype)
+    xs = torch.arange(size[1], dtype=digit.dtype)
+    com_y = (digit.sum(1) * ys).sum() / total
+    com_x = (digit.sum(0) * xs).sum() / total
+    top = int(round(13.5 - com_y.item()))
+    left = int(round(13.5 - com_x.item()))
+    top, left = min(max(top, 0), 28 - size[0]), min(max(left, 0), 28 - size[1])
+    field = torch.zeros(28, 28)
+    field[top:top + size[0], left:left + size[1]] = digit
+    return ((field - MEAN) / STD).unsqueeze(0)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file -> the (1, 28, 28) normalised tensor the model expects."""
+    return to_mnist(read_image(path), name=str(path))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, numbers: torch.Tensor | list[int]) -> list[dict[str, Any]]:
+    """Digit and sum for each (image (1, 28, 28), number) pair, with both heads' probabilities."""
+    device = next(model.parameters()).device
+    numbers = torch.as_tensor(numbers, dtype=torch.long, device=device)
+    if numbers.numel() and (numbers.min() < 0 or numbers.max() > 9):
+        raise ValueError("numbers must be integers in 0..9")
+    model.eval()
+    digit_logits, sum_logits = model(images.to(device), numbers)
+    digit_p, sum_p = digit_logits.float().softmax(1), sum_logits.float().softmax(1)
+    out = []
+    for i in range(len(numbers)):
+        out.append({"number": int(numbers[i]), "digit": int(digit_p[i].argmax()), "sum": int(sum_p[i].argmax()),
+                    "digit_prob": float(digit_p[i].max()), "sum_prob": float(sum_p[i].max()),
+                    "digit_probs": [round(float(p), 6) for p in digit_p[i]],
+                    "sum_probs": [round(float(p), 6) for p in sum_p[i]]})
+    return out
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,210 @@
+"""predict: MNIST-style preprocessing of any image, the command, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mnist_addition.cli import main
+from mnist_addition.data import normalize
+from mnist_addition.predict import ImageError, read_image, to_mnist
+
+from .conftest import REAL_MNIST, synthetic_digits
+
+
+def _save(array: torch.Tensor, path, mode: str = "L"):
+    Image.fromarray(array.to(torch.uint8).numpy()).convert(mode).save(path)
+    return path
+
+
+def test_mnist_style_28x28_is_used_unchanged(tmp_path):
+    images, _ = synthetic_digits(1, seed=3)
+    path = _save(images[0], tmp_path / "raw.png")
+    assert torch.equal(to_mnist(read_image(path)), normalize(images)[0])
+
+
+def test_dark_ink_on_white_is_inverted(tmp_path):
+    images, _ = synthetic_digits(1, seed=3)
+    raw, inverted = _save(images[0], tmp_path / "raw.png"), _save(255 - images[0], tmp_path / "inv.png", "RGB")
+    assert torch.allclose(to_mnist(read_image(inverted)), to_mnist(read_image(raw)), atol=1e-5)
+
+
+def test_large_off_centre_drawing_is_cropped_scaled_and_centred(tmp_path):
+    canvas = torch.full((200, 300), 255)
+    canvas[20:120, 200:250] = 0  # a dark 100x50 bar in the top-right corner
+    out = to_mnist(read_image(_save(canvas, tmp_path / "drawn.png")))[0] * 0.3081 + 0.1307  # back to [0, 1]
+    rows, cols = torch.nonzero(out > 0.5, as_tuple=True)
+    assert rows.max() - rows.min() + 1 == 20 and 9 <= cols.max() - cols.min() + 1 <= 11  # aspect kept
+    ys, xs = torch.arange(28.0), torch.arange(28.0)
+    com = ((out.sum(1) * ys).sum() / out.sum(), (out.sum(0) * xs).sum() / out.sum())
+    assert abs(com[0] - 13.5) <= 1 and abs(com[1] - 13.5) <= 1
+
+
+def test_transparent_png_is_composited_on_white(tmp_path):
+    rgba = torch.zeros(40, 40, 4)
+    rgba[10:30, 18:22] = torch.tensor([0, 0, 0, 255])  # opaque black stroke, transparent elsewhere
+    Image.fromarray(rgba.to(torch.uint8).numpy(), "RGBA").save(tmp_path / "t.png")
+    out = to_mnist(read_image(tmp_path / "t.png"))
+    assert out.max() > 2.0 and out[0, 0, 0] < 0  # light stroke on the (normalised) black background
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred") / "run"
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--width", "8", "--epochs", "3",
+                 "--batch-size", "32", "--lr", "0.01", "--val-size", "100", "--mixed-precision", "no"]) == 0
+    return out
+
+
+def test_single_image_json(run_dir, tmp_path, capsys):
+    images, _ = synthetic_digits(1, seed=3)
+    path = _save(images[0], tmp_path / "a.png")
+    assert main(["predict", str(run_dir), str(path), "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["number"] == 4 and 0 <= out["digit"] <= 9 and 0 <= out["sum"] <= 18
+    assert abs(sum(out["digit_probs"]) - 1) < 1e-4 and len(out["sum_probs"]) == 19
+
+
+def test_folder_writes_csv_in_sorted_order(run_dir, tmp_path):
+    images, _ = synthetic_digits(3, seed=4)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, img in zip(("b.png", "a.png", "c.bmp"), images):
+        _save(img, folder / name)
+    (folder / "notes.txt").write_text("not an image, ignored")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run_dir), str(folder), "--numbers", "1,2,3", "--csv", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "file,number,digit,sum,digit_prob,sum_prob"
+    assert [line.split(",")[0].rsplit("/", 1)[-1] for line in lines[1:]] == ["a.png", "b.png", "c.bmp"]
+    assert [line.split(",")[1] for line in lines[1:]] == ["1", "2", "3"]
+
+
+def _bad(tmp_path, run_dir, case):
+    """Build the inputs for one row of the README's bad-input table; return argv."""
+    good = _save(synthetic_digits(1, seed=3)[0][0], tmp_path / "good.png")
+    if case == "missing image":
+        return [str(run_dir), str(tmp_path / "nope.png"), "3"]
+    if case == "folder as image":
+        return [str(run_dir), str(tmp_path), "3"]
+    if case == "not an image":
+        (tmp_path / "text.png").write_text("hello")
+        return [str(run_dir), str(tmp_path / "text.png"), "3"]
+    if case == "empty file":
+        (tmp_path / "empty.png").write_bytes(b"")
+        return [str(run_dir), str(tmp_path / "empty.png"), "3"]
+    if case == "truncated png":
+        (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
+        return [str(run_dir), str(tmp_path / "cut.png"), "3"]
+    if case == "1x1 image":
+        return [str(run_dir), str(_save(torch.zeros(1, 1), tmp_path / "dot.png")), "3"]
+    if case == "all white":
+        return [str(run_dir), str(_save(torch.full((50, 50), 255), tmp_path / "white.png")), "3"]
+    if case == "all black":
+        return [str(run_dir), str(_save(torch.zeros(28, 28), tmp_path / "black.png")), "3"]
+    if case in ("-1", "10", "3.5", "seven"):
+        return [str(run_dir), str(good), case]
+    if case == "no number":
+        return [str(run_dir), str(good)]
+    if case == "run without weights":
+        half = tmp_path / "half"
+        half.mkdir()
+        (half / "config.json").write_text((run_dir / "config.json").read_text())
+        return [str(half), str(good), "3"]
+    if case == "truncated weights":
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "config.json").write_text((run_dir / "config.json").read_text())
+        (bad / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes()[:200])
+        return [str(bad), str(good), "3"]
+    if case == "random-bytes weights":
+        bad = tmp_path / "rnd"
+        bad.mkdir()
+        (bad / "config.json").write_text((run_dir / "config.json").read_text())
+        (bad / "model.safetensors").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+        return [str(bad), str(good), "3"]
+    if case == "config does not match weights":
+        other = tmp_path / "other"
+        other.mkdir()
+        config = json.loads((run_dir / "config.json").read_text())
+        config["config"]["width"] = 16
+        (other / "config.json").write_text(json.dumps(config))
+        (other / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+        return [str(other), str(good), "3"]
+    if case == "csv exists":
+        (tmp_path / "out.csv").write_text("keep me\n")
+        return [str(run_dir), str(good), "3", "--csv", str(tmp_path / "out.csv")]
+    if case == "folder without numbers":
+        return [str(run_dir), str(tmp_path)]
+    raise AssertionError(case)
+
+
+BAD = [
+    ("missing image", "does not exist"),
+    ("folder as image", "is a folder: give --numbers or --random-numbers"),
+    ("not an image", "is not an image Pillow can read"),
+    ("empty file", "is not an image Pillow can read"),
+    ("truncated png", "is damaged or truncated"),
+    ("1x1 image", "is only 1x1 pixels"),
+    ("all white", "is blank"),
+    ("all black", "is blank"),
+    ("-1", "NUMBER must be a whole number from 0 to 9, got '-1'"),
+    ("10", "got '10'"),
+    ("3.5", "got '3.5'"),
+    ("seven", "got 'seven'"),
+    ("no number", "missing NUMBER"),
+    ("run without weights", "has no model.safetensors"),
+    ("truncated weights", "is unreadable"),
+    ("random-bytes weights", "is unreadable"),
+    ("config does not match weights", "does not match config.json"),
+    ("csv exists", "exists: choose another --csv, or pass --overwrite"),
+    ("folder without numbers", "pass exactly one of --numbers"),
+]
+
+
+@pytest.mark.parametrize("case,match", BAD, ids=[c for c, _ in BAD])
+def test_bad_input_is_one_line_exit_2(case, match, run_dir, tmp_path, capsys):
+    argv = _bad(tmp_path, run_dir, case)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    try:
+        code = main(["predict", *argv])
+    except SystemExit as e:  # argparse rejects NUMBER
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and match in err and "\n" not in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
+def test_real_digits_raw_and_redrawn(tmp_path):
+    """MNIST test digits saved as raw 28x28 PNGs, and inverted, 4x enlarged, off-centre JPEGs."""
+    from mnist_addition.data import load_mnist
+
+    run = tmp_path / "smoke"
+    assert main(["train", "--smoke", "--no-download", "--data-dir", str(REAL_MNIST), "--output-dir", str(run),
+                 "--mixed-precision", "no"]) == 0
+    mnist = load_mnist(REAL_MNIST, download=False)
+    raw, drawn = tmp_path / "raw", tmp_path / "drawn"
+    raw.mkdir()
+    drawn.mkdir()
+    n = 20
+    for i in range(n):
+        img = mnist.test_images[i]
+        _save(img, raw / f"{i:02d}.png")
+        big = Image.fromarray((255 - img).numpy()).resize((112, 112), Image.BILINEAR)
+        canvas = Image.new("L", (320, 240), 255)
+        canvas.paste(big, (10 + 9 * i, 100 - 4 * i))
+        canvas.convert("RGB").save(drawn / f"{i:02d}.jpg", quality=95)
+    numbers = ",".join(str(i % 10) for i in range(n))
+    results = {}
+    for name, folder in (("raw", raw), ("drawn", drawn)):
+        assert main(["predict", str(run), str(folder), "--numbers", numbers, "--csv", str(tmp_path / f"{name}.csv")]) == 0
+        rows = [line.split(",") for line in (tmp_path / f"{name}.csv").read_text().splitlines()[1:]]
+        results[name] = [(int(r[2]), int(r[3])) for r in rows]
+    truth = [(int(mnist.test_labels[i]), int(mnist.test_labels[i]) + i % 10) for i in range(n)]
+    for name in ("raw", "drawn"):
+        right = sum(got == want for got, want in zip(results[name], truth))
+        assert right >= n - 1, (name, results[name], truth)  # the smoke model is ~97% accurate
