@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--all-numbers", action="store_true", help="pair every test image with all ten numbers (100,000 pairs)")
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
     ev.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    rp = sub.add_parser("report", help="(re)draw a run's pictures: confusion matrices, samples, mistakes")
+    rp.add_argument("run_dir", type=Path, help="a run folder written by 'mnist-addition train'")
+    rp.add_argument("--data-dir", help="folder with MNIST/raw/*-ubyte (default: the run's, then $MNIST_ADDITION_DATA)")
+    rp.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+
+    ex = sub.add_parser("export", help="export a run's model (ONNX: image and number batches in, both logits out)")
+    ex.add_argument("run_dir", type=Path, help="a run folder written by 'mnist-addition train'")
+    ex.add_argument("--format", default="onnx", help="export format (only 'onnx')")
+    ex.add_argument("--output", type=Path, help="output file (default: RUN_DIR/model.onnx)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
     pr = sub.add_parser("predict", help="digit and sum for an image (or a folder of images) and a number",
                         description="Predict the digit in IMAGE and IMAGE's digit + NUMBER. IMAGE may be any size, "
                                     "grayscale or colour, dark ink on white or light ink on black.")
@@ -218,6 +229,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .data import load_mnist, make_splits
+    from .report import REPORT_FILES, write_report
+    from .runs import load_run
+
+    config, model = load_run(args.run_dir)
+    test = make_splits(load_mnist(args.data_dir or config.data_dir, download=not args.no_download), config.val_size).test
+    summary = write_report(model, test, args.run_dir, config.eval_batch_size)
+    Console().print(f"wrote {', '.join(REPORT_FILES)} to {args.run_dir} "
+                    f"({summary['mistakes']} of {summary['n']} test pairs wrong)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
+    from .export import FORMATS, export_onnx
+
+    if args.format not in FORMATS:
+        raise RunError(f"unknown export format {args.format!r}: use --format {' or '.join(FORMATS)}")
+    output = args.output or args.run_dir / f"model.{args.format}"
+    if output.exists() and not args.overwrite:
+        raise RunError(f"{output} exists: choose another --output, or pass --overwrite to replace it")
+    if output.is_dir():
+        raise RunError(f"{output} is a folder: --output must be a file path")
+    with contextlib.redirect_stdout(io.StringIO()):  # torch's exporter narrates every stage
+        export_onnx(args.run_dir, output)
+    print(f"wrote {output}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
@@ -278,7 +323,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command](args)
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report,
+                "export": cmd_export, "predict": cmd_predict}[args.command](args)
     except (ConfigError, RunError, CheckpointError, ImageError) as e:
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -57,6 +57,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(1, "split each batch into K micro-batches", infra=True)
     eval_batch_size: int = _f(1000, "images per evaluation forward pass", infra=True)
     log_every: int = _f(20, "refresh progress (one CPU-GPU sync) every N steps", infra=True)
+    log_with: str = _f("none", "experiment tracker: 'tensorboard' writes RUN/tensorboard (see `tensorboard --logdir runs`)",
+                       ("none", "tensorboard"), infra=True)
     checkpoint_every: int = _f(0, "also save the full training state every N steps (0 = at epoch ends only)", infra=True)
     keep_checkpoints: int = _f(2, "keep the newest N checkpoints in the run folder", infra=True)
     data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte (default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)", infra=True)

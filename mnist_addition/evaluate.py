@@ -35,3 +35,17 @@ def evaluate_all_numbers(model: nn.Module, split: Split, batch_size: int = 1000,
         numbers = torch.full_like(split.digits, r)
         total += evaluate_counts(model, Split(split.images, split.digits, numbers), batch_size, sum_weight)
     return total
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted digits and sums for every pair of ``split`` (on the CPU)."""
+    was_training = model.training
+    model.eval()
+    digit_pred, sum_pred = [], []
+    for images, numbers, _, _ in eval_batches(split, batch_size):
+        digit_logits, sum_logits = model(images, numbers)
+        digit_pred.append(digit_logits.argmax(1).cpu())
+        sum_pred.append(sum_logits.argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(digit_pred), torch.cat(sum_pred)

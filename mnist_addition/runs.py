@@ -17,7 +17,8 @@ from torch import nn
 from .config import ConfigError, TrainConfig
 from .model import build_model
 
-RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png",
+             "confusion_digit.png", "confusion_sum.png", "samples.png", "mistakes.png")
 
 
 class RunError(RuntimeError):
@@ -47,6 +48,7 @@ def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        shutil.rmtree(path / "tensorboard", ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -8,6 +8,7 @@ shard of every global batch, so the learning rate needs no rescaling.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from .data import PairedMnist, load_mnist, make_splits, steps_per_epoch, train_b
 from .evaluate import evaluate_counts
 from .metrics import loss_fn, summarize
 from .model import build_model, count_parameters, param_groups
+from .report import write_report
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -58,8 +60,16 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     GradientState._reset_state()
     cuda = torch.cuda.is_available()
     process_state()  # the same process group whoever asks first
+    tracking = config.log_with != "none"
+    if tracking and not config.output_dir:
+        raise ConfigError(f"--log-with {config.log_with} needs a run folder: pass --output-dir")
+    if tracking and importlib.util.find_spec(config.log_with) is None:
+        raise ConfigError(f"--log-with {config.log_with} needs the {config.log_with} package: "
+                          f"pip install -e \".[{config.log_with}]\"")
     return Accelerator(cpu=not cuda, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
-                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+                       gradient_accumulation_steps=config.gradient_accumulation_steps,
+                       log_with=config.log_with if tracking else None,
+                       project_dir=config.output_dir if tracking else None)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
@@ -149,6 +159,11 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
         if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
 
+    if config.log_with != "none":
+        # trackers take scalars only; the run folder's config.json has the rest
+        hparams = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(config.log_with, config=hparams)
+
     def scored(split) -> dict[str, Any]:
         counts = accelerator.reduce(evaluate_counts(model, split, config.eval_batch_size, config.sum_weight,
                                                     rank, world), reduction="sum")
@@ -206,6 +221,8 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
                 runs.append_jsonl(run_dir / "metrics.jsonl", row)
             if run_dir:
                 save(epoch, steps, loss_sum, train_seconds)
+            if config.log_with != "none":
+                accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             if report is not None:
                 report(row)
 
@@ -222,6 +239,9 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
 
         plot_curves(history, run_dir / "curves.png", title=f"{config.preset} (width {config.width}), seed {config.seed}",
                     label_smoothing=config.label_smoothing)
+        write_report(unwrapped, test, run_dir, config.eval_batch_size)
+    if config.log_with != "none":
+        accelerator.end_training()
     accelerator.wait_for_everyone()
     final["history"] = history
     return final

@@ -139,6 +139,8 @@ def _bad(tmp_path, run_dir, case):
         return [str(run_dir), str(good), "3", "--csv", str(tmp_path / "out.csv")]
     if case == "folder without numbers":
         return [str(run_dir), str(tmp_path)]
+    if case == "wrong count of numbers":
+        return [str(run_dir), str(tmp_path), "--numbers", "1,2"]  # the folder holds one image
     raise AssertionError(case)
 
 
@@ -162,6 +164,7 @@ BAD = [
     ("config does not match weights", "does not match config.json"),
     ("csv exists", "exists: choose another --csv, or pass --overwrite"),
     ("folder without numbers", "pass exactly one of --numbers"),
+    ("wrong count of numbers", "--numbers has 2 values for 1 images"),
 ]
 
 

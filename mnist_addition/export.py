@@ -1,0 +1,39 @@
+"""Export a run's model to ONNX: two inputs (image batch, number batch), dynamic batch size.
+
+Needs the ``onnx`` extra (``pip install -e ".[onnx]"``): onnx and onnxscript for torch's exporter,
+onnxruntime to check the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .runs import RunError, load_run
+
+FORMATS = ("onnx",)
+
+
+def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write ``output`` (weights inside the file, no side .data file) and return its path."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RunError(f"ONNX export needs {' and '.join(missing)}: pip install -e \".[onnx]\"")
+    _, model = load_run(run_dir)
+    output = Path(output)
+    images, numbers = torch.zeros(2, 1, 28, 28), torch.tensor([3, 7])
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings():  # "axis name batch will not be used": both inputs share it, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.onnx.export(
+            model, (images, numbers), dynamo=True, verbose=False,
+            input_names=["image", "number"], output_names=["digit_logits", "sum_logits"],
+            dynamic_shapes={"images": {0: batch}, "numbers": {0: batch}})
+    tmp = output.with_name(output.name + ".tmp")
+    program.save(str(tmp), external_data=False)
+    tmp.replace(output)
+    return output

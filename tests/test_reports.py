@@ -1,0 +1,114 @@
+"""Run reports (pictures), TensorBoard logging and ONNX export."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from mnist_addition.cli import main
+from mnist_addition.report import REPORT_FILES
+
+PNG = b"\x89PNG\r\n\x1a\n"
+HAS_TB = importlib.util.find_spec("tensorboard") is not None
+HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep") / "run"
+    argv = ["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--width", "8", "--epochs", "2",
+            "--batch-size", "32", "--lr", "0.01", "--val-size", "100", "--mixed-precision", "no"]
+    assert main(argv + (["--log-with", "tensorboard"] if HAS_TB else [])) == 0
+    return out
+
+
+def test_training_writes_the_report_pictures(run_dir):
+    for name in REPORT_FILES:
+        assert (run_dir / name).read_bytes()[:8] == PNG, name
+
+
+def test_report_command_redraws_them(run_dir, capsys):
+    (run_dir / "mistakes.png").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "mistakes.png").read_bytes()[:8] == PNG
+    assert "test pairs wrong" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_TB, reason="tensorboard not installed")
+def test_tensorboard_logs_every_epoch(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    scalars = {}
+    for path in events:
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = [e.step for e in acc.Scalars(tag)]
+    for tag in ("train_loss", "val_digit_acc", "val_sum_acc", "lr", "images_per_s"):
+        assert scalars.get(tag) == [1, 2], tag
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="onnx extra not installed")
+def test_onnx_export_matches_pytorch(run_dir, tmp_path):
+    """onnxruntime vs PyTorch on batches of 1 and 37: max |diff| of the logits <= 1e-4
+    (float32, different kernels; measured ~2e-6)."""
+    import onnxruntime as ort
+
+    from mnist_addition.predict import load_model
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run_dir), "--format", "onnx", "--output", str(out)]) == 0
+    session = ort.InferenceSession(str(out))
+    model = load_model(run_dir)
+    for n in (1, 37):
+        images, numbers = torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,))
+        digit_onnx, sum_onnx = session.run(None, {"image": images.numpy(), "number": numbers.numpy()})
+        with torch.no_grad():
+            digit_pt, sum_pt = model(images, numbers)
+        assert digit_onnx.shape == (n, 10) and sum_onnx.shape == (n, 19)
+        assert abs(torch.from_numpy(digit_onnx) - digit_pt).max() <= 1e-4
+        assert abs(torch.from_numpy(sum_onnx) - sum_pt).max() <= 1e-4
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--format", "tflite"], "unknown export format 'tflite': use --format onnx"),
+    (["--output", "EXISTING"], "exists: choose another --output, or pass --overwrite"),
+])
+def test_export_bad_input(extra, match, run_dir, tmp_path, capsys):
+    existing = tmp_path / "keep.onnx"
+    existing.write_text("keep")
+    extra = [str(existing) if a == "EXISTING" else a for a in extra]
+    assert main(["export", str(run_dir), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err
+    assert existing.read_text() == "keep"
+
+
+def test_export_without_the_onnx_extra(run_dir, tmp_path, monkeypatch, capsys):
+    import mnist_addition.export as export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    assert main(["export", str(run_dir), "--output", str(tmp_path / "m.onnx")]) == 2
+    assert 'ONNX export needs onnxscript: pip install -e ".[onnx]"' in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_tensorboard_needs_the_package_and_a_run_folder(mnist_dir, monkeypatch):
+    from mnist_addition.config import ConfigError
+    from mnist_addition.train import fit
+
+    from .conftest import tiny_config
+
+    with pytest.raises(ConfigError, match="--log-with tensorboard needs a run folder"):
+        fit(tiny_config(mnist_dir, log_with="tensorboard", epochs=1), progress=False)
+    import mnist_addition.train as train
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r'needs the tensorboard package: pip install -e "\.\[tensorboard\]"'):
+        fit(tiny_config(mnist_dir, log_with="tensorboard", epochs=1, output_dir="unused"), progress=False)
