@@ -212,11 +212,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config, model = load_run(args.run_dir, device=device)
-    setup = json.loads((args.run_dir / "config.json").read_text()).get("setup", {})
     data_dir = args.data_dir or config.data_dir
     test = make_splits(load_mnist(data_dir, download=not args.no_download), config.val_size).test.to(device)
-    # Same precision as training, so the figures match the run's metrics.json.
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=setup.get("mixed_precision") == "bf16"):
+    with _training_precision(args.run_dir, device):
         counts = (evaluate_all_numbers if args.all_numbers else evaluate_counts)(
             model, test, config.eval_batch_size, config.sum_weight)
     metrics = summarize(counts)
@@ -229,6 +227,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_precision(run_dir: Path, device: str):
+    """Autocast as in training (bf16 or not), so re-scored figures match the run's metrics.json."""
+    import torch
+
+    setup = json.loads((run_dir / "config.json").read_text()).get("setup", {})
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=setup.get("mixed_precision") == "bf16")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -238,7 +244,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config, model = load_run(args.run_dir)
     test = make_splits(load_mnist(args.data_dir or config.data_dir, download=not args.no_download), config.val_size).test
-    summary = write_report(model, test, args.run_dir, config.eval_batch_size)
+    with _training_precision(args.run_dir, "cpu"):
+        summary = write_report(model, test, args.run_dir, config.eval_batch_size)
     Console().print(f"wrote {', '.join(REPORT_FILES)} to {args.run_dir} "
                     f"({summary['mistakes']} of {summary['n']} test pairs wrong)")
     return 0
