@@ -228,7 +228,8 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
 
     per_process = accelerator.gather(torch.tensor([samples_seen], device=device)).tolist()
     setup["train_samples_per_process"] = per_process
-    final = {"val": _strip(history[-1], "val_"), "test": scored(test), "params": n_params,
+    test_metrics = _strip(history[-1], "test_") if test_every_epoch else scored(test)  # score the test set once
+    final = {"val": _strip(history[-1], "val_"), "test": test_metrics, "params": n_params,
              "train_seconds": train_seconds, "epochs": config.epochs,
              "images_per_s": steps * config.batch_size * config.epochs / max(train_seconds, 1e-9), "setup": setup}
     if run_dir and main:

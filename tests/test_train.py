@@ -88,3 +88,10 @@ def test_limits_apply_to_data_passed_in(mnist_dir):
     data = make_splits(load_mnist(mnist_dir, download=False), val_size=100)
     final = fit(tiny_config(mnist_dir, epochs=1, train_limit=64, eval_limit=50), data=data, progress=False)
     assert final["setup"]["train_samples_per_process"] == [64] and final["test"]["n"] == 50
+
+
+def test_test_every_epoch_reports_the_final_test_metrics(mnist_dir):
+    final = fit(tiny_config(mnist_dir, epochs=2), progress=False, test_every_epoch=True)
+    last = final["history"][-1]
+    assert [r["epoch"] for r in final["history"]] == [1, 2]
+    assert final["test"]["digit_acc"] == last["test_digit_acc"] and final["test"]["n"] == last["test_n"] == 200
