@@ -6,13 +6,18 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", label_smoothing: float = 0.0) -> None:
-    """Training loss and validation accuracy (digit, sum) per epoch: the plot the seed shows."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", label_smoothing: float = 0.0) -> None:
+    """Training loss and validation accuracy (digit, sum) per epoch: the plot the seed shows."""
+    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     # the training loss includes label smoothing (it cannot reach 0); validation loss does not
@@ -35,15 +40,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", labe
         fig.suptitle(title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_confusion(truth: "torch.Tensor", pred: "torch.Tensor", classes: int, path: Path, title: str) -> None:

@@ -16,9 +16,9 @@ from torch import nn
 
 from .config import ConfigError, TrainConfig
 from .model import build_model
+from .report import REPORT_FILES
 
-RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png",
-             "confusion_digit.png", "confusion_sum.png", "samples.png", "mistakes.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *REPORT_FILES)
 
 
 class RunError(RuntimeError):
