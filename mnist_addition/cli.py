@@ -87,7 +87,51 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", type=Path, help="also write file,number,digit,sum,digit_prob,sum_prob rows here")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_tune_parser(sub)
     return parser
+
+
+def add_tune_parser(sub: Any) -> None:
+    """``mnist-addition tune``; defaults are suppressed so --resume can tell what was typed."""
+    from .sweep import METRICS, SCHEDULERS, SEARCHERS, SweepOptions
+
+    d = SweepOptions()
+    tu = sub.add_parser(
+        "tune", help="hyperparameter sweep with Ray Tune (ASHA early stopping; selects on validation)",
+        description="Sample training configs from a search space, train each with the same fit() as 'train', "
+                    "report validation accuracy every epoch, stop bad trials early, and write the best config "
+                    "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS)
+    tu.add_argument("--space", help="YAML search space, or a name from tune/: default, smoke (default: default; "
+                                    "smoke with --smoke)")
+    tu.add_argument("--num-samples", type=int, help=f"trials to sample (default: {d.num_samples}; 4 with --smoke)")
+    tu.add_argument("--data-dir", help="folder with MNIST/raw/*-ubyte, the same path on every node "
+                                       "(default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)")
+    tu.add_argument("--smoke", action="store_true", help="tiny trials: 10,000 training images, 2 epochs")
+    tu.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    where = tu.add_argument_group("where it runs")
+    where.add_argument("--address", help="an existing Ray cluster, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, "
+                                         "else start a local Ray on this machine's CPUs)")
+    where.add_argument("--storage-path", help=f"folder or s3://... URI for sweeps (default: {d.storage_path})")
+    where.add_argument("--name", help="sweep name: a folder in --storage-path (default: tune-<timestamp>)")
+    where.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name; finished "
+                                                              "trials are kept, unfinished ones resume from checkpoints")
+    where.add_argument("--cpus-per-trial", type=float, help=f"CPUs per trial (default: {d.cpus_per_trial:g})")
+    where.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; above 1 the trial is data-parallel with "
+                                                            "one Ray Train worker per GPU (default: 0)")
+    where.add_argument("--workers-per-trial", type=int, help="data-parallel workers per trial (Ray Train + "
+                                                             "Accelerate); CPUs and GPUs are split between them")
+    where.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
+    where.add_argument("--max-failures", type=int, help=f"retries of a crashed trial, each from its last checkpoint "
+                                                        f"(default: {d.max_failures})")
+    where.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1 (local Ray only)")
+    how = tu.add_argument_group("how it searches")
+    how.add_argument("--scheduler", choices=SCHEDULERS, help=f"asha stops bad trials early (default: {d.scheduler})")
+    how.add_argument("--search", choices=SEARCHERS, help=f"random sampling or Optuna's TPE (default: {d.search})")
+    how.add_argument("--metric", choices=list(METRICS), help=f"validation metric to select on (default: {d.metric})")
+    how.add_argument("--mode", choices=("max", "min"), help="max for accuracies, min for val_loss (default: follows --metric)")
+    how.add_argument("--seed", type=int, help="seed of the sampler (every trial trains with the space's seed, "
+                                              "default 0, so configs are compared on equal terms)")
+    how.add_argument("--top", type=int, help=f"rows in the results table (default: {d.top})")
 
 
 def _number(text: str) -> int:
@@ -327,11 +371,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .sweep import SweepError, SweepOptions, find_space, run_sweep
+
+    given = {k: v for k, v in vars(args).items() if k != "command"}
+    if "no_download" in given:
+        given["download"] = not given.pop("no_download")
+    if given.get("resume"):
+        changed = [k for k in SweepOptions.SWEEP_DEFINING if k in given]
+        if changed:
+            raise SweepError(f"{flag(changed[0])} cannot change when resuming (the sweep's sweep.json fixes it): "
+                             "drop the flag, or start a new sweep under another --name")
+    else:
+        given["space"] = str(find_space(given.get("space") or ("smoke" if given.get("smoke") else "default")))
+        if given.get("smoke") and "num_samples" not in given:
+            given["num_samples"] = 4
+    console = Console(stderr=True, soft_wrap=True)
+    summary = run_sweep(SweepOptions(**given), console)
+    return EXIT_INTERRUPTED if summary.get("unfinished") else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report,
-                "export": cmd_export, "predict": cmd_predict}[args.command](args)
+                "export": cmd_export, "predict": cmd_predict, "tune": cmd_tune}[args.command](args)
     except (ConfigError, RunError, CheckpointError, ImageError) as e:
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +17,7 @@ def _pyplot():
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", label_smoothing: float = 0.0) -> None:
     """Training loss and validation accuracy (digit, sum) per epoch: the plot the seed shows."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     # the training loss includes label smoothing (it cannot reach 0); validation loss does not
@@ -46,7 +46,7 @@ def plot_confusion(truth: "torch.Tensor", pred: "torch.Tensor", classes: int, pa
     """Row-normalised confusion matrix with counts in the off-diagonal cells that are not zero."""
     import torch
 
-    plt = _pyplot()
+    plt = pyplot()
     counts = torch.zeros(classes, classes, dtype=torch.long)
     counts.index_put_((truth.long(), pred.long()), torch.ones_like(truth, dtype=torch.long), accumulate=True)
     share = counts.float() / counts.sum(1, keepdim=True).clamp(min=1)
@@ -69,7 +69,7 @@ def plot_confusion(truth: "torch.Tensor", pred: "torch.Tensor", classes: int, pa
 def plot_examples(images: "torch.Tensor", numbers, digits, sums, digit_pred, sum_pred, path: Path, title: str,
                   columns: int = 8) -> None:
     """A grid of test images with the number, the predictions and the truth; mistakes in red."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     rows = max(1, -(-n // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.35, rows * 1.6), squeeze=False)

@@ -89,14 +89,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int
 
 def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | None = None,
         progress: bool = True, test_every_epoch: bool = False, resume: bool = False,
-        warn: Callable[[str], None] = print) -> dict[str, Any]:
+        warn: Callable[[str], None] = print, score_test: bool = True) -> dict[str, Any]:
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
     ``data`` skips reading MNIST (tests and benchmarks pass their own). When ``config.output_dir``
     is set, the main process writes the run folder there (the caller checked it may) and every
     process joins in saving checkpoints; ``resume`` continues from its newest valid checkpoint.
     With ``test_every_epoch`` the test set is also scored each epoch (benchmarks only: never for
-    selection).
+    selection); with ``score_test=False`` it is never scored (sweep trials select on validation,
+    and the run folder then gets no test-set report).
     """
     accelerator = make_accelerator(config)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -228,7 +229,8 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
 
     per_process = accelerator.gather(torch.tensor([samples_seen], device=device)).tolist()
     setup["train_samples_per_process"] = per_process
-    test_metrics = _strip(history[-1], "test_") if test_every_epoch else scored(test)  # score the test set once
+    test_metrics = (_strip(history[-1], "test_") if test_every_epoch  # score the test set once
+                    else scored(test) if score_test else None)
     final = {"val": _strip(history[-1], "val_"), "test": test_metrics, "params": n_params,
              "train_seconds": train_seconds, "epochs": config.epochs,
              "images_per_s": steps * config.batch_size * config.epochs / max(train_seconds, 1e-9), "setup": setup}
@@ -240,7 +242,8 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
 
         plot_curves(history, run_dir / "curves.png", title=f"{config.preset} (width {config.width}), seed {config.seed}",
                     label_smoothing=config.label_smoothing)
-        write_report(unwrapped, test, run_dir, config.eval_batch_size)
+        if score_test:
+            write_report(unwrapped, test, run_dir, config.eval_batch_size)
     if config.log_with != "none":
         accelerator.end_training()
     accelerator.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""Imports point one way: the core needs only torch; Accelerate only in train; Ray never here."""
+"""Imports point one way: the core needs only torch; Accelerate only in train; Ray only inside a sweep."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def _loaded_after(statement: str) -> set[str]:
 
 def test_core_imports_neither_accelerate_nor_ray():
     loaded = _loaded_after("import mnist_addition, mnist_addition.data, mnist_addition.model, "
-                           "mnist_addition.metrics, mnist_addition.evaluate, mnist_addition.runs, mnist_addition.cli")
+                           "mnist_addition.metrics, mnist_addition.evaluate, mnist_addition.runs, mnist_addition.cli, "
+                           "mnist_addition.spaces, mnist_addition.sweep; mnist_addition.cli.build_parser()")
     assert "torch" in loaded
     assert "accelerate" not in loaded and "ray" not in loaded
 

@@ -1,0 +1,190 @@
+"""Search spaces for sweeps: small YAML files keyed by TrainConfig field names.
+
+No Ray here: a space is read and checked before Ray starts, so a typo costs a second, not a
+cluster start-up. ``sweep.py`` turns a checked ``Space`` into Ray Tune's sampling objects.
+
+    fixed:                 # the same for every trial (any TrainConfig field)
+      epochs: 6
+    search:                # one distribution per field
+      lr: {loguniform: [0.002, 0.02]}
+      width: {choice: [8, 16, 24]}
+      sum_weight: {uniform: [0.2, 0.8]}
+      epochs: {randint: [2, 6]}        # inclusive bounds
+
+Every bound and every choice is checked by building a TrainConfig with it, so a space can never
+sample a value ``mnist-addition train`` would refuse; the error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig, field_names
+
+# The sweep sets these for every trial (from its own flags): a space may not.
+SWEEP_OWNED = {"data_dir": "--data-dir", "output_dir": "--storage-path/--name"}
+KINDS = ("uniform", "loguniform", "randint", "choice")
+SECTIONS = ("fixed", "search")
+
+
+class SpaceError(ConfigError):
+    """A search-space file is unreadable or asks for something TrainConfig refuses."""
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: str  # one of KINDS
+    values: tuple  # (low, high) for ranges, the options for choice
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "choice " + ", ".join(map(str, self.values))
+        low, high = self.values
+        return f"{self.kind} [{low:g}, {high:g}]"
+
+    def extremes(self) -> tuple:
+        """Values that, if valid, make every sample valid (TrainConfig's checks are ranges or choices)."""
+        return self.values
+
+
+@dataclass(frozen=True)
+class Space:
+    path: str
+    fixed: dict[str, Any]
+    search: dict[str, Param]
+
+    def base(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fixed values, then ``overrides`` (e.g. ``--smoke``); keys being searched keep their space."""
+        return {**self.fixed, **{k: v for k, v in (overrides or {}).items() if k not in self.search}}
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string: accept what a person would call a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _field_kind(name: str) -> type:
+    kind = typing.get_type_hints(TrainConfig)[name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if args else kind
+
+
+def parse_space(data: Any, path: str) -> Space:
+    """Check a loaded YAML document and return a Space; raises SpaceError naming the key."""
+    where = f"search space {path}"
+    if not isinstance(data, dict):
+        raise SpaceError(f"{where} must be a mapping with 'search:' (and optionally 'fixed:') sections")
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        raise SpaceError(f"{where}: unknown section {unknown[0]!r}: use only {' and '.join(SECTIONS)}")
+    fixed = data.get("fixed") or {}
+    search_raw = data.get("search") or {}
+    for name, section in (("fixed", fixed), ("search", search_raw)):
+        if not isinstance(section, dict):
+            raise SpaceError(f"{where}: '{name}:' must be a mapping of TrainConfig fields")
+    if not search_raw:
+        raise SpaceError(f"{where} searches nothing: add at least one key under 'search:' (e.g. lr)")
+    known = set(field_names())
+    for key in [*fixed, *search_raw]:
+        if key in SWEEP_OWNED:
+            raise SpaceError(f"{where}: {key!r} is set by the sweep, not the space: remove it and use "
+                             f"{SWEEP_OWNED[key]}")
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpaceError(f"{where}: unknown key {key!r}{hint}: keys are TrainConfig fields "
+                             "(see mnist-addition train --help)")
+    both = sorted(set(fixed) & set(search_raw))
+    if both:
+        raise SpaceError(f"{where}: {both[0]!r} is both fixed and searched: keep it in one section")
+    fixed = {k: _number(v) for k, v in fixed.items()}
+    _check_config(fixed, where, "the fixed values")
+
+    search: dict[str, Param] = {}
+    for key, spec in search_raw.items():
+        search[key] = param = _parse_param(key, spec, where)
+        for value in param.extremes():
+            _check_config({**fixed, key: value}, where, f"{key}={value!r}")
+    return Space(path=path, fixed=fixed, search=search)
+
+
+def _parse_param(key: str, spec: Any, where: str) -> Param:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise SpaceError(f"{where}: {key!r} needs exactly one distribution, e.g. "
+                         f"{{loguniform: [0.001, 0.01]}}; kinds: {', '.join(KINDS)}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise SpaceError(f"{where}: {key}: {kind} needs a list, e.g. {kind}: [low, high]")
+    values = [_number(v) for v in values]
+    field_kind = _field_kind(key)
+    if kind == "choice":
+        if len(set(map(repr, values))) != len(values):
+            raise SpaceError(f"{where}: {key}: choice lists a value twice: list each option once")
+        return Param(kind, tuple(values))
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise SpaceError(f"{where}: {key}: {kind} needs two numbers [low, high], got {values!r}")
+    low, high = values
+    if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
+        raise SpaceError(f"{where}: {key}: {kind} needs low < high, got [{low}, {high}]: swap or widen the bounds")
+    if kind == "randint":
+        if field_kind is not int:
+            raise SpaceError(f"{where}: {key} is a {field_kind.__name__}: use uniform or loguniform, not randint")
+        if not (float(low).is_integer() and float(high).is_integer()):
+            raise SpaceError(f"{where}: {key}: randint bounds must be whole numbers, got [{low}, {high}]")
+        return Param(kind, (int(low), int(high)))
+    if field_kind is not float:
+        raise SpaceError(f"{where}: {key} is a {field_kind.__name__}: use randint or choice, not {kind}")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}: {key}: loguniform needs low > 0, got {low}: use e.g. {high / 100:g}")
+    return Param(kind, (float(low), float(high)))
+
+
+def _check_config(values: dict[str, Any], where: str, what: str) -> None:
+    try:
+        TrainConfig.from_dict(values, source=where)
+    except SpaceError:
+        raise
+    except ConfigError as e:
+        raise SpaceError(f"{where}: {what} is not a valid training config: {e}") from None
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and check a YAML search space."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpaceError(f"search space {path} does not exist: pass e.g. --space tune/default.yaml") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise SpaceError(f"search space {path} is not a text file ({e.__class__.__name__}): "
+                         "pass a .yaml file such as tune/default.yaml") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpaceError(f"search space {path} is not valid YAML{at}: fix the file "
+                         "(see tune/default.yaml for the format)") from None
+    return parse_space(data, str(path))
+
+
+def describe(space: Space) -> list[tuple[str, str]]:
+    """(key, description) rows for a table: searched keys first, then fixed ones."""
+    rows = [(k, p.describe()) for k, p in space.search.items()]
+    rows += [(k, f"fixed {v!r}") for k, v in space.fixed.items()]
+    return rows
+
+
+__all__ = ["KINDS", "Param", "Space", "SpaceError", "describe", "load_space", "parse_space"]
