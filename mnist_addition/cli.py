@@ -388,7 +388,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         given["space"] = str(find_space(given.get("space") or ("smoke" if given.get("smoke") else "default")))
         if given.get("smoke") and "num_samples" not in given:
             given["num_samples"] = 4
-    console = Console(stderr=True, soft_wrap=True)
+    # a log file gets the whole results table, not 80 columns of it
+    console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
     summary = run_sweep(SweepOptions(**given), console)
     return EXIT_INTERRUPTED if summary.get("unfinished") else 0
 

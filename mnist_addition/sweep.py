@@ -387,17 +387,17 @@ def _trainable(options: SweepOptions, space: Space, store: _Store) -> Any:
     return tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
 
 
-def _printer(epochs: int) -> Any:
+def _printer(epochs: int, trials: int) -> Any:
     """A Tune callback printing one line per trial event instead of Ray's status tables."""
     from ray.tune import Callback
 
     class Printer(Callback):
         # Tune pickles its callbacks with the experiment state: the console is made on first use.
         def __getstate__(self) -> dict[str, Any]:
-            return {"epochs": self.epochs}
+            return {"epochs": self.epochs, "trials": self.trials}
 
         def __init__(self) -> None:
-            self.epochs = epochs
+            self.epochs, self.trials = epochs, trials
 
         def _print(self, text: str) -> None:
             from rich.console import Console
@@ -409,7 +409,7 @@ def _printer(epochs: int) -> Any:
             self._print(f"[dim]{trial.trial_id}[/] epoch {result.get('epoch')}/{self.epochs}  "
                         f"val digit {100 * result['val_digit_acc']:.2f}%  sum {100 * result['val_sum_acc']:.2f}%  "
                         f"both {100 * result['val_both_acc']:.2f}%  {result['images_per_s']:,.0f} img/s  "
-                        f"[dim]({done}/{len(trials)} trials done)[/]")
+                        f"[dim]({done}/{self.trials} trials done)[/]")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._print(f"[red]{trial.trial_id} failed[/] (retried from its last checkpoint while --max-failures "
@@ -469,12 +469,14 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start
-        statuses = [t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])]
-        unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses)
-        summary = _write_results(grid, options, space, store, wall, console)
-        summary["unfinished"] = unfinished
+        # Tune returns normally after Ctrl-C; its trial states say whether everything ran.
+        statuses = {t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
+        summary = _write_results(grid, options, space, store, wall, console, statuses)
+        # trials not yet sampled when the sweep stopped are not in the grid at all
+        unfinished = summary["unfinished"] = options.num_samples - sum(
+            s in ("TERMINATED", "ERROR") for s in statuses.values())
         if unfinished:
-            console.print(f"[red]interrupted[/]: {unfinished} of {len(statuses)} trials unfinished; continue with  "
+            console.print(f"[red]interrupted[/]: {unfinished} of {options.num_samples} trials unfinished; continue with  "
                           f"mnist-addition tune --resume --name {options.name} --storage-path {options.storage_path}")
         return summary
     finally:
@@ -521,7 +523,7 @@ def _run_config(options: SweepOptions, space: Space) -> Any:
         else str(Path(options.storage_path)), verbose=0,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[_printer(epochs)])
+        callbacks=[_printer(epochs, options.num_samples)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,7 +531,7 @@ def _run_config(options: SweepOptions, space: Space) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 def _write_results(grid: Any, options: SweepOptions, space: Space, store: _Store, wall: float,
-                   console: Any) -> dict[str, Any]:
+                   console: Any, statuses: dict[str, str]) -> dict[str, Any]:
     import csv
 
     from rich.table import Table
@@ -543,11 +545,18 @@ def _write_results(grid: Any, options: SweepOptions, space: Space, store: _Store
         history = result.metrics_dataframe
         curve = [] if history is None or "epoch" not in history else \
             history[["epoch", options.metric]].dropna().to_dict("records")
+        trial_id = m.get("trial_id") or Path(result.path).name.removeprefix("trial-")
+        if result.error or statuses.get(trial_id) == "ERROR":
+            status = "error"
+        elif statuses.get(trial_id, "TERMINATED") != "TERMINATED":
+            status = "unfinished"  # interrupted: --resume continues it
+        else:
+            status = "finished" if m.get("epoch", 0) >= epochs else "stopped early"
         trials.append({
-            "trial_id": m.get("trial_id") or Path(result.path).name,
+            "trial_id": trial_id,
             **{k: result.config.get(k) for k in keys},
             "epochs_run": int(m.get("epoch", 0) or 0),
-            "status": "error" if result.error else ("finished" if m.get("epoch", 0) >= epochs else "stopped early"),
+            "status": status,
             **{k: m.get(k) for k in ("val_digit_acc", "val_sum_acc", "val_both_acc", "val_loss", "images_per_s",
                                      "train_seconds", "processes", "resumed_from_epoch", "node_id")},
             "trial_seconds": m.get("time_total_s"),
@@ -583,7 +592,8 @@ def _write_results(grid: Any, options: SweepOptions, space: Space, store: _Store
                "sum_train_seconds": trained, "epochs_run": sum(t["epochs_run"] for t in trials),
                "finished": sum(t["status"] == "finished" for t in trials),
                "stopped_early": sum(t["status"] == "stopped early" for t in trials),
-               "errors": sum(t["status"] == "error" for t in trials)}
+               "errors": sum(t["status"] == "error" for t in trials),
+               "unfinished": sum(t["status"] == "unfinished" for t in trials)}
     store.write(SUMMARY_FILE, json.dumps(summary, indent=2).encode())
 
     table = Table(title=f"Top trials by {options.metric} (validation; the test set is not used)")

@@ -1,0 +1,91 @@
+"""The sweep benchmark (not a test): an ASHA sweep on real MNIST, Ray's overhead, and the best
+config retrained on the official test set.
+
+    python benchmarks/bench_sweep.py --data-dir ../shared/mnist --num-samples 8 --seeds 3
+
+1. Runs ``mnist-addition tune`` over ``--space`` (default ``tune/default.yaml``) with a local Ray.
+2. Prints where the sweep's wall time went: training (sum of the trials' own ``train_seconds``,
+   the baseline), the rest of each trial (start-up, data loading, validation, checkpoints), and
+   Ray (scheduling, actor start-up, result handling: wall time minus the trials' time; exact only
+   when trials run one at a time, as with the default 2 CPUs per trial on a 2-core machine).
+3. Retrains ``best_config.json`` as ``mnist-addition train --config`` would, for ``--seeds`` seeds
+   (seed 0 is the config the sweep selected), and scores the official 10k test set, which the
+   sweep never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mnist_addition.config import TrainConfig
+from mnist_addition.data import load_mnist, make_splits
+from mnist_addition.sweep import BEST_FILE, SweepOptions, find_space, run_sweep
+from mnist_addition.train import fit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--space", default="default")
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--cpus-per-trial", type=float, default=2.0)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for retraining the best config")
+    parser.add_argument("--storage-path", default="runs/bench-sweeps")
+    parser.add_argument("--json", type=Path, help="also write all figures here")
+    args = parser.parse_args()
+    console = Console(width=150)
+
+    name = time.strftime("bench-%Y%m%d-%H%M%S")
+    options = SweepOptions(space=str(find_space(args.space)), num_samples=args.num_samples, data_dir=args.data_dir,
+                           storage_path=args.storage_path, name=name, cpus_per_trial=args.cpus_per_trial)
+    summary = run_sweep(options, console)
+    sweep_dir = Path(summary["uri"])
+    wall, in_trials, training = summary["wall_seconds"], summary["sum_trial_seconds"], summary["sum_train_seconds"]
+    n = summary["trials"]
+
+    table = Table(title=f"Where a {n}-trial sweep's time went ({summary['epochs_run']} epochs run)")
+    for col in ("", "seconds", "per trial", "share of wall"):
+        table.add_column(col, justify="left" if not col else "right")
+    for label, seconds in (("training (baseline: the trials' own train_seconds)", training),
+                           ("rest of the trials: start-up, data, validation, checkpoints", in_trials - training),
+                           ("Ray: scheduling, actor start-up, results", wall - in_trials),
+                           ("sweep wall time", wall)):
+        table.add_row(label, f"{seconds:.1f}", f"{seconds / n:.1f}", f"{100 * seconds / wall:.0f}%")
+    console.print(table)
+
+    best = TrainConfig.load(sweep_dir / BEST_FILE)
+    data = make_splits(load_mnist(args.data_dir, download=False), best.val_size)
+    rows = []
+    for seed in range(args.seeds):
+        config = best.replace(seed=seed, data_dir=args.data_dir)
+        final = fit(config, data=data, progress=False)
+        rows.append({"seed": seed, "digit": final["test"]["digit_acc"], "sum": final["test"]["sum_acc"],
+                     "both": final["test"]["both_acc"], "val_both": final["val"]["both_acc"],
+                     "seconds": final["train_seconds"]})
+        console.print(f"retrained best config, seed {seed}: test digit {100 * rows[-1]['digit']:.2f}%  "
+                      f"sum {100 * rows[-1]['sum']:.2f}%  ({rows[-1]['seconds']:.0f} s)")
+
+    def ms(key: str, scale: float = 100.0) -> str:
+        values = [r[key] * scale for r in rows]
+        return f"{statistics.fmean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+    result = Table(title=f"Best config retrained ({args.seeds} seeds; official 10k test set, never used by the sweep)")
+    for col in ("config", "test digit %", "test sum %", "test both %", "train s"):
+        result.add_column(col, justify="left" if col == "config" else "right")
+    searched = {k: getattr(best, k) for k in json.loads((sweep_dir / "sweep.json").read_text())["space"]["search"]}
+    result.add_row(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
+                   + f" epochs={best.epochs}", ms("digit"), ms("sum"), ms("both"), ms("seconds", 1.0))
+    console.print(result)
+    if args.json:
+        args.json.write_text(json.dumps({"sweep": summary, "retrained": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

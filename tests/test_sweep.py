@@ -1,0 +1,246 @@
+"""Ray Tune sweeps, end to end on tiny synthetic data.
+
+Ray start-ups are slow on 2 cores, so there are two: one local Ray started by the CLI itself (the
+laptop path), and one session-wide 2-node cluster on 127.0.0.1 that the other tests reach with
+--address (the existing-cluster path). All Ray traffic stays on loopback
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), and each test stops only what it started.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_addition.cli import main
+from mnist_addition.config import TrainConfig
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind and connect on 127.0.0.1 only
+import ray  # noqa: E402  (in the [dev] extra: a missing Ray fails here rather than skipping)
+
+TINY = {"epochs": 2, "width": 8, "batch_size": 32, "val_size": 100, "mixed_precision": "no"}
+
+
+def tiny_space(tmp_path: Path, epochs: int = 2) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"fixed": {**TINY, "epochs": epochs},
+                                    "search": {"lr": {"loguniform": [0.005, 0.02]},
+                                               "sum_weight": {"uniform": [0.3, 0.7]}}}))
+    return path
+
+
+def read_trials(sweep: Path) -> list[dict[str, str]]:
+    with (sweep / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def tune_args(space: Path, mnist_dir: Path, storage: Path, name: str, *extra: str) -> list[str]:
+    return ["tune", "--space", str(space), "--data-dir", str(mnist_dir), "--storage-path", str(storage),
+            "--name", name, "--cpus-per-trial", "1", *extra]
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnist_addition", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """An existing Ray cluster: a head and a second node, 1 CPU each, both on 127.0.0.1."""
+    from ray.cluster_utils import Cluster
+
+    node = dict(num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2)
+    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    c.add_node(**node)
+    c.wait_for_nodes()
+    yield c
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+def node_ids(cluster) -> set[str]:
+    ray.init(address=cluster.address)
+    try:
+        return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+
+
+# -- the laptop path: the CLI starts (and stops) its own local Ray ------------------------------
+
+def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "mnist_addition", *tune_args(
+        tiny_space(tmp_path), mnist_dir, tmp_path / "sweeps", "smoke", "--num-samples", "3")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = tmp_path / "sweeps" / "smoke"
+    trials = read_trials(sweep)
+    assert len(trials) == 3
+    for t in trials:  # every trial reported both accuracies (and the joint one) on validation
+        assert 0 < float(t["val_digit_acc"]) <= 1 and 0 <= float(t["val_sum_acc"]) <= 1
+        assert float(t["val_both_acc"]) <= min(float(t["val_digit_acc"]), float(t["val_sum_acc"]))
+        assert 1 <= int(t["epochs_run"]) <= 2 and t["processes"] == "1"
+    best_row = max(trials, key=lambda t: float(t["val_both_acc"]))
+    assert trials[0] == best_row  # the CSV is ranked
+    best = TrainConfig.load(sweep / "best_config.json")  # what 'train --config' reads
+    assert best.lr == pytest.approx(float(best_row["lr"])) and best.sum_weight == pytest.approx(float(best_row["sum_weight"]))
+    assert (best.width, best.epochs, best.data_dir, best.output_dir) == (8, 2, None, None)
+    assert (sweep / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["trials"] == 3 and summary["best_trial"] == best_row["trial_id"]
+    assert done.stderr.count("epoch 1/2") == 3  # one progress line per trial epoch
+    assert "Top trials by val_both_acc" in done.stderr
+    assert not ray.is_initialized()
+
+    # ... and 'mnist-addition train --config best_config.json' takes it as it is
+    run = tmp_path / "retrained"
+    assert main(["train", "--config", str(sweep / "best_config.json"), "--data-dir", str(mnist_dir),
+                 "--output-dir", str(run)]) == 0
+    assert TrainConfig.load(run / "config.json") == best.replace(data_dir=str(mnist_dir), output_dir=str(run))
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 200  # the test set, scored after the sweep
+
+
+# -- an existing cluster -----------------------------------------------------------------------
+
+def test_sweep_runs_on_an_existing_cluster_across_its_nodes(tmp_path, mnist_dir, cluster):
+    ids = node_ids(cluster)
+    assert len(ids) == 2
+    # two 1-CPU trials at once on two 1-CPU nodes: one must run on each
+    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "cluster", "--num-samples", "2",
+                          "--scheduler", "fifo", "--address", cluster.address)) == 0
+    trials = read_trials(tmp_path / "cluster")
+    assert {t["node_id"] for t in trials} == ids
+    assert all(t["status"] == "finished" for t in trials)
+    assert not ray.is_initialized()  # the CLI disconnected ...
+    assert len(node_ids(cluster)) == 2  # ... and left the cluster running
+
+
+def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, cluster):
+    marker = tmp_path / "crashed-once"
+    args = tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "faults", "--num-samples", "2",
+                     "--scheduler", "fifo", "--address", cluster.address, "--max-failures", "1")
+    os.environ["MNIST_ADDITION_INJECT_FAILURE"] = str(marker)
+    try:
+        assert main(args) == 0
+    finally:
+        del os.environ["MNIST_ADDITION_INJECT_FAILURE"]
+    assert marker.exists()  # a trial did crash after epoch 1
+    trials = read_trials(tmp_path / "faults")
+    assert sorted(t["resumed_from_epoch"] for t in trials) == ["0", "1"]  # one retry, from epoch 1's checkpoint
+    assert all(t["status"] == "finished" and t["epochs_run"] == "2" for t in trials)
+    retried = next(t for t in trials if t["resumed_from_epoch"] == "1")
+    history = (tmp_path / "faults" / f"trial-{retried['trial_id']}" / "run" / "metrics.jsonl").read_text()
+    assert [json.loads(line)["epoch"] for line in history.splitlines()] == [1, 2]  # epoch 1 was not trained again
+
+
+def test_without_retries_a_crashed_trial_is_reported_as_failed(tmp_path, mnist_dir, cluster):
+    args = tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "nofaults", "--num-samples", "1",
+                     "--scheduler", "fifo", "--address", cluster.address, "--max-failures", "0")
+    os.environ["MNIST_ADDITION_INJECT_FAILURE"] = str(tmp_path / "marker")
+    try:
+        assert main(args) == 0  # epoch 1 was reported, so there is a (partial) result
+    finally:
+        del os.environ["MNIST_ADDITION_INJECT_FAILURE"]
+    (trial,) = read_trials(tmp_path / "nofaults")
+    assert trial["status"] == "error" and trial["epochs_run"] == "1"
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, mnist_dir, cluster):
+    space = tiny_space(tmp_path, epochs=3)
+    args = tune_args(space, mnist_dir, tmp_path, "interrupted", "--num-samples", "4", "--scheduler", "fifo",
+                     "--max-concurrent", "1", "--address", cluster.address)
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_addition", *args], stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # Ctrl-C as soon as the first trial has finished
+        lines.append(line)
+        if " finished: " in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "mnist-addition tune --resume --name interrupted" in rest
+    sweep = tmp_path / "interrupted"
+    finished = [p for p in sweep.glob("trial-*") if (p / "progress.csv").exists()
+                and len((p / "progress.csv").read_text().splitlines()) == 1 + 3]
+    assert finished, "no trial had finished before the interrupt"
+    before = {p.name: (p / "progress.csv").read_text() for p in finished}
+
+    assert main(["tune", "--resume", "--name", "interrupted", "--storage-path", str(tmp_path),
+                 "--address", cluster.address]) == 0
+    trials = read_trials(sweep)
+    assert len(trials) == 4 and all(t["status"] == "finished" for t in trials)
+    for name, progress in before.items():  # finished trials were kept, not trained again
+        assert (sweep / name / "progress.csv").read_text() == progress
+
+
+def test_a_multi_worker_trial_trains_data_parallel_with_world_size_2(tmp_path, mnist_dir, cluster):
+    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "ddp", "--num-samples", "1",
+                          "--workers-per-trial", "2", "--address", cluster.address)) == 0
+    (trial,) = read_trials(tmp_path / "ddp")
+    assert trial["processes"] == "2" and trial["status"] == "finished"
+    run = tmp_path / "ddp" / f"trial-{trial['trial_id']}" / "run"
+    setup = json.loads((run / "config.json").read_text())["setup"]
+    assert setup["num_processes"] == 2 and setup["distributed_type"] == "MULTI_CPU"
+    assert setup["per_process_batch_size"] == 16  # each worker took half of every global batch of 32
+
+
+# -- errors: one line, exit 2, before Ray starts, nothing overwritten ---------------------------
+
+def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys):
+    space = tiny_space(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  lr: {uniform: [0.1, 0.01]}\n")
+    storage = tmp_path / "sweeps"
+    cases = [
+        (["--space", str(bad)], "lr: uniform needs low < high"),
+        (["--space", "nonsense"], "--space nonsense: no such file"),
+        (["--space", str(space), "--metric", "val_loss", "--mode", "max"], "would pick the worst trial"),
+        (["--space", str(space), "--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--space", str(space), "--gpus-per-trial", "1.5"], "whole number of GPUs"),
+        (["--space", str(space), "--resume"], "--space cannot change when resuming"),
+        (["--resume"], "--resume needs --name"),
+        (["--resume", "--name", "never-ran"], "is not a sweep started by mnist-addition tune"),
+        (["--space", str(space), "--data-dir", str(tmp_path / "nowhere"), "--no-download"], "MNIST"),
+    ]
+    for extra, message in cases:
+        code = main(["tune", "--storage-path", str(storage), *extra])
+        err = capsys.readouterr().err
+        assert code in (1, 2) and message in err, (extra, err)
+        assert err.count("\n") == 1, err
+    assert not storage.exists()
+    assert not ray.is_initialized()
+
+    taken = storage / "taken"
+    taken.mkdir(parents=True)
+    (taken / "keep.txt").write_text("precious")
+    assert main(["tune", "--space", str(space), "--data-dir", str(mnist_dir), "--storage-path", str(storage),
+                 "--name", "taken"]) == 2
+    assert "already exists: pass --resume" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+
+
+def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    assert main(["tune", "--space", str(tiny_space(tmp_path)), "--storage-path", str(tmp_path)]) == 2
+    assert 'pip install -e ".[tune]"' in capsys.readouterr().err
+
+
+def test_ray_cluster_launcher_yaml_passes_rays_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    path = Path(__file__).resolve().parents[1] / "launch" / "ray" / "cluster.yaml"
+    config = yaml.safe_load(path.read_text())
+    validate_config(prepare_config(config))  # what `ray up` does first: defaults, then Ray's JSON schema
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
