@@ -290,7 +290,7 @@ def resolve(options: SweepOptions) -> tuple[SweepOptions, Space, _Store]:
     """Fill in defaults, load and check the space (or the saved sweep on --resume). No Ray yet."""
     options = dataclasses.replace(options)
     if "://" not in options.storage_path:
-        options.storage_path = str(Path(options.storage_path).absolute())
+        options.storage_path = os.path.abspath(os.path.expanduser(options.storage_path))
     if options.resume:
         if not options.name:
             raise SweepError("--resume needs --name: the sweep to continue (a folder in --storage-path)")
@@ -434,7 +434,7 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     from .data import load_mnist, resolve_data_dir
 
     # Data before Ray: a missing dataset is a one-line error, and the head node downloads it once.
-    options.data_dir = str(Path(resolve_data_dir(options.data_dir)).absolute())
+    options.data_dir = os.path.abspath(resolve_data_dir(options.data_dir))
     load_mnist(options.data_dir, download=options.download)
 
     import ray
@@ -623,7 +623,8 @@ def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epoch
     x_key = "lr" if "lr" in keys else (numeric[0] if numeric else None)
     colour_key = "width" if "width" in keys else next((k for k in keys if k != x_key), None)
     shown = [t for t in trials if t[metric] is not None]
-    colours = sorted({t[colour_key] for t in shown}, key=str) if colour_key else [None]
+    colours = sorted({t[colour_key] for t in shown}, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))) \
+        if colour_key else [None]
     cmap = plt.get_cmap("viridis", max(len(colours), 2))
     fig, (ax, curves) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, c in enumerate(colours):
@@ -639,7 +640,11 @@ def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epoch
                             color=cmap(i), marker="o", ms=3, alpha=0.8)
     if x_key == "lr" or (x_key and all(t[x_key] > 0 for t in shown) and
                          max(t[x_key] for t in shown) / max(min(t[x_key] for t in shown), 1e-12) > 20):
-        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")  # plain numbers at 1, 2 and 5 x 10^k
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     ax.set_xlabel(x_key or "")
     ax.set_ylabel(f"{metric} at the last epoch run (%)")
     ax.set_title("final score per trial")
@@ -653,7 +658,7 @@ def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epoch
     if values and metric != "val_loss":
         top = max(values)
         for axis in (ax, curves):
-            axis.set_ylim(max(min(values) - 0.5, top - 5), min(top + 0.3, 100))
+            axis.set_ylim(max(min(values) - 0.5, top - 10), min(top + 0.3, 100.05))
     for axis in (ax, curves):
         axis.grid(alpha=0.3)
     fig.tight_layout()

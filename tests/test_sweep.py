@@ -124,6 +124,17 @@ def test_sweep_runs_on_an_existing_cluster_across_its_nodes(tmp_path, mnist_dir,
     assert len(node_ids(cluster)) == 2  # ... and left the cluster running
 
 
+@pytest.mark.parametrize("search", ["random", "optuna"])
+def test_the_same_seed_samples_the_same_configs(tmp_path, mnist_dir, cluster, search):
+    space = tiny_space(tmp_path, epochs=1)
+    sampled = []
+    for name in ("first", "second"):
+        assert main(tune_args(space, mnist_dir, tmp_path, name, "--num-samples", "2", "--scheduler", "fifo",
+                              "--search", search, "--seed", "7", "--address", cluster.address)) == 0
+        sampled.append(sorted((t["lr"], t["sum_weight"]) for t in read_trials(tmp_path / name)))
+    assert sampled[0] == sampled[1] and len(set(sampled[0])) == 2
+
+
 def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, cluster):
     marker = tmp_path / "crashed-once"
     args = tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "faults", "--num-samples", "2",
