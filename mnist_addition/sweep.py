@@ -326,6 +326,7 @@ def _init_ray(options: SweepOptions) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        _probe(address)  # Ray itself retries an unreachable address for minutes
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -335,6 +336,22 @@ def _init_ray(options: SweepOptions) -> bool:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=options.dashboard,
              dashboard_host="127.0.0.1", object_store_memory=200 * 1024**2, **quiet)
     return True
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with a fix, when nothing listens at a host:port address."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return  # Ray resolves these itself, and fails fast
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as e:
+        raise SweepError(f"no Ray cluster at --address {address} ({e.__class__.__name__}: {e}): start one with "
+                         "'ray start --head --port 6379', or leave --address (and RAY_ADDRESS) out to run "
+                         "locally") from None
 
 
 def _check_resources(options: SweepOptions) -> int:

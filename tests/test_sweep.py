@@ -239,6 +239,18 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
 
 
+def test_cluster_problems_are_one_line_errors(tmp_path, mnist_dir, cluster, capsys):
+    space = str(tiny_space(tmp_path))
+    common = ["tune", "--space", space, "--data-dir", str(mnist_dir), "--storage-path", str(tmp_path)]
+    assert main([*common, "--address", "127.0.0.1:1"]) == 2  # nothing listens there: seconds, not minutes
+    assert "no Ray cluster at --address 127.0.0.1:1" in capsys.readouterr().err
+    assert main([*common, "--address", cluster.address, "--cpus-per-trial", "4"]) == 2  # nodes have 1 CPU each
+    assert "no Ray node has 4 CPUs" in capsys.readouterr().err
+    assert main([*common, "--address", cluster.address, "--gpus-per-trial", "1"]) == 2
+    assert "0 GPUs" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
 def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     import importlib.util
 
