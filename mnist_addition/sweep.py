@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -127,7 +127,6 @@ class TrialSettings:
     max_failures: int
     storage_path: str
     fault_marker: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +458,9 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
 
     # Tiny trials checkpoint often; Ray would warn about its experiment snapshots each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Our callback prints a line per trial epoch; with the legacy engine, verbose=0 means silent
+    # (the new one still prints a banner and a TensorBoard hint).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = _init_ray(options)
     try:
         fits = _check_resources(options)
