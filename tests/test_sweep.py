@@ -193,15 +193,22 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
         assert (sweep / name / "progress.csv").read_text() == progress
 
 
-def test_a_multi_worker_trial_trains_data_parallel_with_world_size_2(tmp_path, mnist_dir, cluster):
-    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "ddp", "--num-samples", "1",
-                          "--workers-per-trial", "2", "--address", cluster.address)) == 0
+def test_a_multi_worker_trial_trains_data_parallel_with_world_size_2_and_survives_a_crash(
+        tmp_path, mnist_dir, cluster):
+    os.environ["MNIST_ADDITION_INJECT_FAILURE"] = str(tmp_path / "crashed-once")  # rank 0 crashes after epoch 1
+    try:
+        assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "ddp", "--num-samples", "1",
+                              "--workers-per-trial", "2", "--address", cluster.address)) == 0
+    finally:
+        del os.environ["MNIST_ADDITION_INJECT_FAILURE"]
     (trial,) = read_trials(tmp_path / "ddp")
     assert trial["processes"] == "2" and trial["status"] == "finished"
+    assert trial["resumed_from_epoch"] == "1"  # Ray Train restarted both workers from epoch 1's checkpoint
     run = tmp_path / "ddp" / f"trial-{trial['trial_id']}" / "run"
     setup = json.loads((run / "config.json").read_text())["setup"]
     assert setup["num_processes"] == 2 and setup["distributed_type"] == "MULTI_CPU"
     assert setup["per_process_batch_size"] == 16  # each worker took half of every global batch of 32
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 # -- errors: one line, exit 2, before Ray starts, nothing overwritten ---------------------------
