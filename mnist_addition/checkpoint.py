@@ -40,10 +40,15 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
+def checkpoint_dir(run_dir: str | os.PathLike, global_step: int) -> Path:
+    """Where the checkpoint of ``global_step`` lives in a run folder."""
+    return Path(run_dir) / CHECKPOINTS / f"{PREFIX}{global_step:08d}"
+
+
 def save_checkpoint(accelerator: Any, run_dir: Path, global_step: int, state: dict[str, Any], keep: int) -> Path:
     """Save the full training state for ``global_step``; every process must call this."""
-    root = Path(run_dir) / CHECKPOINTS
-    final = root / f"{PREFIX}{global_step:08d}"
+    final = checkpoint_dir(run_dir, global_step)
+    root = final.parent
     tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)

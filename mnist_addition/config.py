@@ -8,6 +8,7 @@ Presets only change defaults: ``TrainConfig.from_preset("seed", epochs=3)``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import types
@@ -192,14 +193,19 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def did_you_mean(key: Any) -> str:
+    """`` (did you mean 'lr'?)`` for a near-miss of a TrainConfig field, else ``''``."""
+    close = difflib.get_close_matches(str(key), field_names(), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_keys(data: dict[str, Any], source: str) -> None:
     """Reject keys that are not TrainConfig fields, naming the first one."""
     known = set(field_names())
     for key in data:
         if key not in known:
-            close = [k for k in known if k.startswith(str(key)[:3])]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config key {key!r} in {source}{hint}: remove it; known keys are TrainConfig fields")
+            raise ConfigError(f"unknown config key {key!r} in {source}{did_you_mean(key)}: remove it; "
+                              "known keys are TrainConfig fields")
 
 
 def _is_optional(kind: Any) -> bool:

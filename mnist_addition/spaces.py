@@ -17,14 +17,13 @@ sample a value ``mnist-addition train`` would refuse; the error names the file a
 
 from __future__ import annotations
 
-import difflib
 import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, field_names
+from .config import ConfigError, TrainConfig, did_you_mean, field_names
 
 # The sweep sets these for every trial (from its own flags): a space may not.
 SWEEP_OWNED = {"data_dir": "--data-dir", "output_dir": "--storage-path/--name"}
@@ -41,15 +40,6 @@ class Param:
     kind: str  # one of KINDS
     values: tuple  # (low, high) for ranges, the options for choice
 
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return "choice " + ", ".join(map(str, self.values))
-        low, high = self.values
-        return f"{self.kind} [{low:g}, {high:g}]"
-
-    def extremes(self) -> tuple:
-        """Values that, if valid, make every sample valid (TrainConfig's checks are ranges or choices)."""
-        return self.values
 
 
 @dataclass(frozen=True)
@@ -57,6 +47,10 @@ class Space:
     path: str
     fixed: dict[str, Any]
     search: dict[str, Param]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML document again (``parse_space`` reads it back): what a sweep saves for --resume."""
+        return {"fixed": self.fixed, "search": {k: {p.kind: list(p.values)} for k, p in self.search.items()}}
 
     def base(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The fixed values, then ``overrides`` (e.g. ``--smoke``); keys being searched keep their space."""
@@ -100,9 +94,7 @@ def parse_space(data: Any, path: str) -> Space:
             raise SpaceError(f"{where}: {key!r} is set by the sweep, not the space: remove it and use "
                              f"{SWEEP_OWNED[key]}")
         if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SpaceError(f"{where}: unknown key {key!r}{hint}: keys are TrainConfig fields "
+            raise SpaceError(f"{where}: unknown key {key!r}{did_you_mean(key)}: keys are TrainConfig fields "
                              "(see mnist-addition train --help)")
     both = sorted(set(fixed) & set(search_raw))
     if both:
@@ -113,7 +105,7 @@ def parse_space(data: Any, path: str) -> Space:
     search: dict[str, Param] = {}
     for key, spec in search_raw.items():
         search[key] = param = _parse_param(key, spec, where)
-        for value in param.extremes():
+        for value in param.values:  # TrainConfig's checks are ranges or choices: the extremes decide
             _check_config({**fixed, key: value}, where, f"{key}={value!r}")
     return Space(path=path, fixed=fixed, search=search)
 
@@ -180,11 +172,4 @@ def load_space(path: str | Path) -> Space:
     return parse_space(data, str(path))
 
 
-def describe(space: Space) -> list[tuple[str, str]]:
-    """(key, description) rows for a table: searched keys first, then fixed ones."""
-    rows = [(k, p.describe()) for k, p in space.search.items()]
-    rows += [(k, f"fixed {v!r}") for k, v in space.fixed.items()]
-    return rows
-
-
-__all__ = ["KINDS", "Param", "Space", "SpaceError", "describe", "load_space", "parse_space"]
+__all__ = ["KINDS", "Param", "Space", "SpaceError", "load_space", "parse_space"]

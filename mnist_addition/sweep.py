@@ -16,6 +16,7 @@ trial's run folder ``run/``), plus ours: ``sweep.json`` (what was asked, for ``-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import STATE_FILE, list_checkpoints
+from .checkpoint import STATE_FILE, checkpoint_dir, list_checkpoints
 from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
 from .spaces import Space, load_space, parse_space
 
@@ -154,17 +155,16 @@ def _train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: 
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
     resumed_from = 0
-    if state.is_local_main_process:  # one copy per node
-        shutil.rmtree(run_dir, ignore_errors=True)  # a previous attempt's leftovers: the reported checkpoint rules
-        run_dir.mkdir(parents=True)
-        if restored is not None:
-            with restored.as_directory() as src:
-                step = json.loads((Path(src) / STATE_FILE).read_text())["global_step"]
-                shutil.copytree(src, run_dir / "checkpoints" / f"step-{step:08d}")
-    state.wait_for_everyone()
-    if restored is not None:
-        with restored.as_directory() as src:
-            resumed_from = json.loads((Path(src) / STATE_FILE).read_text())["epoch"]
+    with restored.as_directory() if restored is not None else contextlib.nullcontext() as src:
+        saved = json.loads((Path(src) / STATE_FILE).read_text()) if src else None
+        if saved:
+            resumed_from = saved["epoch"]
+        if state.is_local_main_process:  # one copy per node
+            shutil.rmtree(run_dir, ignore_errors=True)  # a previous attempt's leftovers: the reported checkpoint rules
+            run_dir.mkdir(parents=True)
+            if saved:
+                shutil.copytree(src, checkpoint_dir(run_dir, saved["global_step"]))
+        state.wait_for_everyone()
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     node_id = ray.get_runtime_context().get_node_id()
 
@@ -261,9 +261,7 @@ class _Store:
     def __init__(self, uri: str) -> None:
         import pyarrow.fs
 
-        if "://" not in uri:
-            uri = str(Path(uri).absolute())
-        self.fs, self.root = pyarrow.fs.FileSystem.from_uri(uri)
+        self.fs, self.root = pyarrow.fs.FileSystem.from_uri(uri)  # an absolute path (see resolve) or a URI
         self.uri = uri
 
     def exists(self, name: str = "") -> bool:
@@ -365,12 +363,12 @@ def _check_resources(options: SweepOptions) -> int:
         raise SweepError(f"no Ray node has {cpu_each:g} CPUs and {gpu_each:g} GPUs for one trial (the largest has "
                          f"{biggest[0]:g} CPUs, {biggest[1]:g} GPUs): lower --cpus-per-trial/--gpus-per-trial")
     total = ray.cluster_resources()
-    if total.get("CPU", 0) < options.cpus_per_trial + (DRIVER_CPUS if workers > 1 else 0) or \
-            total.get("GPU", 0) < options.gpus_per_trial:
+    trial_cpus = options.cpus_per_trial + (DRIVER_CPUS if workers > 1 else 0)
+    if total.get("CPU", 0) < trial_cpus or total.get("GPU", 0) < options.gpus_per_trial:
         raise SweepError(f"the Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs, "
                          f"too few for one trial ({options.cpus_per_trial:g} CPUs, {options.gpus_per_trial:g} GPUs): "
                          "lower --cpus-per-trial/--gpus-per-trial or add nodes")
-    fits = int(total.get("CPU", 0) // (options.cpus_per_trial + (DRIVER_CPUS if workers > 1 else 0)))
+    fits = int(total.get("CPU", 0) // trial_cpus)
     if options.gpus_per_trial:
         fits = min(fits, int(total.get("GPU", 0) // options.gpus_per_trial))
     return max(1, fits)
@@ -385,11 +383,10 @@ def _param_space(space: Space) -> dict[str, Any]:
     return {key: make[p.kind](*p.values) for key, p in space.search.items()}
 
 
-def _trainable(options: SweepOptions, space: Space, store: _Store) -> Any:
+def _trainable(options: SweepOptions, base: dict[str, Any], store: _Store) -> Any:
     from ray import tune
 
     workers = options.workers()
-    base = space.base(TUNE_SMOKE if options.smoke else None)
     settings = TrialSettings(
         base=base, data_dir=options.data_dir, download=options.download, workers=workers,
         cpus_per_worker=options.cpus_per_trial / workers, gpus_per_worker=options.gpus_per_trial / workers,
@@ -465,7 +462,9 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     try:
         fits = _check_resources(options)
         concurrent = min(options.max_concurrent or fits, fits)
-        trainable = _trainable(options, space, store)
+        base = space.base(TUNE_SMOKE if options.smoke else None)  # every trial's config but the sampled keys
+        epochs = TrainConfig.from_dict(base).epochs
+        trainable = _trainable(options, base, store)
         if options.resume:
             if not tune.Tuner.can_restore(store.uri):
                 raise SweepError(f"--resume: {store.uri} has no Ray experiment state (it stopped before any "
@@ -474,14 +473,11 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
                           "from their last checkpoint")
             tuner = tune.Tuner.restore(store.uri, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            store.write(SWEEP_FILE, json.dumps({"options": dataclasses.asdict(options),
-                                                "space": {"fixed": space.fixed, "search": {
-                                                    k: {p.kind: list(p.values)} for k, p in space.search.items()}}},
+            store.write(SWEEP_FILE, json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()},
                                                indent=2).encode())
             tuner = tune.Tuner(trainable, param_space=_param_space(space),
-                               tune_config=_tune_config(options, space, concurrent),
-                               run_config=_run_config(options, space))
-        epochs = TrainConfig.from_dict(space.base(TUNE_SMOKE if options.smoke else None)).epochs
+                               tune_config=_tune_config(options, epochs, concurrent),
+                               run_config=_run_config(options, epochs))
         console.print(f"[bold]sweep[/] {options.num_samples} trials x up to {epochs} epochs, "
                       f"{options.scheduler} + {options.search} search on {options.metric} "
                       f"({concurrent} at a time, {options.workers()} worker(s) each) -> {store.uri}")
@@ -490,10 +486,8 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
         wall = time.perf_counter() - start
         # Tune returns normally after Ctrl-C; its trial states say whether everything ran.
         statuses = {t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
-        summary = _write_results(grid, options, space, store, wall, console, statuses)
-        # trials not yet sampled when the sweep stopped are not in the grid at all
-        unfinished = summary["unfinished"] = options.num_samples - sum(
-            s in ("TERMINATED", "ERROR") for s in statuses.values())
+        summary = _write_results(grid, options, list(space.search), base, epochs, store, wall, console, statuses)
+        unfinished = summary["unfinished"]
         if unfinished:
             console.print(f"[red]interrupted[/]: {unfinished} of {options.num_samples} trials unfinished; continue with  "
                           f"mnist-addition tune --resume --name {options.name} --storage-path {options.storage_path}")
@@ -503,12 +497,11 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
             ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
 
 
-def _tune_config(options: SweepOptions, space: Space, concurrent: int) -> Any:
+def _tune_config(options: SweepOptions, epochs: int, concurrent: int) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    epochs = TrainConfig.from_dict(space.base(TUNE_SMOKE if options.smoke else None)).epochs
     if options.scheduler == "asha":
         # rungs at 1, 2, 4, ... epochs; the best half of each rung goes on
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
@@ -533,13 +526,11 @@ def _trial_name(trial: Any) -> str:
     return f"trial-{trial.trial_id}"
 
 
-def _run_config(options: SweepOptions, space: Space) -> Any:
+def _run_config(options: SweepOptions, epochs: int) -> Any:
     from ray import tune
 
-    epochs = TrainConfig.from_dict(space.base(TUNE_SMOKE if options.smoke else None)).epochs
     return tune.RunConfig(
-        name=options.name, storage_path=options.storage_path if "://" in options.storage_path
-        else str(Path(options.storage_path)), verbose=0,
+        name=options.name, storage_path=options.storage_path, verbose=0,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         callbacks=[_printer(epochs, options.num_samples)])
@@ -549,15 +540,12 @@ def _run_config(options: SweepOptions, space: Space) -> Any:
 # Results
 # ---------------------------------------------------------------------------------------------
 
-def _write_results(grid: Any, options: SweepOptions, space: Space, store: _Store, wall: float,
-                   console: Any, statuses: dict[str, str]) -> dict[str, Any]:
+def _write_results(grid: Any, options: SweepOptions, keys: list[str], base: dict[str, Any], epochs: int,
+                   store: _Store, wall: float, console: Any, statuses: dict[str, str]) -> dict[str, Any]:
     import csv
 
     from rich.table import Table
 
-    base = space.base(TUNE_SMOKE if options.smoke else None)
-    epochs = TrainConfig.from_dict(base).epochs
-    keys = list(space.search)
     trials = []
     for result in grid:
         m = result.metrics or {}
@@ -611,8 +599,9 @@ def _write_results(grid: Any, options: SweepOptions, space: Space, store: _Store
                "sum_train_seconds": trained, "epochs_run": sum(t["epochs_run"] for t in trials),
                "finished": sum(t["status"] == "finished" for t in trials),
                "stopped_early": sum(t["status"] == "stopped early" for t in trials),
-               "errors": sum(t["status"] == "error" for t in trials),
-               "unfinished": sum(t["status"] == "unfinished" for t in trials)}
+               "errors": sum(t["status"] == "error" for t in trials)}
+    # interrupted trials, and those not yet sampled when the sweep stopped (not in the grid at all)
+    summary["unfinished"] = options.num_samples - summary["finished"] - summary["stopped_early"] - summary["errors"]
     store.write(SUMMARY_FILE, json.dumps(summary, indent=2).encode())
 
     table = Table(title=f"Top trials by {options.metric} (validation; the test set is not used)")
