@@ -69,6 +69,19 @@ def save_checkpoint(accelerator: Any, run_dir: Path, global_step: int, state: di
     return final
 
 
+def read_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The trainer state (epoch, step, history, ...) saved in a checkpoint folder."""
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+
+
+def restore_into(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Copy a checkpoint folder written by ``save_checkpoint`` (e.g. one handed back by Ray Tune)
+    into ``run_dir``, where ``fit(..., resume=True)`` finds it; returns its trainer state."""
+    state = read_state(checkpoint)
+    shutil.copytree(checkpoint, checkpoint_dir(run_dir, state["global_step"]))
+    return state
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint folders, oldest first (temporary folders are not checkpoints)."""
     root = Path(run_dir) / CHECKPOINTS
@@ -102,6 +115,6 @@ def latest_valid(run_dir: Path, warn: Callable[[str], None] = print) -> tuple[Pa
     for checkpoint in reversed(found):
         problem = verify(checkpoint)
         if problem is None:
-            return checkpoint, json.loads((checkpoint / STATE_FILE).read_text())
+            return checkpoint, read_state(checkpoint)
         warn(f"warning: checkpoint {checkpoint} is corrupt ({problem}); trying the previous one")
     raise CheckpointError(f"every checkpoint in {run_dir / CHECKPOINTS} is corrupt: train again without --resume")

@@ -208,6 +208,18 @@ def check_keys(data: dict[str, Any], source: str) -> None:
                               "known keys are TrainConfig fields")
 
 
+def check_batch(config: TrainConfig, train_images: int, processes: int = 1) -> None:
+    """Refuse a batch the processes and accumulation steps cannot split evenly, or larger than the
+    training set; needs the data size and the launch, so it is checked at start, not in __post_init__."""
+    micro = config.gradient_accumulation_steps
+    if config.batch_size % (processes * micro):
+        raise ConfigError(f"--batch-size {config.batch_size} is not divisible by {processes} processes x "
+                          f"{micro} accumulation steps: pick a multiple of {processes * micro}")
+    if train_images < config.batch_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is larger than the {train_images} training images: "
+                          "use a smaller batch")
+
+
 def _is_optional(kind: Any) -> bool:
     origin = typing.get_origin(kind)
     return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)

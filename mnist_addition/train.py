@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 
 from . import checkpoint as checkpoint_io
 from . import runs
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, check_batch
 from .data import PairedMnist, load_mnist, make_splits, steps_per_epoch, train_batches
 from .evaluate import evaluate_counts
 from .metrics import loss_fn, summarize
@@ -89,7 +89,8 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int
 
 def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | None = None,
         progress: bool = True, test_every_epoch: bool = False, resume: bool = False,
-        warn: Callable[[str], None] = print, score_test: bool = True) -> dict[str, Any]:
+        warn: Callable[[str], None] = print, score_test: bool = True,
+        on_checkpoint: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
     ``data`` skips reading MNIST (tests and benchmarks pass their own). When ``config.output_dir``
@@ -97,14 +98,12 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     process joins in saving checkpoints; ``resume`` continues from its newest valid checkpoint.
     With ``test_every_epoch`` the test set is also scored each epoch (benchmarks only: never for
     selection); with ``score_test=False`` it is never scored (sweep trials select on validation,
-    and the run folder then gets no test-set report).
+    and the run folder then gets no test-set report). ``on_checkpoint(path)`` is called on every
+    process after each checkpoint is written (an epoch's comes just before its ``report``).
     """
     accelerator = make_accelerator(config)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro = config.gradient_accumulation_steps
-    if config.batch_size % (world * micro):
-        raise ConfigError(f"--batch-size {config.batch_size} is not divisible by {world} processes x "
-                          f"{micro} accumulation steps: pick a multiple of {world * micro}")
     run_dir = Path(config.output_dir) if config.output_dir else None
     if resume and run_dir is None:
         raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
@@ -113,9 +112,7 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     if data is None:
         data = make_splits(load_mnist(config.data_dir), config.val_size)
     data = data.limited(config.train_limit, config.eval_limit)
-    if len(data.train) < config.batch_size:
-        raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images: "
-                          "use a smaller batch")
+    check_batch(config, len(data.train), world)
     device = accelerator.device
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
 
@@ -176,7 +173,9 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
                  "loss_sum": accelerator.reduce(loss_sum.clone(), reduction="mean").item(), "train_seconds": seconds,
                  "history": history, "preset": config.preset, "width": config.width, "world": world,
                  "samples_per_process": samples_seen}
-        checkpoint_io.save_checkpoint(accelerator, run_dir, state["global_step"], state, config.keep_checkpoints)
+        path = checkpoint_io.save_checkpoint(accelerator, run_dir, state["global_step"], state, config.keep_checkpoints)
+        if on_checkpoint is not None:
+            on_checkpoint(path)
 
     bar = _Progress(enabled=progress and main, epochs=config.epochs, steps=steps)
     with bar:
