@@ -101,8 +101,8 @@ def add_tune_parser(sub: Any) -> None:
         description="Sample training configs from a search space, train each with the same fit() as 'train', "
                     "report validation accuracy every epoch, stop bad trials early, and write the best config "
                     "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS)
-    tu.add_argument("--space", help="YAML search space, or a name from tune/: default, smoke (default: default; "
-                                    "smoke with --smoke)")
+    tu.add_argument("--space", help="YAML search space, or the name of a shipped one (tune/): default, smoke, wide "
+                                    "(default: default; smoke with --smoke)")
     tu.add_argument("--num-samples", type=int, help=f"trials to sample (default: {d.num_samples}; 4 with --smoke)")
     tu.add_argument("--data-dir", help="folder with MNIST/raw/*-ubyte, the same path on every node "
                                        "(default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)")
@@ -116,8 +116,10 @@ def add_tune_parser(sub: Any) -> None:
     where.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name; finished "
                                                               "trials are kept, unfinished ones resume from checkpoints")
     where.add_argument("--cpus-per-trial", type=float, help=f"CPUs per trial (default: {d.cpus_per_trial:g})")
-    where.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; above 1 the trial is data-parallel with "
-                                                            "one Ray Train worker per GPU (default: 0)")
+    where.add_argument("--gpus-per-trial", type=float, help="GPUs per trial: a fraction shares a GPU (0.25: 4 trials "
+                                                            "per GPU); above 1 the trial is data-parallel with one Ray "
+                                                            "Train worker per GPU (default: the cluster's GPUs shared "
+                                                            "evenly by as many trials as the CPUs fit; 0 without GPUs)")
     where.add_argument("--workers-per-trial", type=int, help="data-parallel workers per trial (Ray Train + "
                                                              "Accelerate); CPUs and GPUs are split between them")
     where.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
@@ -401,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "export": cmd_export, "predict": cmd_predict, "tune": cmd_tune}[args.command](args)
     except (ConfigError, RunError, CheckpointError, ImageError) as e:
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(e, "exit_code", EXIT_USAGE)
     except DataError as e:
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
         return EXIT_DATA

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,59 @@ def plot_examples(images: "torch.Tensor", numbers, digits, sums, digit_pred, sum
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epochs: int) -> bytes:
+    """A sweep as PNG bytes. Left: each trial's final score against lr (or the first searched
+    number), coloured by width (or the first choice); right: every trial's score per epoch, showing
+    where ASHA stopped it. ``trials`` are the rows of trials.csv plus each trial's ``curve``."""
+    plt = pyplot()
+    numeric = [k for k in keys if all(isinstance(t[k], (int, float)) for t in trials)]
+    x_key = "lr" if "lr" in keys else (numeric[0] if numeric else None)
+    colour_key = "width" if "width" in keys else next((k for k in keys if k != x_key), None)
+    shown = [t for t in trials if isinstance(t[metric], (int, float)) and math.isfinite(t[metric])]
+    colours = sorted({t[colour_key] for t in shown}, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))) \
+        if colour_key else [None]
+    cmap = plt.get_cmap("viridis", max(len(colours), 2))
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, c in enumerate(colours):
+        group = [t for t in shown if colour_key is None or t[colour_key] == c]
+        for finished, marker in ((True, "o"), (False, "x")):
+            pts = [t for t in group if (t["status"] == "finished") == finished]
+            if pts and x_key:
+                ax.scatter([t[x_key] for t in pts], [100 * t[metric] for t in pts], color=cmap(i), marker=marker,
+                           s=60, label=f"{colour_key}={c}" + ("" if finished else " (stopped)") if colour_key else None)
+        for t in group:
+            if t["curve"]:
+                curves.plot([r["epoch"] for r in t["curve"]], [100 * r[metric] for r in t["curve"]],
+                            color=cmap(i), marker="o", ms=3, alpha=0.8)
+    if x_key == "lr" or (x_key and all(t[x_key] > 0 for t in shown) and
+                         max(t[x_key] for t in shown) / max(min(t[x_key] for t in shown), 1e-12) > 20):
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")  # plain numbers at 1, 2 and 5 x 10^k
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    ax.set_xlabel(x_key or "")
+    ax.set_ylabel(f"{metric} at the last epoch run (%)")
+    ax.set_title("final score per trial")
+    if colour_key:
+        ax.legend(fontsize=8)
+    curves.set_xlabel("epoch")
+    curves.set_ylabel(f"{metric} (%)")
+    curves.set_xlim(0.8, epochs + 0.2)
+    curves.set_title("per epoch (lines end where the scheduler stopped a trial)")
+    values = [100 * t[metric] for t in shown]
+    if values and metric != "val_loss":
+        top = max(values)
+        for axis in (ax, curves):
+            axis.set_ylim(max(min(values) - 0.5, top - 10), min(top + 0.3, 100.05))
+    for axis in (ax, curves):
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -11,23 +11,29 @@ cluster start-up. ``sweep.py`` turns a checked ``Space`` into Ray Tune's samplin
       sum_weight: {uniform: [0.2, 0.8]}
       epochs: {randint: [2, 6]}        # inclusive bounds
 
-Every bound and every choice is checked by building a TrainConfig with it, so a space can never
-sample a value ``mnist-addition train`` would refuse; the error names the file and the key.
+Every bound and every choice is checked by building a TrainConfig with it, alone and in every
+combination with the other keys' bounds and choices (``preset: seed`` with a searched ``width``,
+accumulation steps against batch sizes), so a space can never sample a config ``mnist-addition
+train`` would refuse; the error names the file and the values.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .config import ConfigError, TrainConfig, did_you_mean, field_names
 
 # The sweep sets these for every trial (from its own flags): a space may not.
 SWEEP_OWNED = {"data_dir": "--data-dir", "output_dir": "--storage-path/--name"}
 KINDS = ("uniform", "loguniform", "randint", "choice")
+# Above this many combinations of extremes, every pair of keys is checked instead: each cross-field
+# check of TrainConfig involves two fields.
+MAX_COMBINATIONS = 4096
 SECTIONS = ("fixed", "search")
 
 
@@ -55,6 +61,28 @@ class Space:
     def base(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The fixed values, then ``overrides`` (e.g. ``--smoke``); keys being searched keep their space."""
         return {**self.fixed, **{k: v for k, v in (overrides or {}).items() if k not in self.search}}
+
+    def largest(self, key: str, default: Any) -> Any:
+        """The largest value ``key`` can take in a trial (``default``, the base config's, if not searched)."""
+        return max(self.search[key].values) if key in self.search else default
+
+    def extremes(self) -> Iterator[dict[str, Any]]:
+        """Every combination of the searched keys' bounds and choices: TrainConfig's checks are ranges,
+        choices and pairs of fields, so if these all make valid configs, every sample does."""
+        keys = list(self.search)
+        values = [self.search[k].values for k in keys]
+        if math.prod(len(v) for v in values) <= MAX_COMBINATIONS:
+            for combination in itertools.product(*values):
+                yield dict(zip(keys, combination))
+            return
+        for (i, a), (j, b) in itertools.combinations(enumerate(keys), 2):
+            for x, y in itertools.product(values[i], values[j]):
+                yield {a: x, b: y}
+
+    def extreme_configs(self, base: dict[str, Any]) -> Iterator[tuple[dict[str, Any], TrainConfig]]:
+        """``(values, TrainConfig(base + values))`` for every combination of extremes."""
+        for values in self.extremes():
+            yield values, _check_config({**base, **values}, f"search space {self.path}", _describe(values))
 
 
 def _number(value: Any) -> Any:
@@ -105,9 +133,12 @@ def parse_space(data: Any, path: str) -> Space:
     search: dict[str, Param] = {}
     for key, spec in search_raw.items():
         search[key] = param = _parse_param(key, spec, where)
-        for value in param.values:  # TrainConfig's checks are ranges or choices: the extremes decide
+        for value in param.values:  # each key alone first: the error names one value
             _check_config({**fixed, key: value}, where, f"{key}={value!r}")
-    return Space(path=path, fixed=fixed, search=search)
+    space = Space(path=path, fixed=fixed, search=search)
+    for values in space.extremes():  # then together: checks that involve two fields
+        _check_config({**fixed, **values}, where, _describe(values))
+    return space
 
 
 def _parse_param(key: str, spec: Any, where: str) -> Param:
@@ -141,9 +172,13 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
     return Param(kind, (float(low), float(high)))
 
 
-def _check_config(values: dict[str, Any], where: str, what: str) -> None:
+def _describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+def _check_config(values: dict[str, Any], where: str, what: str) -> TrainConfig:
     try:
-        TrainConfig.from_dict(values, source=where)
+        return TrainConfig.from_dict(values, source=where)
     except SpaceError:
         raise
     except ConfigError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def _space(tmp_path: Path, data) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "wide"])
 def test_shipped_spaces_load_and_search_lr_width_and_sum_weight(name):
     space = load_space(REPO / "tune" / f"{name}.yaml")
     assert {"lr", "width", "sum_weight"} <= set(space.search)
@@ -79,8 +80,52 @@ def test_unreadable_space_files(tmp_path):
         load_space(tmp_path)
 
 
-def test_parse_space_round_trips_what_the_sweep_saves():
-    space = load_space(REPO / "tune" / "default.yaml")
-    saved = {"fixed": space.fixed, "search": {k: {p.kind: list(p.values)} for k, p in space.search.items()}}
-    assert parse_space(saved, "sweep.json") == parse_space(saved, "sweep.json")
-    assert parse_space(saved, "x").search == space.search
+@pytest.mark.parametrize("name", ["default", "smoke", "wide"])
+def test_parse_space_round_trips_what_the_sweep_saves(name):
+    space = load_space(REPO / "tune" / f"{name}.yaml")
+    saved = json.loads(json.dumps(space.to_dict()))  # as sweep.json holds it
+    again = parse_space(saved, space.path)
+    assert again == space and again.search and again.fixed == space.fixed
+
+
+def test_the_tune_folder_is_the_packaged_one():
+    from mnist_addition.sweep import find_space, shipped_spaces
+
+    assert set(shipped_spaces()) == {p.stem for p in (REPO / "tune").glob("*.yaml")} >= {"default", "smoke", "wide"}
+    assert find_space("wide").read_text() == (REPO / "tune" / "wide.yaml").read_text()
+
+
+@pytest.mark.parametrize("search, message", [
+    # each key is fine alone; together train would refuse them
+    ({"preset": {"choice": ["fast", "seed"]}, "width": {"choice": [16, 32]}},
+     "preset='seed', width=16 is not a valid training config: --width is fixed at 32"),
+    ({"batch_size": {"choice": [96, 130]}, "gradient_accumulation_steps": {"choice": [1, 4]}},
+     "batch_size=130, gradient_accumulation_steps=4 is not a valid training config"),
+])
+def test_combinations_that_train_refuses_are_rejected_before_any_trial(tmp_path, search, message):
+    with pytest.raises(SpaceError) as error:
+        load_space(_space(tmp_path, {"search": search}))
+    assert message in str(error.value), str(error.value)
+
+
+def test_extremes_cover_every_combination_of_bounds_and_choices(tmp_path):
+    space = load_space(_space(tmp_path, {"search": {"lr": {"loguniform": [0.001, 0.01]},
+                                                    "width": {"choice": [8, 16, 24]},
+                                                    "epochs": {"randint": [2, 5]}}}))
+    combos = list(space.extremes())
+    assert len(combos) == 2 * 3 * 2 and len({tuple(sorted(c.items())) for c in combos}) == 12
+    assert {c["epochs"] for c in combos} == {2, 5} and {c["width"] for c in combos} == {8, 16, 24}
+    assert space.largest("epochs", 1) == 5 and space.largest("width", 1) == 24
+    assert space.largest("seed", 7) == 7  # not searched: the base config's value
+
+
+def test_many_keys_are_checked_in_pairs(tmp_path, monkeypatch):
+    import mnist_addition.spaces as spaces
+
+    monkeypatch.setattr(spaces, "MAX_COMBINATIONS", 4)
+    space = load_space(_space(tmp_path, {"search": {"lr": {"uniform": [0.001, 0.01]},
+                                                    "width": {"choice": [8, 16]},
+                                                    "shift": {"choice": [0, 1, 2]}}}))
+    pairs = list(space.extremes())
+    assert all(len(p) == 2 for p in pairs)
+    assert len(pairs) == 2 * 2 + 2 * 3 + 2 * 3  # (lr, width), (lr, shift), (width, shift)

@@ -14,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,16 +26,79 @@ from mnist_addition.config import TrainConfig
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind and connect on 127.0.0.1 only
 import ray  # noqa: E402  (in the [dev] extra: a missing Ray fails here rather than skipping)
+import ray.cloudpickle  # noqa: E402
+
+from mnist_addition.sweep import trial as trial_module  # noqa: E402
+
+# The trial wrappers below run in Ray's worker processes, which cannot import this test module:
+# send them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TINY = {"epochs": 2, "width": 8, "batch_size": 32, "val_size": 100, "mixed_precision": "no"}
 
 
-def tiny_space(tmp_path: Path, epochs: int = 2) -> Path:
+def tiny_space(tmp_path: Path, epochs: int = 2, search: dict | None = None) -> Path:
+    """lr and sum_weight searched, plus ``search``; the rest fixed to the tiny config."""
+    search = {"lr": {"loguniform": [0.005, 0.02]}, "sum_weight": {"uniform": [0.3, 0.7]}, **(search or {})}
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({"fixed": {**TINY, "epochs": epochs},
-                                    "search": {"lr": {"loguniform": [0.005, 0.02]},
-                                               "sum_weight": {"uniform": [0.3, 0.7]}}}))
+    fixed = {k: v for k, v in {**TINY, "epochs": epochs}.items() if k not in search}
+    path.write_text(yaml.safe_dump({"fixed": fixed, "search": search}))
     return path
+
+
+# -- test-side wrappers of the trial function (monkeypatched into mnist_addition.sweep.trial) --
+
+def crash_once_after_epoch_1(marker: str, multi_worker: bool = False):
+    """A trial function whose trial crashes once, right after epoch 1 and its checkpoint were reported
+    (on a multi-worker trial: rank 0, the worker that reports the checkpoint)."""
+    def crashing(report):
+        def wrapped(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            if metrics["epoch"] == 1 and checkpoint is not None:
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    return  # crashed once already
+                raise RuntimeError("injected failure: this trial crashes once after epoch 1")
+        return wrapped
+
+    def run_trial(params, settings):
+        import ray.train
+        import ray.tune
+
+        if not multi_worker:
+            ray.tune.report = crashing(ray.tune.report)
+            return trial_module.run_trial(params, settings)
+        real_loop = trial_module.worker_loop
+
+        def worker_loop(loop_config):
+            ray.train.report = crashing(ray.train.report)
+            real_loop(loop_config)
+
+        trial_module.worker_loop = worker_loop  # what the TorchTrainer started by run_trial runs
+        return trial_module.run_trial(params, settings)
+
+    return run_trial
+
+
+def all_at_once(folder: str, trials: int, timeout: float = 180.0):
+    """A trial function that first waits until ``trials`` trials have started: it fails unless they
+    all run at the same time."""
+    def run_trial(params, settings):
+        Path(folder, uuid.uuid4().hex).touch()
+        deadline = time.monotonic() + timeout
+        while len(list(Path(folder).iterdir())) < trials:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(list(Path(folder).iterdir()))} of {trials} trials ran at once")
+            time.sleep(0.2)
+        return trial_module.run_trial(params, settings)
+
+    return run_trial
+
+
+def run_files(sweep: Path, trial_id: str) -> set[str]:
+    run = sweep / f"trial-{trial_id}" / "run"
+    return {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
 
 
 def read_trials(sweep: Path) -> list[dict[str, str]]:
@@ -98,6 +163,10 @@ def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
     summary = json.loads((sweep / "summary.json").read_text())
     assert summary["trials"] == 3 and summary["best_trial"] == best_row["trial_id"]
     assert done.stderr.count("epoch 1/2") == 3  # one progress line per trial epoch
+    for t in trials:  # every trial's run folder is in the storage, stopped trials' too
+        files = run_files(sweep, t["trial_id"])
+        assert {"config.json", "metrics.jsonl"} <= files
+        assert ("model.safetensors" in files) == (t["status"] == "finished")
     assert "Top trials by val_both_acc" in done.stderr
     assert not ray.is_initialized()
 
@@ -135,15 +204,12 @@ def test_the_same_seed_samples_the_same_configs(tmp_path, mnist_dir, cluster, se
     assert sampled[0] == sampled[1] and len(set(sampled[0])) == 2
 
 
-def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, cluster):
+def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, cluster, monkeypatch):
     marker = tmp_path / "crashed-once"
+    monkeypatch.setattr(trial_module, "run_trial", crash_once_after_epoch_1(str(marker)))
     args = tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "faults", "--num-samples", "2",
                      "--scheduler", "fifo", "--address", cluster.address, "--max-failures", "1")
-    os.environ["MNIST_ADDITION_INJECT_FAILURE"] = str(marker)
-    try:
-        assert main(args) == 0
-    finally:
-        del os.environ["MNIST_ADDITION_INJECT_FAILURE"]
+    assert main(args) == 0
     assert marker.exists()  # a trial did crash after epoch 1
     trials = read_trials(tmp_path / "faults")
     assert sorted(t["resumed_from_epoch"] for t in trials) == ["0", "1"]  # one retry, from epoch 1's checkpoint
@@ -153,21 +219,25 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, clu
     assert [json.loads(line)["epoch"] for line in history.splitlines()] == [1, 2]  # epoch 1 was not trained again
 
 
-def test_without_retries_a_crashed_trial_is_reported_as_failed(tmp_path, mnist_dir, cluster):
+def test_a_sweep_whose_only_trial_failed_exits_1_without_a_best_config(tmp_path, mnist_dir, cluster, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setattr(trial_module, "run_trial", crash_once_after_epoch_1(str(tmp_path / "marker")))
     args = tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "nofaults", "--num-samples", "1",
                      "--scheduler", "fifo", "--address", cluster.address, "--max-failures", "0")
-    os.environ["MNIST_ADDITION_INJECT_FAILURE"] = str(tmp_path / "marker")
-    try:
-        assert main(args) == 0  # epoch 1 was reported, so there is a (partial) result
-    finally:
-        del os.environ["MNIST_ADDITION_INJECT_FAILURE"]
+    assert main(args) == 1  # epoch 1 was reported, but a failed trial is never ranked
+    err = capsys.readouterr().err
+    assert "error: no trial produced a usable val_both_acc (1 failed" in err
     (trial,) = read_trials(tmp_path / "nofaults")
     assert trial["status"] == "error" and trial["epochs_run"] == "1"
+    assert not (tmp_path / "nofaults" / "best_config.json").exists()
 
 
-def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, mnist_dir, cluster):
+def test_an_interrupted_sweep_on_uri_storage_resumes_and_every_trial_folder_arrives(tmp_path, mnist_dir, cluster):
+    # A file:// URI: Ray and the trials go through pyarrow.fs as for s3://, and the trials' run
+    # folders reach the storage only by being uploaded (they are written in Ray's working dirs).
+    storage = f"file://{tmp_path}/remote"
     space = tiny_space(tmp_path, epochs=3)
-    args = tune_args(space, mnist_dir, tmp_path, "interrupted", "--num-samples", "4", "--scheduler", "fifo",
+    args = tune_args(space, mnist_dir, storage, "interrupted", "--num-samples", "4", "--scheduler", "fifo",
                      "--max-concurrent", "1", "--address", cluster.address)
     proc = subprocess.Popen([sys.executable, "-m", "mnist_addition", *args], stderr=subprocess.PIPE, text=True)
     lines = []
@@ -178,29 +248,37 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
             break
     rest = proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, "".join(lines) + rest
-    assert "mnist-addition tune --resume --name interrupted" in rest
-    sweep = tmp_path / "interrupted"
+    assert f"mnist-addition tune --resume --name interrupted --storage-path {storage}" in rest
+    sweep = tmp_path / "remote" / "interrupted"
     finished = [p for p in sweep.glob("trial-*") if (p / "progress.csv").exists()
                 and len((p / "progress.csv").read_text().splitlines()) == 1 + 3]
     assert finished, "no trial had finished before the interrupt"
     before = {p.name: (p / "progress.csv").read_text() for p in finished}
 
-    assert main(["tune", "--resume", "--name", "interrupted", "--storage-path", str(tmp_path),
+    assert main(["tune", "--resume", "--name", "interrupted", "--storage-path", storage,
                  "--address", cluster.address]) == 0
     trials = read_trials(sweep)
     assert len(trials) == 4 and all(t["status"] == "finished" for t in trials)
     for name, progress in before.items():  # finished trials were kept, not trained again
         assert (sweep / name / "progress.csv").read_text() == progress
+    for t in trials:  # every trial's run folder, its checkpoint and Ray's results are in the storage
+        files = run_files(sweep, t["trial_id"])
+        assert {"config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png"} <= files
+        assert not any(f.startswith("checkpoints/") for f in files)  # Ray keeps the reported checkpoint
+        assert list((sweep / f"trial-{t['trial_id']}").glob("checkpoint_*/trainer_state.json"))
+        epochs = [json.loads(line)["epoch"] for line in (sweep / f"trial-{t['trial_id']}" / "run" / "metrics.jsonl")
+                  .read_text().splitlines()]
+        assert epochs == [1, 2, 3]
+    assert json.loads((sweep / "summary.json").read_text())["best_trial"] == trials[0]["trial_id"]
 
 
 def test_a_multi_worker_trial_trains_data_parallel_with_world_size_2_and_survives_a_crash(
-        tmp_path, mnist_dir, cluster):
-    os.environ["MNIST_ADDITION_INJECT_FAILURE"] = str(tmp_path / "crashed-once")  # rank 0 crashes after epoch 1
-    try:
-        assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "ddp", "--num-samples", "1",
-                              "--workers-per-trial", "2", "--address", cluster.address)) == 0
-    finally:
-        del os.environ["MNIST_ADDITION_INJECT_FAILURE"]
+        tmp_path, mnist_dir, cluster, monkeypatch):
+    monkeypatch.setattr(trial_module, "run_trial",  # rank 0 crashes after epoch 1
+                        crash_once_after_epoch_1(str(tmp_path / "crashed-once"), multi_worker=True))
+    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "ddp", "--num-samples", "1",
+                          "--workers-per-trial", "2", "--address", cluster.address)) == 0
+    assert (tmp_path / "crashed-once").exists()
     (trial,) = read_trials(tmp_path / "ddp")
     assert trial["processes"] == "2" and trial["status"] == "finished"
     assert trial["resumed_from_epoch"] == "1"  # Ray Train restarted both workers from epoch 1's checkpoint
@@ -211,6 +289,52 @@ def test_a_multi_worker_trial_trains_data_parallel_with_world_size_2_and_survive
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.parametrize("scheduler", ["asha", "fifo"])
+def test_searched_epochs_set_the_budget_and_a_cut_trial_is_never_finished(tmp_path, mnist_dir, cluster, capsys,
+                                                                          scheduler):
+    space = tiny_space(tmp_path, search={"epochs": {"choice": [1, 3]}})
+    assert main(tune_args(space, mnist_dir, tmp_path, scheduler, "--num-samples", "4", "--scheduler", scheduler,
+                          "--max-concurrent", "1", "--seed", "3", "--address", cluster.address)) == 0
+    assert "4 trials x up to 3 epochs" in capsys.readouterr().err  # the budget is the largest searched epochs
+    trials = read_trials(tmp_path / scheduler)
+    assert {t["epochs"] for t in trials} == {"1", "3"}
+    for t in trials:
+        assert t["budget_epochs"] == t["epochs"] and int(t["epochs_run"]) <= int(t["epochs"])
+        assert (t["status"] == "finished") == (t["epochs_run"] == t["epochs"]), t
+    if scheduler == "fifo":
+        assert all(t["status"] == "finished" for t in trials)
+    best = TrainConfig.load(tmp_path / scheduler / "best_config.json")
+    assert trials[0]["status"] == "finished" and best.epochs == int(trials[0]["epochs_run"])
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """One node declaring 4 CPUs and 1 GPU that it does not have: Ray schedules shares of it all the same."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=4, num_gpus=1, node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2,
+        include_dashboard=False))
+    c.wait_for_nodes()
+    yield c
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+@pytest.mark.parametrize("gpus", [["--gpus-per-trial", "0.25"], []], ids=["quarter", "default"])
+def test_four_trials_share_one_gpu_at_once(tmp_path, mnist_dir, gpu_cluster, monkeypatch, capsys, gpus):
+    barrier = tmp_path / "started"
+    barrier.mkdir()
+    monkeypatch.setattr(trial_module, "run_trial", all_at_once(str(barrier), 4))
+    assert main(tune_args(tiny_space(tmp_path, epochs=1), mnist_dir, tmp_path, "gpus", "--num-samples", "4",
+                          "--scheduler", "fifo", "--address", gpu_cluster.address, *gpus)) == 0
+    assert "(4 at a time, 1 worker(s) and 1 CPU, 0.25 GPU each)" in capsys.readouterr().err
+    trials = read_trials(tmp_path / "gpus")
+    assert len(trials) == 4 and all(t["status"] == "finished" for t in trials)
+    assert {t["gpu_ids"] for t in trials} == {"0"}  # each trial saw the one GPU Ray gave it a share of
+
+
 # -- errors: one line, exit 2, before Ray starts, nothing overwritten ---------------------------
 
 def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys):
@@ -218,21 +342,30 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
     bad = tmp_path / "bad.yaml"
     bad.write_text("search:\n  lr: {uniform: [0.1, 0.01]}\n")
     storage = tmp_path / "sweeps"
+    big_batch = tmp_path / "big.yaml"  # fine for TrainConfig; larger than the 500 training images
+    big_batch.write_text(yaml.safe_dump({"fixed": {k: v for k, v in TINY.items() if k != "batch_size"},
+                                         "search": {"batch_size": {"choice": [32, 512]}}}))
     cases = [
-        (["--space", str(bad)], "lr: uniform needs low < high"),
-        (["--space", "nonsense"], "--space nonsense: no such file"),
-        (["--space", str(space), "--metric", "val_loss", "--mode", "max"], "would pick the worst trial"),
-        (["--space", str(space), "--num-samples", "0"], "--num-samples must be at least 1"),
-        (["--space", str(space), "--gpus-per-trial", "1.5"], "whole number of GPUs"),
-        (["--space", str(space), "--resume"], "--space cannot change when resuming"),
-        (["--resume"], "--resume needs --name"),
-        (["--resume", "--name", "never-ran"], "is not a sweep started by mnist-addition tune"),
-        (["--space", str(space), "--data-dir", str(tmp_path / "nowhere"), "--no-download"], "MNIST"),
+        (["--space", str(bad)], "lr: uniform needs low < high", 2),
+        (["--space", "nonsense"], "--space nonsense: no such file", 2),
+        (["--space", str(space), "--metric", "val_loss", "--mode", "max"], "would pick the worst trial", 2),
+        (["--space", str(space), "--num-samples", "0"], "--num-samples must be at least 1", 2),
+        (["--space", str(space), "--gpus-per-trial", "1.5"], "whole number of GPUs", 2),
+        (["--space", str(space), "--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "fraction of a GPU", 2),
+        (["--space", str(space), "--name", "../escape"], "must be one folder name inside --storage-path", 2),
+        (["--space", str(space), "--resume"], "--space cannot change when resuming", 2),
+        (["--resume"], "--resume needs --name", 2),
+        (["--resume", "--name", "never-ran"], "is not a sweep started by mnist-addition tune", 2),
+        (["--space", str(space), "--data-dir", str(tmp_path / "nowhere"), "--no-download"], "MNIST not found", 1),
+        (["--space", str(big_batch), "--data-dir", str(mnist_dir)],
+         "a trial with batch_size=512 would fail: --batch-size 512 is larger than the 500 training images", 2),
+        (["--space", str(space), "--data-dir", str(mnist_dir), "--workers-per-trial", "3"],
+         "--batch-size 32 is not divisible by 3 processes", 2),
     ]
-    for extra, message in cases:
+    for extra, message, expected in cases:
         code = main(["tune", "--storage-path", str(storage), *extra])
         err = capsys.readouterr().err
-        assert code in (1, 2) and message in err, (extra, err)
+        assert code == expected and message in err, (extra, code, err)
         assert err.count("\n") == 1, err
     assert not storage.exists()
     assert not ray.is_initialized()

@@ -1,0 +1,20 @@
+"""Ray Tune sweeps: ``mnist-addition tune``. The only package that imports Ray (lazily).
+
+* ``options``: what was asked (``SweepOptions``), its checks, the shipped search spaces;
+* ``trial``: what runs on a Ray worker (one trial: the core ``fit``, reporting each epoch);
+* ``driver``: Ray start-up, resources, the Tuner (scheduler, search, resume);
+* ``results``: trial rows, ranking (a pure function), the result files;
+* ``storage``: the sweep folder on a local disk or any URI Ray accepts (``pyarrow.fs``).
+
+Layout of a sweep, ``STORAGE/NAME/``: Ray's experiment state and one folder per trial (with the
+trial's run folder ``run/``), plus ours: ``sweep.json`` (what was asked, for ``--resume``),
+``trials.csv``, ``best_config.json`` (feed it to ``mnist-addition train --config``),
+``sweep.png`` and ``summary.json``.
+"""
+
+from .driver import require_ray, run_sweep
+from .options import (BEST_FILE, METRICS, SCHEDULERS, SEARCHERS, NoUsableTrial, SweepError, SweepOptions,
+                      find_space, shipped_spaces)
+
+__all__ = ["BEST_FILE", "METRICS", "SCHEDULERS", "SEARCHERS", "NoUsableTrial", "SweepError", "SweepOptions",
+           "find_space", "require_ray", "run_sweep", "shipped_spaces"]

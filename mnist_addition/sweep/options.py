@@ -1,0 +1,141 @@
+"""What ``mnist-addition tune`` was asked to do, checked before Ray starts; shipped search spaces.
+
+No Ray here: every mistake a flag can make is a one-line error in a second, not after a cluster
+start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..config import ConfigError, flag
+
+METRICS = {"val_both_acc": "max", "val_digit_acc": "max", "val_sum_acc": "max", "val_loss": "min"}
+SCHEDULERS = ("asha", "fifo")
+SEARCHERS = ("random", "optuna")
+SWEEP_FILE, CSV_FILE, BEST_FILE, PLOT_FILE, SUMMARY_FILE = (
+    "sweep.json", "trials.csv", "best_config.json", "sweep.png", "summary.json")
+DRIVER_CPUS = 0.1  # a multi-worker trial's own process only waits on its TorchTrainer
+# Ray schedules fractional GPUs in steps of 1/10,000; a share is rounded down to that.
+GPU_GRAIN = 10_000
+
+
+class SweepError(ConfigError):
+    """A sweep cannot start or resume; the message says why and what to do."""
+
+
+class NoUsableTrial(SweepError):
+    """The sweep ran, but no trial produced a metric that can be ranked (exit 1, not a usage error)."""
+
+    exit_code = 1
+
+
+@dataclass
+class SweepOptions:
+    """What ``mnist-addition tune`` was asked to do (saved as ``sweep.json`` for --resume)."""
+
+    space: str = "default"
+    num_samples: int = 8
+    data_dir: str | None = None
+    storage_path: str = "runs/sweeps"
+    name: str | None = None
+    address: str | None = None
+    resume: bool = False
+    cpus_per_trial: float = 2.0
+    gpus_per_trial: float | None = None  # None: fill the cluster's GPUs (none: CPU trials); see gpu_share
+    workers_per_trial: int = 0  # 0 = one per GPU when gpus_per_trial > 1, else 1
+    max_concurrent: int = 0  # 0 = as many as the cluster's resources allow
+    scheduler: str = "asha"
+    search: str = "random"
+    metric: str = "val_both_acc"
+    mode: str | None = None
+    seed: int = 0
+    max_failures: int = 2
+    smoke: bool = False
+    download: bool = True
+    dashboard: bool = False
+    top: int = 10
+
+    # Fixed by the first run of a sweep; --resume takes them from sweep.json.
+    SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
+                      "max_concurrent", "scheduler", "search", "metric", "mode", "seed", "smoke")
+
+    def workers(self) -> int:
+        if self.workers_per_trial:
+            return self.workers_per_trial
+        return int(self.gpus_per_trial) if self.gpus_per_trial and self.gpus_per_trial > 1 else 1
+
+    def check(self) -> None:
+        """Reject bad numbers and combinations before anything starts."""
+        def need(ok: bool, option: str, message: str) -> None:
+            if not ok:
+                raise SweepError(f"{flag(option)} {message}")
+
+        gpus = self.gpus_per_trial
+        shown = "the default" if gpus is None else f"{gpus:g}"  # the messages are built before need() looks
+        need(self.num_samples >= 1, "num_samples", f"must be at least 1 (got {self.num_samples})")
+        need(math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0, "cpus_per_trial",
+             f"must be > 0 (got {self.cpus_per_trial:g}); e.g. 2")
+        need(gpus is None or (math.isfinite(gpus) and gpus >= 0), "gpus_per_trial",
+             f"must be >= 0 (got {shown})")
+        need(gpus is None or gpus <= 1 or float(gpus).is_integer(), "gpus_per_trial",
+             f"above 1 must be a whole number of GPUs (got {shown})")
+        need(gpus is None or gpus == 0 or gpus >= 1 / GPU_GRAIN, "gpus_per_trial",
+             f"is below Ray's smallest GPU share, 1/{GPU_GRAIN} (got {shown}): use e.g. 0.25 for 4 trials per GPU")
+        need(self.workers_per_trial >= 0, "workers_per_trial", f"must be >= 0 (got {self.workers_per_trial})")
+        need(self.max_concurrent >= 0, "max_concurrent", f"must be >= 0 (got {self.max_concurrent}); 0 = no limit")
+        need(self.max_failures >= 0, "max_failures", f"must be >= 0 (got {self.max_failures})")
+        need(self.top >= 1, "top", f"must be at least 1 (got {self.top})")
+        need(self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+        need(self.search in SEARCHERS, "search", f"must be one of {', '.join(SEARCHERS)}")
+        need(self.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)} (got {self.metric!r})")
+        need(self.mode in (None, "max", "min"), "mode", f"must be max or min (got {self.mode!r})")
+        if self.mode is not None and self.mode != METRICS[self.metric]:
+            raise SweepError(f"--mode {self.mode} with --metric {self.metric} would pick the worst trial: "
+                             f"use --mode {METRICS[self.metric]} (or leave --mode out)")
+        need(not gpus or gpus <= 1 or self.workers_per_trial in (0, int(gpus)), "workers_per_trial",
+             f"must equal --gpus-per-trial {shown} (one worker per GPU) or be left out")
+        need(not gpus or gpus >= 1 or self.workers_per_trial <= 1, "workers_per_trial",
+             f"cannot split a fraction of a GPU ({shown}) between {self.workers_per_trial} workers: "
+             "use one worker, or whole GPUs")
+        workers = self.workers()
+        need(self.cpus_per_trial / workers >= 0.1 or workers == 1, "cpus_per_trial",
+             f"{self.cpus_per_trial:g} is too few for {workers} workers: give each at least 0.1 CPU")
+
+    def resolved_mode(self) -> str:
+        return self.mode or METRICS[self.metric]
+
+
+def gpu_share(cluster_cpus: float, cluster_gpus: float, cpus_per_trial: float) -> float:
+    """The default --gpus-per-trial: spread the trials the CPUs allow evenly over the GPUs.
+
+    No GPUs: 0 (CPU trials). Otherwise as many trials as the CPUs fit share each GPU equally, as
+    1/k of a GPU (k trials per GPU), never more than one GPU per trial. A model this small keeps a
+    GPU ~0.1% busy, so the trials' host-side work (one CPU each, at least) is what limits a GPU node.
+    """
+    if cluster_gpus < 1:
+        return 0.0
+    trials = max(1, int(cluster_cpus // cpus_per_trial))
+    per_gpu = max(1, math.ceil(trials / int(cluster_gpus)))
+    return math.floor(GPU_GRAIN / per_gpu) / GPU_GRAIN
+
+
+def shipped_spaces() -> dict[str, Path]:
+    """The search spaces that ship with the package, by name (``tune/`` in a checkout links here)."""
+    folder = resources.files(__package__) / "spaces"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def find_space(space: str) -> Path:
+    """A path as given, or the name of a shipped space ('default', 'smoke', 'wide')."""
+    path = Path(space)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in space:
+        return path
+    shipped = shipped_spaces()
+    if space in shipped:
+        return shipped[space]
+    raise SweepError(f"--space {space}: no such file, and not a shipped space name ({', '.join(sorted(shipped))}): "
+                     "pass a .yaml path")

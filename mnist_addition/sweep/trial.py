@@ -1,0 +1,163 @@
+"""What runs on a Ray worker: one trial of a sweep.
+
+A trial builds its ``TrainConfig`` from the sampled values, runs the core ``fit`` (no second
+training loop) and, after each epoch, reports the validation metrics together with the checkpoint
+``fit`` has just written, so that ASHA can stop it, a crash is retried from that checkpoint, and an
+interrupted sweep can be restored.
+
+The trial writes its run folder locally (Ray's working directory for the trial) and uploads it,
+checkpoints left out (Ray stores the reported ones itself), to ``STORAGE/NAME/trial-ID/run`` after
+every epoch and at the end: on a cluster whose storage is a bucket, the run folders arrive there
+whichever node trained them.
+
+GPUs: Ray makes only the GPUs it assigned to a trial visible to it (``CUDA_VISIBLE_DEVICES``), so
+``fit`` trains on that GPU (or that share of one); a trial assigned none is kept off every GPU.
+A trial with several workers runs the same ``fit`` under Ray Train's ``TorchTrainer`` started from
+inside the Tune trial (Ray 2.5x/2.6x: Train V2); Accelerate joins the process group Ray Train made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import CHECKPOINTS, latest_valid, read_state, restore_into
+from ..config import TrainConfig
+from .storage import Store
+
+RUN = "run"
+
+
+@dataclass
+class TrialSettings:
+    """What every trial needs besides its sampled hyperparameters (passed with tune.with_parameters)."""
+
+    base: dict[str, Any]
+    data_dir: str
+    download: bool
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    max_failures: int
+    experiment_uri: str  # STORAGE/NAME: run folders, and a multi-worker trial's Ray Train run, go below it
+
+
+def trial_dirname(trial_id: str) -> str:
+    """A trial's folder in ``STORAGE/NAME`` (Ray's ``trial_dirname_creator`` uses it too)."""
+    return f"trial-{trial_id}"
+
+
+def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: Path, upload_as: str,
+                     report: Callable[..., None], checkpoint_class: type, restored: Any) -> None:
+    """Prepare the run folder (restoring a reported checkpoint), run the one ``fit``, upload the run.
+
+    ``report``/``checkpoint_class`` are Tune's for a single-process trial and Ray Train's on the
+    workers of a multi-worker trial.
+    """
+    import ray
+
+    for name in ("ray", "ray.train", "ray.tune", "accelerate"):  # not several lines per saved checkpoint
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not ray.get_gpu_ids():  # Ray sets no CUDA_VISIBLE_DEVICES for a trial without GPUs: hide them all
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+    from ..data import load_mnist, make_splits
+    from ..train import fit, process_state
+
+    state = process_state()  # under Ray Train: joins the process group Ray Train set up
+    config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
+                                    "output_dir": str(run_dir)}, source="the sweep")
+    resumed_from = 0
+    with restored.as_directory() if restored is not None else contextlib.nullcontext() as src:
+        if src:
+            resumed_from = read_state(src)["epoch"]
+        if state.is_local_main_process:  # one copy per node
+            shutil.rmtree(run_dir, ignore_errors=True)  # a previous attempt's leftovers: the reported checkpoint rules
+            run_dir.mkdir(parents=True)
+            if src:
+                restore_into(run_dir, src)
+        state.wait_for_everyone()
+    data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
+    store = Store(settings.experiment_uri) if state.is_main_process else None
+    facts = {"processes": state.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
+             "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    written: list[Path] = []
+
+    def send(row: dict[str, Any]) -> None:
+        checkpoint = None
+        if store is not None:
+            store.upload(run_dir, upload_as, skip=(CHECKPOINTS,))
+            # the checkpoint fit just wrote (or, when a restored run had nothing left to train, the restored one)
+            latest = written[-1] if written else latest_valid(run_dir)[0]
+            checkpoint = checkpoint_class.from_directory(str(latest))  # Ray copies it to storage
+        report({**row, **facts}, checkpoint=checkpoint)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        if row["epoch"] < config.epochs:
+            send(row)
+
+    final = fit(config, report=on_epoch, data=data, progress=False, resume=restored is not None, score_test=False,
+                warn=lambda line: print(line, flush=True), on_checkpoint=written.append)
+    # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
+    # the scheduler ends a trial at its last report, before any code after it runs.
+    send(final["history"][-1])
+
+
+def staging_dir(trial_dir: str) -> Path:
+    """Where a trial writes its run folder before uploading it: Ray's working directory for the
+    trial (Ray moves each trial there unless RAY_CHDIR_TO_TRIAL_DIR=0), else a temporary folder."""
+    cwd = Path.cwd()
+    return (cwd if cwd.name == trial_dir else Path(tempfile.gettempdir()) / "mnist-addition-trials" / trial_dir) / RUN
+
+
+def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
+    """The Tune function: one trial, trained here or by a data-parallel TorchTrainer."""
+    import ray.tune
+
+    context = ray.tune.get_context()
+    trial_dir = trial_dirname(context.get_trial_id())
+    if settings.workers > 1:
+        return _run_multi_worker(params, settings, trial_dir)
+    train_and_report(params, settings, staging_dir(trial_dir), f"{trial_dir}/{RUN}",
+                     ray.tune.report, ray.tune.Checkpoint, ray.tune.get_checkpoint())
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker of a multi-worker trial."""
+    import ray.train
+
+    train_and_report(loop_config["params"], loop_config["settings"], Path(loop_config["run_dir"]),
+                     loop_config["upload_as"], ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint())
+
+
+def _run_multi_worker(params: dict[str, Any], settings: TrialSettings, trial_dir: str) -> None:
+    """A Tune trial that drives a data-parallel TorchTrainer (Ray's Train-inside-Tune pattern)."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    resources = {"CPU": settings.cpus_per_worker}
+    if settings.gpus_per_worker:
+        resources["GPU"] = settings.gpus_per_worker
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"params": params, "settings": settings, "run_dir": str(staging_dir(trial_dir)),
+                           "upload_as": f"{trial_dir}/{RUN}"},
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
+                                               resources_per_worker=resources),
+        # The same name on a retry: Ray Train then resumes from this run's latest checkpoint.
+        run_config=ray.train.RunConfig(
+            name=f"train-{ray.tune.get_context().get_trial_id()}", storage_path=settings.experiment_uri,
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
