@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--space", default="default")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--search", choices=("random", "optuna"), default="random")
+    parser.add_argument("--grace-epochs", type=int, default=1, help="ASHA's grace period")
     parser.add_argument("--seed", type=int, default=0, help="the sweep's sampler seed")
     parser.add_argument("--cpus-per-trial", type=float, default=2.0)
     parser.add_argument("--seeds", type=int, default=3, help="seeds for retraining the best config")
@@ -49,7 +50,7 @@ def main() -> None:
     name = time.strftime("bench-%Y%m%d-%H%M%S")
     options = SweepOptions(space=str(find_space(args.space)), num_samples=args.num_samples, data_dir=args.data_dir,
                            storage_path=args.storage_path, name=name, cpus_per_trial=args.cpus_per_trial,
-                           search=args.search, seed=args.seed)
+                           search=args.search, seed=args.seed, grace_epochs=args.grace_epochs)
     started = time.perf_counter()
     summary = run_sweep(options, console)
     sweep_seconds = time.perf_counter() - started

@@ -128,6 +128,8 @@ def add_tune_parser(sub: Any) -> None:
     where.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1 (local Ray only)")
     how = tu.add_argument_group("how it searches")
     how.add_argument("--scheduler", choices=SCHEDULERS, help=f"asha stops bad trials early (default: {d.scheduler})")
+    how.add_argument("--grace-epochs", type=int, help="asha: epochs every trial trains before it may be stopped; "
+                                                      f"its rungs are at 1, 2, 4... times this (default: {d.grace_epochs})")
     how.add_argument("--search", choices=SEARCHERS, help=f"random sampling or Optuna's TPE (default: {d.search})")
     how.add_argument("--metric", choices=list(METRICS), help=f"validation metric to select on (default: {d.metric})")
     how.add_argument("--mode", choices=("max", "min"), help="max for accuracies, min for val_loss (default: follows --metric)")

@@ -307,6 +307,16 @@ def test_searched_epochs_set_the_budget_and_a_cut_trial_is_never_finished(tmp_pa
     assert trials[0]["status"] == "finished" and best.epochs == int(trials[0]["epochs_run"])
 
 
+@pytest.mark.parametrize("grace, max_epochs, rungs", [(1, 6, [4, 2, 1]), (4, 16, [16, 8, 4]), (1, 3, [2, 1])])
+def test_asha_rungs_start_at_the_grace_epochs_and_end_at_the_budget(grace, max_epochs, rungs):
+    from mnist_addition.sweep.driver import _tune_config
+    from mnist_addition.sweep.options import SweepOptions
+
+    scheduler = _tune_config(SweepOptions(grace_epochs=grace), max_epochs, concurrent=1).scheduler
+    assert scheduler._max_t == max_epochs  # Ray's private names: what ASHA was built with
+    assert [milestone for milestone, _ in scheduler._brackets[0]._rungs] == rungs
+
+
 @pytest.fixture(scope="module")
 def gpu_cluster():
     """One node declaring 4 CPUs and 1 GPU that it does not have: Ray schedules shares of it all the same."""
@@ -353,6 +363,9 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
         (["--space", str(space), "--gpus-per-trial", "1.5"], "whole number of GPUs", 2),
         (["--space", str(space), "--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "fraction of a GPU", 2),
         (["--space", str(space), "--name", "../escape"], "must be one folder name inside --storage-path", 2),
+        (["--space", str(space), "--grace-epochs", "0"], "--grace-epochs must be at least 1", 2),
+        (["--space", str(space), "--data-dir", str(mnist_dir), "--grace-epochs", "3"],
+         "--grace-epochs 3 is more than the 2 epochs a trial can get", 2),
         (["--space", str(space), "--resume"], "--space cannot change when resuming", 2),
         (["--resume"], "--resume needs --name", 2),
         (["--resume", "--name", "never-ran"], "is not a sweep started by mnist-addition tune", 2),

@@ -82,17 +82,14 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     """Run (or resume) a sweep; write the results files; return the summary."""
     require_ray()
     options, space, store = resolve(options)
-    from ..data import load_mnist, resolve_data_dir
-
     base = space.base(TUNE_SMOKE if options.smoke else None)  # every trial's config but the sampled keys
-    # Data before Ray: a missing dataset is a one-line error, and the head node downloads it once.
-    options.data_dir = os.path.abspath(resolve_data_dir(options.data_dir))
-    mnist = load_mnist(options.data_dir, download=options.download)
-    check_against_data(space, base, len(mnist.train_labels), options.workers())
+    _load_and_check_data(options, space, base)
     max_epochs = space.largest("epochs", TrainConfig.from_dict(base).epochs)
+    if options.scheduler == "asha" and options.grace_epochs > max_epochs:
+        raise SweepError(f"--grace-epochs {options.grace_epochs} is more than the {max_epochs} epochs a trial can get: "
+                         "lower it, or use --scheduler fifo")
 
     import ray
-    from ray import tune
 
     # Tiny trials checkpoint often; Ray would warn about its experiment snapshots each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -106,20 +103,7 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
             options.gpus_per_trial = gpu_share(total.get("CPU", 0), total.get("GPU", 0), options.cpus_per_trial)
         fits = _check_resources(options)
         concurrent = min(options.max_concurrent or fits, fits)
-        trainable = _trainable(options, base, store)
-        if options.resume:
-            if not tune.Tuner.can_restore(store.uri):
-                raise SweepError(f"--resume: {store.uri} has no Ray experiment state (it stopped before any "
-                                 "trial started): start it again under another --name")
-            console.print(f"[bold]resuming[/] {store.uri}: finished trials are kept, unfinished ones continue "
-                          "from their last checkpoint")
-            tuner = tune.Tuner.restore(store.uri, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            store.write(SWEEP_FILE, json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()},
-                                               indent=2).encode())
-            tuner = tune.Tuner(trainable, param_space=_param_space(space),
-                               tune_config=_tune_config(options, max_epochs, concurrent),
-                               run_config=_run_config(options))
+        tuner = _tuner(options, space, base, store, max_epochs, concurrent, console)
         gpus = f", {options.gpus_per_trial:g} GPU" if options.gpus_per_trial else ""
         console.print(f"[bold]sweep[/] {options.num_samples} trials x up to {max_epochs} epochs, "
                       f"{options.scheduler} + {options.search} search on {options.metric} "
@@ -141,6 +125,35 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     finally:
         if started or ray.is_initialized():
             ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
+
+
+def _load_and_check_data(options: SweepOptions, space: Space, base: dict[str, Any]) -> None:
+    """Data before Ray: a missing dataset is a one-line error, the head node downloads it once,
+    and the space is checked against the training split's size."""
+    from ..data import load_mnist, resolve_data_dir
+
+    options.data_dir = os.path.abspath(resolve_data_dir(options.data_dir))
+    mnist = load_mnist(options.data_dir, download=options.download)
+    check_against_data(space, base, len(mnist.train_labels), options.workers())
+
+
+def _tuner(options: SweepOptions, space: Space, base: dict[str, Any], store: Store, max_epochs: int,
+           concurrent: int, console: Any) -> Any:
+    """A new Tuner (saving sweep.json first), or the interrupted one restored from storage."""
+    from ray import tune
+
+    trainable = _trainable(options, base, store)
+    if not options.resume:
+        store.write(SWEEP_FILE, json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()},
+                                           indent=2).encode())
+        return tune.Tuner(trainable, param_space=_param_space(space),
+                          tune_config=_tune_config(options, max_epochs, concurrent), run_config=_run_config(options))
+    if not tune.Tuner.can_restore(store.uri):
+        raise SweepError(f"--resume: {store.uri} has no Ray experiment state (it stopped before any "
+                         "trial started): start it again under another --name")
+    console.print(f"[bold]resuming[/] {store.uri}: finished trials are kept, unfinished ones continue "
+                  "from their last checkpoint")
+    return tune.Tuner.restore(store.uri, trainable, resume_unfinished=True, resume_errored=True)
 
 
 def _init_ray(options: SweepOptions) -> bool:
@@ -279,9 +292,11 @@ def _tune_config(options: SweepOptions, max_epochs: int, concurrent: int) -> Any
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if options.scheduler == "asha":
-        # Rungs at 1, 2, 4, ... epochs; the best half of each rung goes on. max_t is the most epochs
-        # any trial can be given: a trial whose own (searched) epochs are fewer ends by itself.
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=2)
+        # Rungs at g, 2g, 4g, ... epochs (g = --grace-epochs); the best half of each rung goes on.
+        # max_t is the most epochs any trial can be given: one whose own (searched) epochs are
+        # fewer ends by itself.
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=options.grace_epochs,
+                                  reduction_factor=2)
     else:
         scheduler = FIFOScheduler()
     if options.search == "optuna":

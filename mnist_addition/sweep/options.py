@@ -49,6 +49,7 @@ class SweepOptions:
     workers_per_trial: int = 0  # 0 = one per GPU when gpus_per_trial > 1, else 1
     max_concurrent: int = 0  # 0 = as many as the cluster's resources allow
     scheduler: str = "asha"
+    grace_epochs: int = 1  # ASHA: epochs every trial trains before it may be stopped
     search: str = "random"
     metric: str = "val_both_acc"
     mode: str | None = None
@@ -61,7 +62,7 @@ class SweepOptions:
 
     # Fixed by the first run of a sweep; --resume takes them from sweep.json.
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
-                      "max_concurrent", "scheduler", "search", "metric", "mode", "seed", "smoke")
+                      "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke")
 
     def workers(self) -> int:
         if self.workers_per_trial:
@@ -89,6 +90,7 @@ class SweepOptions:
         need(self.max_concurrent >= 0, "max_concurrent", f"must be >= 0 (got {self.max_concurrent}); 0 = no limit")
         need(self.max_failures >= 0, "max_failures", f"must be >= 0 (got {self.max_failures})")
         need(self.top >= 1, "top", f"must be at least 1 (got {self.top})")
+        need(self.grace_epochs >= 1, "grace_epochs", f"must be at least 1 (got {self.grace_epochs})")
         need(self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
         need(self.search in SEARCHERS, "search", f"must be one of {', '.join(SEARCHERS)}")
         need(self.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)} (got {self.metric!r})")

@@ -73,16 +73,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     state = process_state()  # under Ray Train: joins the process group Ray Train set up
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
-    resumed_from = 0
-    with restored.as_directory() if restored is not None else contextlib.nullcontext() as src:
-        if src:
-            resumed_from = read_state(src)["epoch"]
-        if state.is_local_main_process:  # one copy per node
-            shutil.rmtree(run_dir, ignore_errors=True)  # a previous attempt's leftovers: the reported checkpoint rules
-            run_dir.mkdir(parents=True)
-            if src:
-                restore_into(run_dir, src)
-        state.wait_for_everyone()
+    resumed_from = _prepare_run_dir(run_dir, restored, state)
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if state.is_main_process else None
     facts = {"processes": state.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
@@ -108,6 +99,18 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
     # the scheduler ends a trial at its last report, before any code after it runs.
     send(final["history"][-1])
+
+
+def _prepare_run_dir(run_dir: Path, restored: Any, state: Any) -> int:
+    """A fresh run folder holding the checkpoint Ray handed back, if any; returns its epoch (0: none)."""
+    with restored.as_directory() if restored is not None else contextlib.nullcontext() as src:
+        if state.is_local_main_process:  # one copy per node
+            shutil.rmtree(run_dir, ignore_errors=True)  # a previous attempt's leftovers: the reported checkpoint rules
+            run_dir.mkdir(parents=True)
+            if src:
+                restore_into(run_dir, src)
+        state.wait_for_everyone()
+        return read_state(src)["epoch"] if src else 0
 
 
 def staging_dir(trial_dir: str) -> Path:
