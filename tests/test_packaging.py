@@ -9,7 +9,17 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _setuptools_major() -> int:
+    try:
+        import setuptools
+    except ImportError:
+        return 0
+    return int(setuptools.__version__.split(".")[0])
 
 
 def test_the_wheel_ships_the_search_spaces_and_tune_finds_them_by_name(tmp_path):
@@ -17,8 +27,13 @@ def test_the_wheel_ships_the_search_spaces_and_tune_finds_them_by_name(tmp_path)
     source = tmp_path / "source"
     shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv*", "build", "dist", "*.egg-info", "runs", "__pycache__", ".pytest_cache"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"),
-                            str(source)], capture_output=True, text=True, timeout=600)
+    # pyproject asks for setuptools>=77: use this environment's when it has one (a machine with no
+    # package index, such as the GPU box), else let pip fetch it for an isolated build.
+    no_isolation = ["--no-build-isolation"] if _setuptools_major() >= 77 else []
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *no_isolation,
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=600)
+    if built.returncode and not no_isolation and "setuptools" in built.stderr and "find" in built.stderr.lower():
+        pytest.skip("cannot build the wheel: no setuptools>=77 here and no package index to fetch it from")
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("mnist_addition-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -84,7 +84,8 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     options, space, store = resolve(options)
     base = space.base(TUNE_SMOKE if options.smoke else None)  # every trial's config but the sampled keys
     _load_and_check_data(options, space, base)
-    max_epochs = space.largest("epochs", TrainConfig.from_dict(base).epochs)
+    base_epochs = TrainConfig.from_dict(base).epochs
+    max_epochs = space.largest("epochs", base_epochs)
     if options.scheduler == "asha" and options.grace_epochs > max_epochs:
         raise SweepError(f"--grace-epochs {options.grace_epochs} is more than the {max_epochs} epochs a trial can get: "
                          "lower it, or use --scheduler fifo")
@@ -115,7 +116,7 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
         # Tune returns normally after Ctrl-C; its trial states say whether everything ran.
         statuses = {t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
         keys = list(space.search)
-        rows = trial_rows(grid, options.metric, keys, TrainConfig.from_dict(base).epochs, statuses)
+        rows = trial_rows(grid, options.metric, keys, base_epochs, statuses)
         summary = write_results(rows, options, keys, base, max_epochs, store, wall, console)
         if summary["unfinished"]:
             console.print(f"[red]interrupted[/]: {summary['unfinished']} of {options.num_samples} trials unfinished; "

@@ -86,8 +86,8 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
         # interrupted trials, and those not yet sampled when the sweep stopped (not in the grid at all)
         "unfinished": options.num_samples - counts[FINISHED] - counts[STOPPED] - counts[ERROR],
         "best_trial": None, "best": None, "best_config": None}
-    columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:4], "images_per_s",
-               "train_seconds", "trial_seconds", *METRIC_COLUMNS[6:]]
+    columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6], "trial_seconds",
+               *METRIC_COLUMNS[6:]]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
