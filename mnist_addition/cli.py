@@ -36,6 +36,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if typing.get_origin(kind) is not None:  # Optional[X] -> X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         meta = f.metadata
+        if kind is bool:  # a switch: --cpu, --deterministic, --compile
+            groups[meta["infra"]].add_argument(flag(f.name), dest=f.name, action="store_true",
+                                               default=argparse.SUPPRESS, help=meta["help"])
+            continue
         default = "preset's" if f.name not in ("preset", "seed", "data_dir", "output_dir") else f.default
         groups[meta["infra"]].add_argument(
             flag(f.name), dest=f.name, type=kind, choices=meta["choices"], default=argparse.SUPPRESS,
@@ -195,10 +199,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .data import load_mnist, make_splits
     from .runs import check_run_dir, default_run_dir, prepare_run_dir
+    from .backends import set_deterministic_env
     from .train import fit, process_state  # Accelerate is imported here, not for --help
 
-    state = process_state()
     config = config_from_args(args)
+    if config.deterministic:
+        set_deterministic_env()  # before CUDA starts
+    state = process_state(config.cpu)
     # Every process must write to the same folder: the main process picks the default name.
     run_dir = Path(broadcast_object_list([str(config.output_dir or default_run_dir())])[0])
     if not args.resume:

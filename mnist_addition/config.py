@@ -54,6 +54,11 @@ class TrainConfig:
     train_limit: int = _f(0, "use only the first N training images (0 = all); for smoke tests")
     eval_limit: int = _f(0, "evaluate on only the first N validation/test images (0 = all)")
     # --- infrastructure (do not change the maths) ---------------------------------------------
+    cpu: bool = _f(False, "train on the CPU even where a GPU exists (also set by accelerate launch's use_cpu)", infra=True)
+    deterministic: bool = _f(False, "bit-identical reruns and resumes on a GPU (deterministic kernels, no autotuning; "
+                                    "slower); the CPU is deterministic without it", infra=True)
+    compile: bool = _f(False, "torch.compile the training step (CUDA graphs on GPUs); costs a minute of compiling, "
+                              "so it pays off on GPUs, not on a small CPU", infra=True)
     mixed_precision: str = _f("auto", "'auto' = bf16 where the hardware runs it natively, else 'no'", MIXED_PRECISION, infra=True)
     gradient_accumulation_steps: int = _f(1, "split each batch into K micro-batches", infra=True)
     eval_batch_size: int = _f(1000, "images per evaluation forward pass", infra=True)

@@ -181,14 +181,19 @@ def fixed_numbers(n: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def train_numbers(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Fresh numbers for every training image every epoch, reproducible from (seed, epoch)."""
-    return torch.randint(0, 10, (n,), generator=epoch_generator(seed, epoch, stream=1))
+def train_numbers(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Fresh numbers for every training image every epoch, reproducible from (seed, epoch), drawn on ``device``."""
+    return torch.randint(0, 10, (n,), generator=epoch_generator(seed, epoch, stream=1, device=device), device=device)
 
 
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    """An independent CPU generator per (seed, epoch, stream): order, numbers and shifts don't interact."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 8 + stream) % (2**63))
+def epoch_generator(seed: int, epoch: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """An independent generator on ``device`` per (seed, epoch, stream): order, numbers and shifts don't interact.
+
+    A generator on the training device draws there: nothing random crosses from host to device.
+    The same seed gives other numbers on a GPU than on the CPU (another algorithm), but always the
+    same ones on the same kind of device.
+    """
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + epoch) * 8 + stream) % (2**63))
 
 
 def make_splits(mnist: Mnist, val_size: int = 5000, train_limit: int = 0, eval_limit: int = 0) -> PairedMnist:
@@ -217,12 +222,12 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images,
 def random_shift(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Translate image i by (offsets[0, i], offsets[1, i]) - max_shift pixels, filling with background.
 
-    Batch-wise: pad once, then gather rows and columns with per-image offsets in [0, 2 * max_shift].
+    Batch-wise: pad once, then gather rows and columns with per-image offsets in [0, 2 * max_shift]
+    (a tensor on the images' device).
     """
     if max_shift == 0:
         return images
     b, c, h, w = images.shape  # (B, 1, 28, 28)
-    offsets = offsets.to(images.device)
     background = images.amin(dim=(1, 2, 3), keepdim=True)  # normalised black
     padded = torch.nn.functional.pad(images - background, (max_shift,) * 4) + background
     rows = torch.arange(h, device=images.device)[None, :] + offsets[0][:, None]  # (B, H)
@@ -242,9 +247,10 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: i
     """
     n = len(split)
     device = split.images.device
-    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, stream=0)).to(device)
-    numbers = train_numbers(n, seed, epoch).to(device)
-    offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=epoch_generator(seed, epoch, stream=2))
+    # Drawn once per epoch on the training device: no host work and no host-to-device copy per step.
+    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, 0, device), device=device)
+    numbers = train_numbers(n, seed, epoch, device)
+    offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=epoch_generator(seed, epoch, 2, device), device=device)
     per_rank = batch_size // world
     for start in range(start_step * batch_size, n - n % batch_size, batch_size):
         lo = start + rank * per_rank

@@ -4,13 +4,20 @@
 metrics. The same code runs as one CPU process, on one GPU, or data-parallel under
 ``accelerate launch``: ``--batch-size`` is the global batch, and each process takes an equal
 shard of every global batch, so the learning rate needs no rescaling.
+
+``fit`` is a short orchestration of named parts: ``setup`` (accelerator, data on the device, model,
+optimizer, the step function, compiled or not), ``start_state`` (fresh or from a checkpoint),
+``train_epoch`` (which calls ``train_step``), ``evaluate`` and ``finish`` (the run folder).
+The hot loop never waits for the host: batches are slices of tensors already on the device, the
+learning rate is a pure function of the step, and ``.item()`` runs only at log intervals.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,34 +28,29 @@ from accelerate.utils import set_seed
 
 from . import checkpoint as checkpoint_io
 from . import runs
+from .backends import fused_optimizer, numerics, resolve_mixed_precision, synchronize, use_cpu
 from .config import ConfigError, TrainConfig, check_batch
-from .data import PairedMnist, load_mnist, make_splits, steps_per_epoch, train_batches
+from .data import PairedMnist, Split, load_mnist, make_splits, steps_per_epoch, train_batches
 from .evaluate import evaluate_counts
 from .metrics import loss_fn, summarize
 from .model import build_model, count_parameters, param_groups
 from .report import write_report
 
+__all__ = ["fit", "process_state", "resolve_mixed_precision", "lr_schedule", "TrainState"]
+
 Report = Callable[[dict[str, Any]], None]
 
 
-def resolve_mixed_precision(requested: str, cuda: bool) -> str:
-    """'auto' -> 'bf16' where the hardware has native bf16 (Ampere+ GPUs, AMX/AVX512-BF16 CPUs), else 'no'."""
-    if requested != "auto":
-        return requested
-    if cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return "bf16" if native else "no"
-
-
-def process_state() -> PartialState:
+# ------------------------------------------------------------------------------------------------
+# Set-up
+# ------------------------------------------------------------------------------------------------
+def process_state(cpu: bool = False) -> PartialState:
     """This process's place in the launch (joins the process group under ``accelerate launch``).
 
-    ``cpu=True`` without CUDA: otherwise several CPU processes would each train alone instead of
-    joining one gloo group.
+    On the CPU (asked for, or no GPU) every process must say so before the group forms: otherwise
+    several CPU processes would each train alone, or take the GPU path on a GPU machine.
     """
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=use_cpu(cpu))
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -58,35 +60,264 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     # owns the process group) so that each fit() gets exactly its config's settings.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    cuda = torch.cuda.is_available()
-    process_state()  # the same process group whoever asks first
+    cpu = use_cpu(config.cpu)
+    state = process_state(config.cpu)  # the same process group whoever asks first
+    if cpu and state.device.type != "cpu":
+        raise ConfigError("--cpu was given after this process had already started on the GPU: "
+                          "pass --cpu to every run of the process (or set ACCELERATE_USE_CPU=1)")
     tracking = config.log_with != "none"
     if tracking and not config.output_dir:
         raise ConfigError(f"--log-with {config.log_with} needs a run folder: pass --output-dir")
     if tracking and importlib.util.find_spec(config.log_with) is None:
         raise ConfigError(f"--log-with {config.log_with} needs the {config.log_with} package: "
                           f"pip install -e \".[{config.log_with}]\"")
-    return Accelerator(cpu=not cuda, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
+    cuda = state.device.type == "cuda"
+    return Accelerator(cpu=cpu, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        log_with=config.log_with if tracking else None,
                        project_dir=config.output_dir if tracking else None)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``param_groups``; fused kernels where the device has them."""
     groups = param_groups(model, config.weight_decay)
+    fused = {"fused": True} if fused_optimizer(device) else {}
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
-    if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=config.warmup,
-            cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return optimizer, scheduler
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, **fused)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999), **fused)
 
 
+def lr_schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning rate of (0-based) global step ``step``: a pure function, nothing to checkpoint.
+
+    'onecycle' is torch's OneCycleLR (cosine, two phases, div_factor 25, final_div_factor 1e3),
+    written out so that it is the same floats step for step; 'constant' is ``config.lr``.
+    """
+    peak = config.lr
+    if config.schedule == "constant":
+        return lambda step: peak
+    initial = peak / 25.0
+    final = initial / 1e3
+    warm_end = float(config.warmup * total_steps) - 1  # the step at which the peak is reached
+
+    def lr(step: int) -> float:
+        start, end, lo, hi = (initial, peak, 0.0, warm_end) if step <= warm_end else \
+            (peak, final, warm_end, total_steps - 1)
+        pct = (step - lo) / (hi - lo) if hi != lo else 1.0
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+    return lr
+
+
+@dataclass
+class Run:
+    """Everything one fit() works with, built once by ``setup``."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_of: Callable[..., torch.Tensor]  # (images, numbers, digits, sums) -> loss; maybe compiled
+    lr_at: Callable[[int], float]
+    train: Split
+    val: Split
+    test: Split
+    steps: int  # optimizer steps per epoch
+    setup: dict[str, Any]
+    run_dir: Path | None
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, str]) -> Run:
+    """Accelerator, data on the device, model, optimizer and the step's loss function."""
+    accelerator = make_accelerator(config)
+    set_seed(config.seed)  # model initialisation; data order has its own (seed, epoch) generators
+    if data is None:
+        data = make_splits(load_mnist(config.data_dir), config.val_size)
+    data = data.limited(config.train_limit, config.eval_limit)
+    world = accelerator.num_processes
+    check_batch(config, len(data.train), world)
+    device = accelerator.device
+    model = build_model(config.preset, config.width).to(memory_format=torch.channels_last)
+    n_params = count_parameters(model)
+    steps = steps_per_epoch(len(data.train), config.batch_size)
+    optimizer = make_optimizer(model, config, device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    micro = config.gradient_accumulation_steps
+    setup_info = {"num_processes": world, "distributed_type": str(accelerator.distributed_type.value),
+                  "mixed_precision": accelerator.mixed_precision, "device": str(device),
+                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  **precision, "deterministic": config.deterministic, "compile": config.compile,
+                  "global_batch_size": config.batch_size, "per_process_batch_size": config.batch_size // world,
+                  "micro_batch_size": config.batch_size // world // micro, "params": n_params}
+    return Run(config, accelerator, model, optimizer, make_loss_of(model, config, device),
+               lr_schedule(config, steps * config.epochs), data.train.to(device), data.val.to(device),
+               data.test.to(device), steps, setup_info, Path(config.output_dir) if config.output_dir else None)
+
+
+def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> Callable[..., torch.Tensor]:
+    """The forward pass and loss of one (micro-)batch; with ``--compile``, compiled (and its
+    backward with it). On a GPU, mode 'reduce-overhead' replays both as CUDA graphs.
+
+    The function is compiled, not the module: the model's state_dict keys, and so checkpoints and
+    model.safetensors, are the same with and without --compile.
+    """
+    def loss_of(images, numbers, digits, sums):  # (B, 1, 28, 28), (B,), (B,), (B,) -> ()
+        digit_logits, sum_logits = model(images, numbers)
+        return loss_fn(digit_logits, sum_logits, digits, sums, config.sum_weight, config.label_smoothing)
+
+    if not config.compile:
+        return loss_of
+    return torch.compile(loss_of, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Where training stands
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Where training stands; what every checkpoint's trainer_state.json holds (JSON, no pickle)."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    step: int = 0  # steps done in that epoch
+    loss_sum: float = 0.0  # summed training loss of those steps (mean over processes)
+    train_seconds: float = 0.0
+    samples_per_process: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self, run: Run) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "global_step": (self.epoch - 1) * run.steps + self.step,
+                "loss_sum": self.loss_sum, "train_seconds": self.train_seconds, "history": self.history,
+                "preset": run.config.preset, "width": run.config.width, "world": run.world,
+                "samples_per_process": self.samples_per_process}
+
+
+def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainState:
+    """From scratch, or from the newest valid checkpoint (model, optimizer and RNG restored too)."""
+    config = run.config
+    if not resume:
+        return TrainState()
+    if run.run_dir is None:
+        raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
+    say = warn if run.main else (lambda _: None)
+    checkpoint, saved = checkpoint_io.latest_valid(run.run_dir, warn=say)
+    if (saved["preset"], saved["width"]) != (config.preset, config.width):
+        raise checkpoint_io.CheckpointError(
+            f"checkpoint {checkpoint} was written by preset {saved['preset']!r} width {saved['width']}, but "
+            f"config.json says {config.preset!r} width {config.width}: the checkpoint belongs to another run")
+    if saved["world"] != run.world:
+        say(f"note: resuming a {saved['world']}-process run on {run.world} processes; "
+            "the global batch is unchanged, so the maths is the same")
+    run.accelerator.load_state(str(checkpoint))
+    state = TrainState(saved["epoch"], saved["step"], saved["loss_sum"], saved["train_seconds"],
+                       saved["samples_per_process"] * saved["world"] // run.world, saved["history"])
+    if state.step == run.steps:  # the checkpoint closed an epoch
+        state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, 0.0
+    say(f"resuming from {checkpoint.name}: epoch {state.epoch}, step {state.step}/{run.steps}")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+def train_step(run: Run, images: torch.Tensor, numbers: torch.Tensor, digits: torch.Tensor, sums: torch.Tensor,
+               lr: float) -> torch.Tensor:
+    """One optimizer step on one global batch's shard (in ``micro`` accumulation chunks); returns
+    the batch's mean loss as a tensor on the device (no sync)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    micro = run.config.gradient_accumulation_steps
+    if micro == 1:  # the common case, without Accelerate's accumulation bookkeeping
+        loss = run.loss_of(images, numbers, digits, sums)
+        run.accelerator.backward(loss)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+    total = torch.zeros((), device=digits.device)
+    for chunk in range(micro):  # micro-batches of one global batch
+        part = slice(chunk * len(digits) // micro, (chunk + 1) * len(digits) // micro)
+        with run.accelerator.accumulate(run.model):
+            loss = run.loss_of(images[part], numbers[part], digits[part], sums[part])
+            run.accelerator.backward(loss)
+            run.optimizer.step()  # a no-op until the last chunk
+            run.optimizer.zero_grad(set_to_none=True)
+        total += loss.detach() / micro
+    return total
+
+
+def train_epoch(run: Run, state: TrainState, bar: "_Progress", save: Callable[[TrainState, torch.Tensor, float], None]) -> float:
+    """Train ``state.epoch`` from ``state.step`` to its end; returns the epoch's seconds.
+
+    ``save(state, loss_sum, seconds_so_far)`` writes a mid-epoch checkpoint every ``checkpoint_every``
+    global steps (the epoch-end one is the caller's). ``state.loss_sum`` ends as the epoch's summed
+    loss, averaged over processes.
+    """
+    config, epoch, first = run.config, state.epoch, state.step
+    run.model.train()
+    loss_sum = torch.full((), state.loss_sum, device=run.accelerator.device)
+    bar.start_epoch(epoch, first)
+    start = time.perf_counter()
+    batches = train_batches(run.train, config.batch_size, config.seed, epoch, config.shift, run.rank, run.world, first)
+    for step, (images, numbers, digits, sums) in enumerate(batches, first + 1):
+        global_step = (epoch - 1) * run.steps + step  # steps done after this one
+        loss_sum += train_step(run, images, numbers, digits, sums, run.lr_at(global_step - 1))
+        state.step, state.samples_per_process = step, state.samples_per_process + len(digits)
+        if bar.enabled and (step % config.log_every == 0 or step == run.steps):
+            # .item() is a device sync: only at log intervals, only where a bar is drawn
+            bar.update(step, loss_sum.item() / step, (step - first) * config.batch_size / (time.perf_counter() - start))
+        if run.run_dir and config.checkpoint_every and global_step % config.checkpoint_every == 0 and step < run.steps:
+            save(state, loss_sum, time.perf_counter() - start)
+    synchronize(run.accelerator.device)  # the clock must include the GPU work still queued
+    seconds = time.perf_counter() - start
+    state.loss_sum = run.accelerator.reduce(loss_sum, reduction="mean").item()
+    return seconds
+
+
+def evaluate(run: Run, split: Split) -> dict[str, Any]:
+    """Loss and accuracies on ``split``, counts summed over all processes."""
+    counts = evaluate_counts(run.model, split, run.config.eval_batch_size, run.config.sum_weight, run.rank, run.world)
+    return summarize(run.accelerator.reduce(counts, reduction="sum"))
+
+
+def save_checkpoint(run: Run, state: TrainState, loss_sum: torch.Tensor | None, seconds: float,
+                    on_checkpoint: Callable[[Path], None] | None) -> None:
+    """Checkpoint the model, optimizer, RNG and ``state`` (``seconds`` of training so far); every
+    process calls this. ``loss_sum``: the running loss mid-epoch (None: ``state.loss_sum`` is final)."""
+    saved = state.to_dict(run)
+    if loss_sum is not None:  # the mean over processes, so that every process resumes from the same sum
+        saved["loss_sum"] = run.accelerator.reduce(loss_sum.clone(), reduction="mean").item()
+    saved["train_seconds"] = seconds
+    path = checkpoint_io.save_checkpoint(run.accelerator, run.run_dir, saved["global_step"], saved,
+                                         run.config.keep_checkpoints)
+    if on_checkpoint is not None:
+        on_checkpoint(path)
+
+
+def epoch_row(run: Run, state: TrainState, seconds: float, first: int, test_every_epoch: bool) -> dict[str, Any]:
+    """The epoch's line in metrics.jsonl: training loss, validation (and test) metrics, speed."""
+    row: dict[str, Any] = {"epoch": state.epoch, "train_loss": state.loss_sum / run.steps}
+    row.update({f"val_{k}": v for k, v in evaluate(run, run.val).items()})
+    if test_every_epoch:
+        row.update({f"test_{k}": v for k, v in evaluate(run, run.test).items()})
+    row.update({"images_per_s": (run.steps - first) * run.config.batch_size / seconds, "epoch_seconds": seconds,
+                "train_seconds": state.train_seconds, "lr": run.lr_at(state.epoch * run.steps)})
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------------
 def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | None = None,
         progress: bool = True, test_every_epoch: bool = False, resume: bool = False,
         warn: Callable[[str], None] = print, score_test: bool = True,
@@ -101,151 +332,64 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     and the run folder then gets no test-set report). ``on_checkpoint(path)`` is called on every
     process after each checkpoint is written (an epoch's comes just before its ``report``).
     """
-    accelerator = make_accelerator(config)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    micro = config.gradient_accumulation_steps
-    run_dir = Path(config.output_dir) if config.output_dir else None
-    if resume and run_dir is None:
-        raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
-    set_seed(config.seed)  # model initialisation; data order has its own (seed, epoch) generators
+    with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision:
+        run = setup(config, data, precision)
+        state = start_state(run, resume, warn)
+        if run.run_dir and run.main:
+            runs.write_config(run.run_dir, config, run.setup)
+            if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
+                runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
+        tracking = config.log_with != "none"
+        if tracking:  # trackers take scalars only; the run folder's config.json has the rest
+            run.accelerator.init_trackers(config.log_with, config={
+                k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        save = lambda st, loss, seconds: save_checkpoint(run, st, loss, st.train_seconds + seconds,  # noqa: E731
+                                                         on_checkpoint)
+        with _Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
+            while state.epoch <= config.epochs:
+                first = state.step
+                seconds = train_epoch(run, state, bar, save)
+                state.train_seconds += seconds
+                row = epoch_row(run, state, seconds, first, test_every_epoch)
+                state.history.append(row)
+                if run.run_dir and run.main:
+                    runs.append_jsonl(run.run_dir / "metrics.jsonl", row)
+                if run.run_dir:
+                    save_checkpoint(run, state, None, state.train_seconds, on_checkpoint)
+                if tracking:
+                    run.accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=state.epoch)
+                if report is not None:
+                    report(row)
+                state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, 0.0
+        final = finish(run, state, test_every_epoch, score_test)
+    return final
 
-    if data is None:
-        data = make_splits(load_mnist(config.data_dir), config.val_size)
-    data = data.limited(config.train_limit, config.eval_limit)
-    check_batch(config, len(data.train), world)
-    device = accelerator.device
-    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
 
-    model = build_model(config.preset, config.width).to(memory_format=torch.channels_last)
-    n_params = count_parameters(model)
-    steps = steps_per_epoch(len(train), config.batch_size)
-    optimizer, scheduler = make_optimizer(model, config, total_steps=steps * config.epochs)
-    # The scheduler is not prepared: Accelerate would step it once per process, but each of our
-    # steps already consumes a whole global batch. It is registered so checkpoints include it.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    main = accelerator.is_main_process
-    setup = {"num_processes": world, "distributed_type": str(accelerator.distributed_type.value),
-             "mixed_precision": accelerator.mixed_precision, "device": str(device),
-             "global_batch_size": config.batch_size, "per_process_batch_size": config.batch_size // world,
-             "micro_batch_size": config.batch_size // world // micro, "params": n_params}
-
-    # Where to start: from scratch, or from the newest valid checkpoint.
-    history: list[dict[str, Any]] = []
-    start_epoch, start_step, train_seconds, samples_seen = 1, 0, 0.0, 0
-    loss_carry = 0.0
-    if resume:
-        checkpoint, state = checkpoint_io.latest_valid(run_dir, warn=warn if main else lambda _: None)
-        if (state["preset"], state["width"]) != (config.preset, config.width):
-            raise checkpoint_io.CheckpointError(
-                f"checkpoint {checkpoint} was written by preset {state['preset']!r} width {state['width']}, but "
-                f"config.json says {config.preset!r} width {config.width}: the checkpoint belongs to another run")
-        if state["world"] != world and main:
-            warn(f"note: resuming a {state['world']}-process run on {world} processes; "
-                 "the global batch is unchanged, so the maths is the same")
-        accelerator.load_state(str(checkpoint))
-        history, train_seconds = state["history"], state["train_seconds"]
-        start_epoch, start_step, loss_carry = state["epoch"], state["step"], state["loss_sum"]
-        samples_seen = state["samples_per_process"] * state["world"] // world
-        if start_step == steps:  # the checkpoint closed an epoch
-            start_epoch, start_step, loss_carry = start_epoch + 1, 0, 0.0
-        if main:
-            warn(f"resuming from {checkpoint.name}: epoch {start_epoch}, step {start_step}/{steps}")
-    if run_dir and main:
-        runs.write_config(run_dir, config, setup)
-        if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
-
-    if config.log_with != "none":
-        # trackers take scalars only; the run folder's config.json has the rest
-        hparams = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(config.log_with, config=hparams)
-
-    def scored(split) -> dict[str, Any]:
-        counts = accelerator.reduce(evaluate_counts(model, split, config.eval_batch_size, config.sum_weight,
-                                                    rank, world), reduction="sum")
-        return summarize(counts)
-
-    def save(epoch: int, step: int, loss_sum: torch.Tensor, seconds: float) -> None:
-        state = {"epoch": epoch, "step": step, "global_step": (epoch - 1) * steps + step,
-                 # the mean over processes, so that every process resumes from the same running sum
-                 "loss_sum": accelerator.reduce(loss_sum.clone(), reduction="mean").item(), "train_seconds": seconds,
-                 "history": history, "preset": config.preset, "width": config.width, "world": world,
-                 "samples_per_process": samples_seen}
-        path = checkpoint_io.save_checkpoint(accelerator, run_dir, state["global_step"], state, config.keep_checkpoints)
-        if on_checkpoint is not None:
-            on_checkpoint(path)
-
-    bar = _Progress(enabled=progress and main, epochs=config.epochs, steps=steps)
-    with bar:
-        for epoch in range(start_epoch, config.epochs + 1):
-            model.train()
-            first = start_step if epoch == start_epoch else 0
-            loss_sum = torch.full((), loss_carry if epoch == start_epoch else 0.0, device=device)
-            bar.start_epoch(epoch, first)
-            start = time.perf_counter()
-            batches = train_batches(train, config.batch_size, config.seed, epoch, config.shift, rank, world, first)
-            for step, (images, numbers, digits, sums) in enumerate(batches, first + 1):
-                for chunk in range(micro):  # gradient accumulation: micro-batches of one global batch
-                    part = slice(chunk * len(digits) // micro, (chunk + 1) * len(digits) // micro)
-                    with accelerator.accumulate(model):
-                        digit_logits, sum_logits = model(images[part], numbers[part])
-                        loss = loss_fn(digit_logits, sum_logits, digits[part], sums[part], config.sum_weight,
-                                       config.label_smoothing)
-                        accelerator.backward(loss)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    loss_sum += loss.detach() / micro
-                scheduler.step()
-                samples_seen += len(digits)
-                if step % config.log_every == 0 or step == steps:
-                    # .item() is a device sync: only at log intervals
-                    bar.update(step, loss_sum.item() / step,
-                               (step - first) * config.batch_size / (time.perf_counter() - start))
-                if run_dir and config.checkpoint_every and ((epoch - 1) * steps + step) % config.checkpoint_every == 0 \
-                        and step < steps:  # the epoch-end checkpoint below covers step == steps
-                    save(epoch, step, loss_sum, train_seconds + time.perf_counter() - start)
-            epoch_seconds = time.perf_counter() - start
-            train_seconds += epoch_seconds
-            train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps
-            row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-            row.update({f"val_{k}": v for k, v in scored(val).items()})
-            if test_every_epoch:
-                row.update({f"test_{k}": v for k, v in scored(test).items()})
-            row.update({"images_per_s": (steps - first) * config.batch_size / epoch_seconds,
-                        "epoch_seconds": epoch_seconds, "train_seconds": train_seconds,
-                        "lr": scheduler.get_last_lr()[0]})
-            history.append(row)
-            if run_dir and main:
-                runs.append_jsonl(run_dir / "metrics.jsonl", row)
-            if run_dir:
-                save(epoch, steps, loss_sum, train_seconds)
-            if config.log_with != "none":
-                accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            if report is not None:
-                report(row)
-
-    per_process = accelerator.gather(torch.tensor([samples_seen], device=device)).tolist()
-    setup["train_samples_per_process"] = per_process
+def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool) -> dict[str, Any]:
+    """Score the test set once, write weights, metrics, curves and report; return the final metrics."""
+    config, history = run.config, state.history
+    device = run.accelerator.device
+    run.setup["train_samples_per_process"] = run.accelerator.gather(
+        torch.tensor([state.samples_per_process], device=device)).tolist()
     test_metrics = (_strip(history[-1], "test_") if test_every_epoch  # score the test set once
-                    else scored(test) if score_test else None)
-    final = {"val": _strip(history[-1], "val_"), "test": test_metrics, "params": n_params,
-             "train_seconds": train_seconds, "epochs": config.epochs,
-             "images_per_s": steps * config.batch_size * config.epochs / max(train_seconds, 1e-9), "setup": setup}
-    if run_dir and main:
-        unwrapped = accelerator.unwrap_model(model)
-        runs.save_weights(unwrapped, run_dir / "model.safetensors", config)
-        runs.write_json(run_dir / "metrics.json", final)
+                    else evaluate(run, run.test) if score_test else None)
+    final = {"val": _strip(history[-1], "val_"), "test": test_metrics, "params": run.setup["params"],
+             "train_seconds": state.train_seconds, "epochs": config.epochs,
+             "images_per_s": run.steps * config.batch_size * config.epochs / max(state.train_seconds, 1e-9),
+             "setup": run.setup}
+    if run.run_dir and run.main:
+        unwrapped = run.accelerator.unwrap_model(run.model)
+        runs.save_weights(unwrapped, run.run_dir / "model.safetensors", config)
+        runs.write_json(run.run_dir / "metrics.json", final)
         from .plots import plot_curves
 
-        plot_curves(history, run_dir / "curves.png", title=f"{config.preset} (width {config.width}), seed {config.seed}",
-                    label_smoothing=config.label_smoothing)
+        plot_curves(history, run.run_dir / "curves.png", label_smoothing=config.label_smoothing,
+                    title=f"{config.preset} (width {config.width}), seed {config.seed}")
         if score_test:
-            write_report(unwrapped, test, run_dir, config.eval_batch_size)
+            write_report(unwrapped, run.test, run.run_dir, config.eval_batch_size)
     if config.log_with != "none":
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
+        run.accelerator.end_training()
+    run.accelerator.wait_for_everyone()
     final["history"] = history
     return final
 
