@@ -54,14 +54,28 @@ def mnist_dir(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("mnist"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run where CUDA is present and skip, with the reason, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here); runs on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _no_env_data_dir(monkeypatch):
-    # Tests never pick up a developer's $MNIST_ADDITION_DATA by accident.
+    # Tests never pick up a developer's $MNIST_ADDITION_DATA (or a launcher's CPU switch) by accident.
     monkeypatch.delenv("MNIST_ADDITION_DATA", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
 
 
 def tiny_config(mnist_dir: Path, preset: str = "fast", **overrides) -> TrainConfig:
-    """The debug config the integration tests drive: width 8, 100 val images, small batches, fp32."""
+    """The debug config the integration tests drive: width 8, 100 val images, small batches, fp32.
+
+    It runs on whatever device the machine has; tests that need the CPU pass ``cpu=True``.
+    """
     base = dict(data_dir=str(mnist_dir), width=8, epochs=3, batch_size=32, lr=0.01, val_size=100,
                 mixed_precision="no", log_every=5)
     return TrainConfig.from_preset(preset, **{**base, **overrides})

@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 # 480 of the 500 synthetic training images are used each epoch (15 steps of 32).
 COMMON = ["--val-size", "100", "--batch-size", "32", "--mixed-precision", "no", "--no-download"]
+# These tests prove CPU facts (gloo data parallelism, bit-identical resume without --deterministic):
+# they ask for the CPU, so they hold on a GPU machine too.
+CPU = ["--cpu"]
 
 
 def _free_port() -> int:
@@ -82,7 +85,7 @@ def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path):
     differs from itself by 8.8e-6. Tolerances: 1e-4 absolute and 5% of the update. A process that
     trained alone on its half would miss both by orders of magnitude in the heads.
     """
-    args = ["--preset", "seed", "--epochs", "2", "--lr", "0.01", "--data-dir", str(mnist_dir), *COMMON]
+    args = ["--preset", "seed", "--epochs", "2", "--lr", "0.01", "--data-dir", str(mnist_dir), *COMMON, *CPU]
     two = _launch_two([*args, "--output-dir", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-2000:]
     assert main(["train", *args, "--output-dir", str(tmp_path / "one")]) == 0
@@ -123,7 +126,7 @@ def test_two_processes_with_batchnorm_equal_one_process_accumulating(mnist_dir, 
     near-zero gradients into steps of size lr, so no tight tolerance would hold for it.
     """
     args = ["--preset", "fast", "--width", "8", "--epochs", "1", "--lr", "0.05", "--optimizer", "sgd",
-            "--data-dir", str(mnist_dir), *COMMON]
+            "--data-dir", str(mnist_dir), *COMMON, *CPU]
     two = _launch_two([*args, "--output-dir", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-2000:]
     assert main(["train", *args, "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path / "acc")]) == 0
@@ -156,23 +159,19 @@ CRASHING_RUN = textwrap.dedent("""
 """)
 
 
-def _resume_args(mnist_dir: Path) -> list[str]:
+def _resume_args(mnist_dir: Path, device: list[str] = CPU) -> list[str]:
     return ["--width", "8", "--epochs", "3", "--lr", "0.01", "--data-dir", str(mnist_dir), "--checkpoint-every", "4",
-            "--keep-checkpoints", "3", *COMMON]
+            "--keep-checkpoints", "3", *COMMON, *device]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(mnist_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("full") / "run"
-    assert main(["train", *_resume_args(mnist_dir), "--output-dir", str(run)]) == 0
+def _train_to_the_end(args: list[str], run: Path) -> Path:
+    assert main(["train", *args, "--output-dir", str(run)]) == 0
     return run
 
 
-@pytest.fixture(scope="module")
-def crashed(mnist_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("crash") / "run"
+def _train_and_kill(args: list[str], run: Path) -> Path:
     script = CRASHING_RUN.replace("{kill}", str(KILL_AFTER_SAVES))
-    proc = subprocess.run([sys.executable, "-c", script, "train", *_resume_args(mnist_dir), "--output-dir", str(run)],
+    proc = subprocess.run([sys.executable, "-c", script, "train", *args, "--output-dir", str(run)],
                           capture_output=True, text=True, env=_env(), timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (run / "model.safetensors").exists()
@@ -180,15 +179,23 @@ def crashed(mnist_dir, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(mnist_dir, tmp_path_factory):
+    return _train_to_the_end(_resume_args(mnist_dir), tmp_path_factory.mktemp("full") / "run")
+
+
+@pytest.fixture(scope="module")
+def crashed(mnist_dir, tmp_path_factory):
+    return _train_and_kill(_resume_args(mnist_dir), tmp_path_factory.mktemp("crash") / "run")
+
+
 def _copy(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest)
     return dest
 
 
-def test_resume_after_sigkill_is_bit_identical(crashed, uninterrupted, tmp_path, capsys):
-    run = _copy(crashed, tmp_path / "run")
-    assert main(["train", "--resume", str(run)]) == 0
-    assert "resuming from step-00000016: epoch 2, step 1/15" in capsys.readouterr().err
+def _assert_resumed_like_uninterrupted(run: Path, uninterrupted: Path, err: str) -> None:
+    assert "resuming from step-00000016: epoch 2, step 1/15" in err
     a, b = _weights(run), _weights(uninterrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -197,6 +204,23 @@ def test_resume_after_sigkill_is_bit_identical(crashed, uninterrupted, tmp_path,
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
     assert [r["val_digit_acc"] for r in resumed] == [r["val_digit_acc"] for r in full]
+
+
+def test_resume_after_sigkill_is_bit_identical(crashed, uninterrupted, tmp_path, capsys):
+    run = _copy(crashed, tmp_path / "run")
+    assert main(["train", "--resume", str(run)]) == 0
+    _assert_resumed_like_uninterrupted(run, uninterrupted, capsys.readouterr().err)
+
+
+@pytest.mark.gpu
+def test_resume_after_sigkill_is_bit_identical_on_the_gpu_with_deterministic(mnist_dir, tmp_path, capsys):
+    args = _resume_args(mnist_dir, device=["--deterministic"])
+    uninterrupted = _train_to_the_end(args, tmp_path / "full")
+    assert json.loads((uninterrupted / "config.json").read_text())["setup"]["device"].startswith("cuda")
+    run = _train_and_kill(args, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    _assert_resumed_like_uninterrupted(run, uninterrupted, capsys.readouterr().err)
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(crashed, uninterrupted, tmp_path, capsys):

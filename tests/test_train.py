@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_addition.config import ConfigError
+from mnist_addition.config import ConfigError, TrainConfig
 from mnist_addition.train import fit, resolve_mixed_precision
 
 from .conftest import tiny_config
@@ -13,8 +13,9 @@ from .conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def trained(mnist_dir):
+    # on the CPU explicitly: the reproducibility tests below hold there without --deterministic
     rows = []
-    final = fit(tiny_config(mnist_dir), report=rows.append, progress=False)
+    final = fit(tiny_config(mnist_dir, cpu=True), report=rows.append, progress=False)
     return final, rows
 
 
@@ -35,20 +36,37 @@ def test_reports_once_per_epoch_with_both_accuracies(trained):
 
 def test_same_config_and_seed_give_identical_metrics(mnist_dir, trained):
     final, rows = trained
-    again = fit(tiny_config(mnist_dir), progress=False)
+    again = fit(tiny_config(mnist_dir, cpu=True), progress=False)
     assert again["test"] == final["test"] and again["val"] == final["val"]
     assert [r["train_loss"] for r in again["history"]] == [r["train_loss"] for r in rows]
 
 
 def test_another_seed_gives_another_model(mnist_dir, trained):
-    final, _ = trained
-    other = fit(tiny_config(mnist_dir, seed=1, epochs=1), progress=False)
-    assert other["history"][0]["train_loss"] != final["history"][0]["train_loss"]
+    final, rows = trained
+    other = fit(tiny_config(mnist_dir, cpu=True, seed=1), progress=False)  # the same config but the seed
+    assert [r["train_loss"] for r in other["history"]] != [r["train_loss"] for r in rows]
+    assert other["val"]["loss"] != final["val"]["loss"]
 
 
-def test_single_process_on_cpu(trained):
+def test_cpu_flag_trains_on_the_cpu_and_config_records_it(trained):
     final, _ = trained
-    assert final["setup"]["num_processes"] == 1 and final["setup"]["device"] == "cpu"
+    setup = final["setup"]
+    assert setup["num_processes"] == 1 and setup["device"] == "cpu" and setup["device_name"] == "cpu"
+    assert setup["deterministic"] is False and setup["compile"] is False and setup["matmul_precision"] == "fp32"
+
+
+def test_cpu_is_chosen_by_flag_by_accelerate_launch_or_by_having_no_gpu(monkeypatch):
+    from mnist_addition import backends
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend this machine has a GPU
+    assert not backends.use_cpu(False)
+    assert backends.use_cpu(True)
+    for value, expected in (("1", True), ("true", True), ("True", True), ("False", False), ("0", False)):
+        monkeypatch.setenv("ACCELERATE_USE_CPU", value)  # what `accelerate launch` writes for use_cpu
+        assert backends.use_cpu(False) is expected, value
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backends.use_cpu(False)
 
 
 def test_seed_preset_trains_through_the_same_loop(mnist_dir):
@@ -76,10 +94,37 @@ def test_batch_larger_than_the_training_set(mnist_dir):
         fit(tiny_config(mnist_dir, batch_size=1024), progress=False)
 
 
-def test_auto_precision_resolves_to_a_concrete_choice():
-    assert resolve_mixed_precision("no", cuda=False) == "no"
-    assert resolve_mixed_precision("auto", cuda=False) in ("bf16", "no")
-    assert torch.cuda.is_available() or resolve_mixed_precision("fp16", cuda=False) == "fp16"
+def test_explicit_precision_is_kept():
+    assert [resolve_mixed_precision(p, cuda) for p in ("no", "bf16", "fp16") for cuda in (False, True)] == \
+        ["no", "no", "bf16", "bf16", "fp16", "fp16"]
+
+
+@pytest.mark.parametrize("emulated_only,expected", [(True, "no"), (False, "bf16")])
+def test_auto_precision_on_a_gpu_picks_bf16_only_where_it_is_native(monkeypatch, emulated_only, expected):
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation if emulated_only else True  # a T4/V100 emulates; an A100/H100 is native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert resolve_mixed_precision("auto", cuda=True) == expected
+    assert asked == [False]
+
+
+@pytest.mark.parametrize("amx,avx512_bf16,expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "no")])
+def test_auto_precision_on_the_cpu_follows_its_bf16_instructions(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert resolve_mixed_precision("auto", cuda=False) == expected
+
+
+def test_default_auto_precision_trains_and_records_what_it_chose(mnist_dir):
+    """The default path (every other test forces fp32): whatever 'auto' resolves to here, training
+    uses it, records it, and still learns."""
+    final = fit(tiny_config(mnist_dir, cpu=True, mixed_precision="auto"), progress=False)
+    assert final["setup"]["mixed_precision"] == resolve_mixed_precision("auto", cuda=False)
+    assert final["val"]["digit_acc"] > 0.8 and final["test"]["sum_acc"] > 0.6
 
 
 def test_limits_apply_to_data_passed_in(mnist_dir):
@@ -95,3 +140,25 @@ def test_test_every_epoch_reports_the_final_test_metrics(mnist_dir):
     last = final["history"][-1]
     assert [r["epoch"] for r in final["history"]] == [1, 2]
     assert final["test"]["digit_acc"] == last["test_digit_acc"] and final["test"]["n"] == last["test_n"] == 200
+
+
+@pytest.mark.parametrize("total,warmup", [(430, 0.2), (64, 0.3), (7, 0.2), (12, 0.5)])
+def test_lr_schedule_is_torchs_onecycle_step_for_step(total, warmup):
+    """The learning rate is a pure function of the step (nothing to checkpoint), and the same floats
+    as the OneCycleLR scheduler it replaced: the CPU's results did not move."""
+    from mnist_addition.train import lr_schedule
+
+    config = TrainConfig.from_preset("fast", lr=0.008, warmup=warmup)
+    lr_at = lr_schedule(config, total)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup,
+                                                    cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
+    ours = [lr_at(step) for step in range(total)]
+    theirs = []
+    for _ in range(total):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert ours == theirs
+    assert lr_schedule(config.replace(schedule="constant"), total)(total // 2) == config.lr
