@@ -244,21 +244,27 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: i
     and this process yields shard ``rank``: all processes step in lock-step on disjoint images.
     Everything random is drawn up front for the whole epoch, so ``start_step`` (resuming mid-epoch)
     skips batches without changing the ones that follow. The last partial batch is dropped.
+
+    The whole epoch of this process's shard is gathered and shifted at once, on the training device
+    (airbench's way): each step is then a slice, with no kernel and no host work of its own.
     """
     n = len(split)
     device = split.images.device
-    # Drawn once per epoch on the training device: no host work and no host-to-device copy per step.
     perm = torch.randperm(n, generator=epoch_generator(seed, epoch, 0, device), device=device)
     numbers = train_numbers(n, seed, epoch, device)
     offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=epoch_generator(seed, epoch, 2, device), device=device)
-    per_rank = batch_size // world
-    for start in range(start_step * batch_size, n - n % batch_size, batch_size):
-        lo = start + rank * per_rank
-        idx = perm[lo:lo + per_rank]
-        images = random_shift(split.images[idx], offsets[:, lo:lo + per_rank], shift)
-        digits = split.digits[idx]
-        r = numbers[idx]
-        yield images, r, digits, digits + r
+    steps, per_rank = n // batch_size, batch_size // world
+    if start_step >= steps:
+        return
+    # Positions in the permutation that are this process's, from start_step on: (steps, world, per_rank)[:, rank]
+    positions = torch.arange(steps * batch_size, device=device).view(steps, world, per_rank)[start_step:, rank].flatten()
+    idx = perm[positions]
+    images = random_shift(split.images[idx], offsets[:, positions], shift)
+    digits, r = split.digits[idx], numbers[idx]
+    sums = digits + r
+    for lo in range(0, len(idx), per_rank):
+        hi = lo + per_rank
+        yield images[lo:hi], r[lo:hi], digits[lo:hi], sums[lo:hi]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

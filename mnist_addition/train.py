@@ -159,19 +159,29 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
                   "mixed_precision": accelerator.mixed_precision, "device": str(device),
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   **precision, "deterministic": config.deterministic, "compile": config.compile,
+                  "cuda_graphs": cuda_graphs(config, device, world),
                   "global_batch_size": config.batch_size, "per_process_batch_size": config.batch_size // world,
                   "micro_batch_size": config.batch_size // world // micro, "params": n_params}
-    return Run(config, accelerator, model, optimizer, make_loss_of(model, config, device),
+    return Run(config, accelerator, model, optimizer, make_loss_of(model, config, device, world),
                lr_schedule(config, steps * config.epochs), data.train.to(device), data.val.to(device),
                data.test.to(device), steps, setup_info, Path(config.output_dir) if config.output_dir else None)
 
 
-def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> Callable[..., torch.Tensor]:
-    """The forward pass and loss of one (micro-)batch; with ``--compile``, compiled (and its
-    backward with it). On a GPU, mode 'reduce-overhead' replays both as CUDA graphs.
+def cuda_graphs(config: TrainConfig, device: torch.device, world: int) -> bool:
+    """Whether --compile replays the step as CUDA graphs (see ``make_loss_of``)."""
+    return config.compile and device.type == "cuda" and world == 1 and config.gradient_accumulation_steps == 1
 
-    The function is compiled, not the module: the model's state_dict keys, and so checkpoints and
-    model.safetensors, are the same with and without --compile.
+
+def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                 world: int) -> Callable[..., torch.Tensor]:
+    """The forward pass and loss of one (micro-)batch; with ``--compile``, compiled (its backward
+    with it). The function is compiled, not the module: the model's state_dict keys, and so
+    checkpoints and model.safetensors, are the same with and without --compile.
+
+    On one GPU without accumulation, mode 'reduce-overhead' replays forward, loss and backward as
+    CUDA graphs: one launch instead of dozens, which is most of a small model's step. Gradients
+    accumulated over micro-batches or all-reduced by DDP would alias the graphs' static outputs,
+    so those cases compile without CUDA graphs.
     """
     def loss_of(images, numbers, digits, sums):  # (B, 1, 28, 28), (B,), (B,), (B,) -> ()
         digit_logits, sum_logits = model(images, numbers)
@@ -179,7 +189,16 @@ def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.devi
 
     if not config.compile:
         return loss_of
-    return torch.compile(loss_of, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+    graphs = cuda_graphs(config, device, world)
+    compiled = torch.compile(loss_of, mode="reduce-overhead" if graphs else None, dynamic=False)
+    if not graphs:
+        return compiled
+
+    def graphed_loss_of(*batch: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's outputs are done with
+        return compiled(*batch)
+
+    return graphed_loss_of
 
 
 # ------------------------------------------------------------------------------------------------
