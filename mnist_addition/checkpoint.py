@@ -1,8 +1,8 @@
 """Training-state checkpoints in a run folder: atomic, verified, pruned.
 
 A checkpoint is ``RUN/checkpoints/step-00000123/``: Accelerate's ``save_state`` files (model,
-optimizer, scheduler, RNG states) plus ``trainer_state.json`` (epoch, step, history so far) and a
-``MANIFEST.json`` of every file's size and SHA-256, written last. Everything is first written to
+optimizer, RNG states; the learning rate is a pure function of the step, so there is no scheduler
+state) plus ``trainer_state.json`` (epoch, step, history so far) and a ``MANIFEST.json`` of every file's size and SHA-256, written last. Everything is first written to
 ``.tmp-step-...`` and renamed into place, so a crash mid-write never leaves a checkpoint that looks
 valid; a checkpoint damaged later fails its manifest check and the previous one is used.
 

@@ -6,8 +6,9 @@ metrics. The same code runs as one CPU process, on one GPU, or data-parallel und
 shard of every global batch, so the learning rate needs no rescaling.
 
 ``fit`` is a short orchestration of named parts: ``setup`` (accelerator, data on the device, model,
-optimizer, the step function, compiled or not), ``start_state`` (fresh or from a checkpoint),
-``train_epoch`` (which calls ``train_step``), ``evaluate`` and ``finish`` (the run folder).
+optimizer, the step function, compiled or not: ``step.py``), ``start_state`` (fresh or from a
+checkpoint; ``state.py``), ``train_epoch`` (which calls ``step.train_step``), ``evaluate`` and
+``finish`` (the run folder).
 The hot loop never waits for the host: batches are slices of tensors already on the device, the
 learning rate is a pure function of the step, and ``.item()`` runs only at log intervals.
 """
@@ -15,9 +16,7 @@ learning rate is a pure function of the step, and ``.item()`` runs only at log i
 from __future__ import annotations
 
 import importlib.util
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,13 +27,16 @@ from accelerate.utils import set_seed
 
 from . import checkpoint as checkpoint_io
 from . import runs
-from .backends import fused_optimizer, numerics, resolve_mixed_precision, synchronize, use_cpu
+from .backends import numerics, resolve_mixed_precision, synchronize, use_cpu
 from .config import ConfigError, TrainConfig, check_batch
 from .data import PairedMnist, Split, load_mnist, make_splits, steps_per_epoch, train_batches
 from .evaluate import evaluate_counts
-from .metrics import loss_fn, summarize
-from .model import build_model, count_parameters, param_groups
+from .metrics import summarize
+from .model import build_model, count_parameters
+from .progress import Progress
 from .report import write_report
+from .state import Run, TrainState
+from .step import cuda_graphs, lr_schedule, make_loss_of, make_optimizer, train_step, warm_up
 
 __all__ = ["fit", "process_state", "resolve_mixed_precision", "lr_schedule", "TrainState"]
 
@@ -78,67 +80,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
                        project_dir=config.output_dir if tracking else None)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``param_groups``; fused kernels where the device has them."""
-    groups = param_groups(model, config.weight_decay)
-    fused = {"fused": True} if fused_optimizer(device) else {}
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, **fused)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999), **fused)
-
-
-def lr_schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """The learning rate of (0-based) global step ``step``: a pure function, nothing to checkpoint.
-
-    'onecycle' is torch's OneCycleLR (cosine, two phases, div_factor 25, final_div_factor 1e3),
-    written out so that it is the same floats step for step; 'constant' is ``config.lr``.
-    """
-    peak = config.lr
-    if config.schedule == "constant":
-        return lambda step: peak
-    initial = peak / 25.0
-    final = initial / 1e3
-    warm_end = float(config.warmup * total_steps) - 1  # the step at which the peak is reached
-
-    def lr(step: int) -> float:
-        start, end, lo, hi = (initial, peak, 0.0, warm_end) if step <= warm_end else \
-            (peak, final, warm_end, total_steps - 1)
-        pct = (step - lo) / (hi - lo) if hi != lo else 1.0
-        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
-
-    return lr
-
-
-@dataclass
-class Run:
-    """Everything one fit() works with, built once by ``setup``."""
-
-    config: TrainConfig
-    accelerator: Accelerator
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_of: Callable[..., torch.Tensor]  # (images, numbers, digits, sums) -> loss; maybe compiled
-    lr_at: Callable[[int], float]
-    train: Split
-    val: Split
-    test: Split
-    steps: int  # optimizer steps per epoch
-    setup: dict[str, Any]
-    run_dir: Path | None
-
-    @property
-    def world(self) -> int:
-        return self.accelerator.num_processes
-
-    @property
-    def rank(self) -> int:
-        return self.accelerator.process_index
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-
 def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, str]) -> Run:
     """Accelerator, data on the device, model, optimizer and the step's loss function."""
     accelerator = make_accelerator(config)
@@ -167,61 +108,9 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
                data.test.to(device), steps, setup_info, Path(config.output_dir) if config.output_dir else None)
 
 
-def cuda_graphs(config: TrainConfig, device: torch.device, world: int) -> bool:
-    """Whether --compile replays the step as CUDA graphs (see ``make_loss_of``)."""
-    return config.compile and device.type == "cuda" and world == 1 and config.gradient_accumulation_steps == 1
-
-
-def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.device,
-                 world: int) -> Callable[..., torch.Tensor]:
-    """The forward pass and loss of one (micro-)batch; with ``--compile``, compiled (its backward
-    with it). The function is compiled, not the module: the model's state_dict keys, and so
-    checkpoints and model.safetensors, are the same with and without --compile.
-
-    On one GPU without accumulation, mode 'reduce-overhead' replays forward, loss and backward as
-    CUDA graphs: one launch instead of dozens, which is most of a small model's step. Gradients
-    accumulated over micro-batches or all-reduced by DDP would alias the graphs' static outputs,
-    so those cases compile without CUDA graphs.
-    """
-    def loss_of(images, numbers, digits, sums):  # (B, 1, 28, 28), (B,), (B,), (B,) -> ()
-        digit_logits, sum_logits = model(images, numbers)
-        return loss_fn(digit_logits, sum_logits, digits, sums, config.sum_weight, config.label_smoothing)
-
-    if not config.compile:
-        return loss_of
-    graphs = cuda_graphs(config, device, world)
-    compiled = torch.compile(loss_of, mode="reduce-overhead" if graphs else None, dynamic=False)
-    if not graphs:
-        return compiled
-
-    def graphed_loss_of(*batch: torch.Tensor) -> torch.Tensor:
-        torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's outputs are done with
-        return compiled(*batch)
-
-    return graphed_loss_of
-
-
 # ------------------------------------------------------------------------------------------------
 # Where training stands
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class TrainState:
-    """Where training stands; what every checkpoint's trainer_state.json holds (JSON, no pickle)."""
-
-    epoch: int = 1  # the epoch in progress (1-based)
-    step: int = 0  # steps done in that epoch
-    loss_sum: float = 0.0  # summed training loss of those steps (mean over processes)
-    train_seconds: float = 0.0
-    samples_per_process: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self, run: Run) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "global_step": (self.epoch - 1) * run.steps + self.step,
-                "loss_sum": self.loss_sum, "train_seconds": self.train_seconds, "history": self.history,
-                "preset": run.config.preset, "width": run.config.width, "world": run.world,
-                "samples_per_process": self.samples_per_process}
-
-
 def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainState:
     """From scratch, or from the newest valid checkpoint (model, optimizer and RNG restored too)."""
     config = run.config
@@ -250,32 +139,7 @@ def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainSta
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
-def train_step(run: Run, images: torch.Tensor, numbers: torch.Tensor, digits: torch.Tensor, sums: torch.Tensor,
-               lr: float) -> torch.Tensor:
-    """One optimizer step on one global batch's shard (in ``micro`` accumulation chunks); returns
-    the batch's mean loss as a tensor on the device (no sync)."""
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    micro = run.config.gradient_accumulation_steps
-    if micro == 1:  # the common case, without Accelerate's accumulation bookkeeping
-        loss = run.loss_of(images, numbers, digits, sums)
-        run.accelerator.backward(loss)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-    total = torch.zeros((), device=digits.device)
-    for chunk in range(micro):  # micro-batches of one global batch
-        part = slice(chunk * len(digits) // micro, (chunk + 1) * len(digits) // micro)
-        with run.accelerator.accumulate(run.model):
-            loss = run.loss_of(images[part], numbers[part], digits[part], sums[part])
-            run.accelerator.backward(loss)
-            run.optimizer.step()  # a no-op until the last chunk
-            run.optimizer.zero_grad(set_to_none=True)
-        total += loss.detach() / micro
-    return total
-
-
-def train_epoch(run: Run, state: TrainState, bar: "_Progress", save: Callable[[TrainState, torch.Tensor, float], None]) -> float:
+def train_epoch(run: Run, state: TrainState, bar: Progress, save: Callable[[TrainState, torch.Tensor, float], None]) -> float:
     """Train ``state.epoch`` from ``state.step`` to its end; returns the epoch's seconds.
 
     ``save(state, loss_sum, seconds_so_far)`` writes a mid-epoch checkpoint every ``checkpoint_every``
@@ -354,6 +218,7 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision:
         run = setup(config, data, precision)
         state = start_state(run, resume, warn)
+        run.setup["compile_seconds"] = warm_up(run)  # not counted as training time
         if run.run_dir and run.main:
             runs.write_config(run.run_dir, config, run.setup)
             if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
@@ -364,7 +229,7 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
                 k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
         save = lambda st, loss, seconds: save_checkpoint(run, st, loss, st.train_seconds + seconds,  # noqa: E731
                                                          on_checkpoint)
-        with _Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
+        with Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
             while state.epoch <= config.epochs:
                 first = state.step
                 seconds = train_epoch(run, state, bar, save)
@@ -417,33 +282,3 @@ def _strip(row: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
 
 
-class _Progress:
-    """A rich epoch/step bar with loss and throughput, or nothing (non-main processes, tests)."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int) -> None:
-        self.enabled, self.epochs, self.steps = enabled, epochs, steps
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-                                     TextColumn("{task.fields[speed]:,.0f} img/s"), TimeElapsedColumn(), transient=False)
-            self.task = None
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.progress.stop()
-
-    def start_epoch(self, epoch: int, first_step: int = 0) -> None:
-        if self.enabled:
-            self.task = self.progress.add_task("train", total=self.steps, completed=first_step, epoch=epoch,
-                                               epochs=self.epochs, loss=float("nan"), speed=0.0)
-
-    def update(self, step: int, loss: float, speed: float) -> None:
-        if self.enabled:
-            self.progress.update(self.task, completed=step, loss=loss, speed=speed)

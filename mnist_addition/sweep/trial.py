@@ -70,9 +70,9 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     from ..data import load_mnist, make_splits
     from ..train import fit, process_state
 
-    state = process_state()  # under Ray Train: joins the process group Ray Train set up
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
+    state = process_state(config.cpu)  # under Ray Train: joins the process group Ray Train set up
     resumed_from = _prepare_run_dir(run_dir, restored, state)
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if state.is_main_process else None
