@@ -90,7 +90,8 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
     world = accelerator.num_processes
     check_batch(config, len(data.train), world)
     device = accelerator.device
-    model = build_model(config.preset, config.width).to(memory_format=torch.channels_last)
+    # on the device before the optimizer is built: fused kernels need their parameters there
+    model = build_model(config.preset, config.width).to(device, memory_format=torch.channels_last)
     n_params = count_parameters(model)
     steps = steps_per_epoch(len(data.train), config.batch_size)
     optimizer = make_optimizer(model, config, device)

@@ -68,6 +68,13 @@ def test_launch_yaml_parses_with_accelerates_loader(name):
     assert config.num_processes % config.num_machines == 0
 
 
+def test_gpu_recipe_is_a_valid_config():
+    from mnist_addition.config import TrainConfig
+
+    config = TrainConfig.load(LAUNCH / "gpu_recipe.json")
+    assert config.preset == "fast" and config.batch_size > TrainConfig().batch_size and not config.compile
+
+
 def test_slurm_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(LAUNCH / "slurm_multinode.sbatch")]).returncode == 0
 

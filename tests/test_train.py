@@ -82,7 +82,7 @@ def test_gradient_accumulation_matches_one_big_batch(mnist_dir):
     Tolerance 1e-5: the same sums in a different order, in float32.
     """
     common = dict(preset="seed", width=32, epochs=1, optimizer="sgd", schedule="constant", train_limit=64,
-                  batch_size=32, weight_decay=0.0, shift=0)
+                  batch_size=32, weight_decay=0.0, shift=0, cpu=True)  # fp32 maths (a GPU would use TF32)
     one = fit(tiny_config(mnist_dir, **common), progress=False)
     acc = fit(tiny_config(mnist_dir, **common, gradient_accumulation_steps=4), progress=False)
     assert acc["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
