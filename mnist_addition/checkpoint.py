@@ -18,13 +18,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import UserError
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 MANIFEST = "MANIFEST.json"
 PREFIX = "step-"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """No usable checkpoint; the message says where we looked and what to do."""
 
 

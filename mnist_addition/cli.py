@@ -10,13 +10,12 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import CheckpointError, list_checkpoints
+from .checkpoint import list_checkpoints
 from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
-from .data import DataError
-from .predict import ImageError
+from .errors import EXIT_USAGE, UserError
 from .runs import RunError
 
-EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -410,12 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report,
                 "export": cmd_export, "predict": cmd_predict, "tune": cmd_tune}[args.command](args)
-    except (ConfigError, RunError, CheckpointError, ImageError) as e:
+    except UserError as e:  # every expected failure: one line, its exit code
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", EXIT_USAGE)
-    except DataError as e:
-        print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_DATA
+        return e.exit_code
 
 
 if __name__ == "__main__":

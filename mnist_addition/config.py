@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 PRESETS = ("fast", "seed")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is out of range or unknown; the message names the flag and the fix."""
 
 

@@ -14,6 +14,8 @@ from typing import Iterator
 
 import torch
 
+from .errors import EXIT_FAILED, UserError
+
 ENV_DATA_DIR = "MNIST_ADDITION_DATA"
 DEFAULT_DATA_DIR = "~/.cache/mnist-addition"
 FILES = {
@@ -33,8 +35,10 @@ TEST_NUMBERS_SEED = 2
 _IDX_DTYPES = {0x08: torch.uint8}
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The data folder or a file in it is unusable; the message names it and says what to do."""
+
+    exit_code = EXIT_FAILED
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from .data import MEAN, STD
+from .errors import UserError
 from .runs import load_run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MIN_SIDE = 8  # pixels: anything smaller cannot hold a legible digit
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An input image is unusable; the message names the file and what to do."""
 
 

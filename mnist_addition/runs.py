@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from .config import ConfigError, TrainConfig
+from .errors import UserError
 from .model import build_model
 from .report import REPORT_FILES
 
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *REPORT_FILES)
 
 
-class RunError(RuntimeError):
+class RunError(UserError):
     """A run folder is missing, incomplete or would be overwritten; the message says what to do."""
 
 

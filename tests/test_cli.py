@@ -133,3 +133,42 @@ def test_missing_data_leaves_no_run_folder(tmp_path):
     assert main(["train", "--no-download", "--data-dir", str(tmp_path / "nowhere"),
                  "--output-dir", str(tmp_path / "run"), *TINY]) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_every_expected_failure_shares_one_base_with_an_exit_code():
+    from mnist_addition.checkpoint import CheckpointError
+    from mnist_addition.config import ConfigError
+    from mnist_addition.data import DataError
+    from mnist_addition.errors import UserError
+    from mnist_addition.predict import ImageError
+    from mnist_addition.runs import RunError
+    from mnist_addition.spaces import SpaceError
+    from mnist_addition.sweep import NoUsableTrial, SweepError
+
+    codes = {cls: cls.exit_code for cls in (ConfigError, RunError, CheckpointError, ImageError, SpaceError,
+                                            SweepError, DataError, NoUsableTrial)}
+    assert all(issubclass(cls, UserError) for cls in codes)
+    assert codes[DataError] == codes[NoUsableTrial] == 1  # the input was fine; the job could not be done
+    assert {code for cls, code in codes.items() if cls not in (DataError, NoUsableTrial)} == {2}
+
+
+def test_cli_prints_a_user_error_as_one_line_and_lets_a_bug_raise(monkeypatch, capsys):
+    import mnist_addition.cli as cli
+    from mnist_addition.errors import UserError
+
+    class Refused(UserError):
+        exit_code = 7
+
+    def refuse(args):
+        raise Refused("the thing is wrong: do the other thing")
+
+    monkeypatch.setattr(cli, "cmd_report", refuse)
+    assert cli.main(["report", "somewhere"]) == 7
+    assert capsys.readouterr().err == "mnist-addition report: error: the thing is wrong: do the other thing\n"
+
+    def bug(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_report", bug)
+    with pytest.raises(KeyError):
+        cli.main(["report", "somewhere"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..errors import EXIT_FAILED
 from ..config import ConfigError, flag
 
 METRICS = {"val_both_acc": "max", "val_digit_acc": "max", "val_sum_acc": "max", "val_loss": "min"}
@@ -30,7 +31,7 @@ class SweepError(ConfigError):
 class NoUsableTrial(SweepError):
     """The sweep ran, but no trial produced a metric that can be ranked (exit 1, not a usage error)."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 @dataclass
