@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -134,6 +135,8 @@ class TrainConfig:
                 raise ConfigError(f"{flag(f.name)} needs a value")
             if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = float(value)
+                if not math.isfinite(value):  # --lr inf, or NaN/Infinity in a JSON config
+                    raise ConfigError(f"{flag(f.name)} must be a finite number, got {value!r}")
             elif kind is int and isinstance(value, float) and value.is_integer():
                 value = int(value)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

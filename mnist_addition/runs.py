@@ -133,6 +133,10 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{weights_path} is unreadable ({str(e).splitlines()[0][:120]}): the file is corrupt, "
                        "retrain or restore it") from None
+    bad = sorted(name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if bad:
+        raise RunError(f"{weights_path} holds NaN or infinite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}): "
+                       "the run diverged; train again with a lower --lr")
     model = build_model(config.preset, config.width).to(device)
     try:
         model.load_state_dict(state)

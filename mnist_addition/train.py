@@ -30,6 +30,7 @@ from . import runs
 from .backends import numerics, resolve_mixed_precision, synchronize, use_cpu
 from .config import ConfigError, TrainConfig, check_batch
 from .data import PairedMnist, Split, load_mnist, make_splits, steps_per_epoch, train_batches
+from .errors import EXIT_FAILED, UserError
 from .evaluate import evaluate_counts
 from .metrics import summarize
 from .model import build_model, count_parameters
@@ -152,6 +153,7 @@ def train_epoch(run: Run, state: TrainState, bar: Progress, save: Callable[[Trai
     loss_sum = torch.full((), state.loss_sum, device=run.accelerator.device)
     bar.start_epoch(epoch, first)
     start = time.perf_counter()
+    checked = first  # the last step at which the loss and weights were known to be finite
     batches = train_batches(run.train, config.batch_size, config.seed, epoch, config.shift, run.rank, run.world, first)
     for step, (images, numbers, digits, sums) in enumerate(batches, first + 1):
         global_step = (epoch - 1) * run.steps + step  # steps done after this one
@@ -161,11 +163,36 @@ def train_epoch(run: Run, state: TrainState, bar: Progress, save: Callable[[Trai
             # .item() is a device sync: only at log intervals, only where a bar is drawn
             bar.update(step, loss_sum.item() / step, (step - first) * config.batch_size / (time.perf_counter() - start))
         if run.run_dir and config.checkpoint_every and global_step % config.checkpoint_every == 0 and step < run.steps:
+            check_finite(run, state, loss_sum, since=checked)
+            checked = step
             save(state, loss_sum, time.perf_counter() - start)
     synchronize(run.accelerator.device)  # the clock must include the GPU work still queued
     seconds = time.perf_counter() - start
+    check_finite(run, state, loss_sum, since=checked)
     state.loss_sum = run.accelerator.reduce(loss_sum, reduction="mean").item()
     return seconds
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights stopped being finite numbers; nothing non-finite was saved."""
+
+    exit_code = EXIT_FAILED
+
+
+def check_finite(run: Run, state: TrainState, loss_sum: torch.Tensor, since: int) -> None:
+    """Stop if the running loss or any weight is NaN or infinite (on any process). A device sync:
+    called only before checkpoints and at epoch ends, so a bad state is never saved."""
+    finite = torch.isfinite(loss_sum) & torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()
+    if run.accelerator.reduce((~finite).float(), reduction="sum").item() == 0:
+        return
+    found = checkpoint_io.list_checkpoints(run.run_dir) if run.run_dir else []
+    kept = found[-1].name if found else None
+    lr = run.lr_at((state.epoch - 1) * run.steps + state.step - 1)
+    raise TrainingDiverged(
+        f"training diverged in epoch {state.epoch} between steps {since} and {state.step} of {run.steps}: the loss "
+        f"or the weights became NaN or infinite (learning rate {lr:.3g} there); lower --lr (now {run.config.lr:g})"
+        + (" or train in fp32 (--mixed-precision no)" if run.accelerator.mixed_precision != "no" else "")
+        + (f"; the last good checkpoint, {kept}, is kept" if kept else "") + "; no weights were saved")
 
 
 def evaluate(run: Run, split: Split) -> dict[str, Any]:

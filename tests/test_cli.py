@@ -172,3 +172,31 @@ def test_cli_prints_a_user_error_as_one_line_and_lets_a_bug_raise(monkeypatch, c
     monkeypatch.setattr(cli, "cmd_report", bug)
     with pytest.raises(KeyError):
         cli.main(["report", "somewhere"])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "report"])
+def test_weights_that_are_not_finite_are_refused_by_every_reader(command, run_dir, mnist_dir, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    weights = load_file(str(run / "model.safetensors"))
+    weights["classifier.bias"][3] = float("nan")
+    save_file(weights, str(run / "model.safetensors"))
+    from PIL import Image
+
+    image = tmp_path / "digit.png"
+    ink = Image.new("L", (28, 28), 0)
+    ink.paste(255, (10, 6, 16, 22))  # a bar of light ink: a readable image, so only the weights are wrong
+    ink.save(image)
+    args = {"evaluate": [str(run), "--data-dir", str(mnist_dir), "--no-download"],
+            "predict": [str(run), str(image), "3"],
+            "export": [str(run), "--output", str(tmp_path / "m.onnx")],
+            "report": [str(run), "--data-dir", str(mnist_dir), "--no-download"]}[command]
+    before = sorted(p.name for p in run.iterdir())
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds NaN or infinite weights (classifier.bias)" in err and "lower --lr" in err
+    assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "m.onnx").exists()

@@ -162,3 +162,36 @@ def test_lr_schedule_is_torchs_onecycle_step_for_step(total, warmup):
         scheduler.step()
     assert ours == theirs
     assert lr_schedule(config.replace(schedule="constant"), total)(total // 2) == config.lr
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_hyperparameters_are_refused(value):
+    with pytest.raises(ConfigError, match="--lr must be a finite number"):
+        TrainConfig.from_preset("fast", lr=float(value))
+    with pytest.raises(ConfigError, match="--sum-weight must be a finite number"):
+        TrainConfig.from_dict({"sum_weight": float(value)})
+
+
+def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weights(mnist_dir, tmp_path, monkeypatch):
+    """The loss turns NaN in epoch 2 (a NaN learning rate from global step 21, epoch 2 step 6, on):
+    training stops at the next check (the checkpoint due at epoch 2 step 9) with one message, the
+    checkpoints written before it stay, none after it, and no model.safetensors appears."""
+    import mnist_addition.train as train_module
+    from mnist_addition.checkpoint import list_checkpoints, read_state
+
+    real = train_module.lr_schedule
+
+    def poisoned(config, total):
+        lr = real(config, total)
+        return lambda step: float("nan") if step >= 20 else lr(step)
+
+    monkeypatch.setattr(train_module, "lr_schedule", poisoned)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = tiny_config(mnist_dir, cpu=True, output_dir=str(run), checkpoint_every=4, keep_checkpoints=10)
+    with pytest.raises(train_module.TrainingDiverged, match=r"epoch 2 between steps 5 and 9 of 15.*lower --lr.*"
+                                                            r"step-00000020, is kept; no weights were saved"):
+        fit(config, progress=False)
+    assert [p.name for p in list_checkpoints(run)][-3:] == ["step-00000015", "step-00000016", "step-00000020"]
+    assert all(torch.isfinite(torch.tensor(read_state(p)["loss_sum"])) for p in list_checkpoints(run))
+    assert not (run / "model.safetensors").exists()
