@@ -129,7 +129,7 @@ def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainSta
     if saved["world"] != run.world:
         say(f"note: resuming a {saved['world']}-process run on {run.world} processes; "
             "the global batch is unchanged, so the maths is the same")
-    run.accelerator.load_state(str(checkpoint))
+    checkpoint_io.load_training_state(checkpoint, run.accelerator.unwrap_model(run.model), run.optimizer)
     state = TrainState(saved["epoch"], saved["step"], saved["loss_sum"], saved["train_seconds"],
                        saved["samples_per_process"] * saved["world"] // run.world, saved["history"])
     if state.step == run.steps:  # the checkpoint closed an epoch
@@ -203,13 +203,13 @@ def evaluate(run: Run, split: Split) -> dict[str, Any]:
 
 def save_checkpoint(run: Run, state: TrainState, loss_sum: torch.Tensor | None, seconds: float,
                     on_checkpoint: Callable[[Path], None] | None) -> None:
-    """Checkpoint the model, optimizer, RNG and ``state`` (``seconds`` of training so far); every
+    """Checkpoint the model, optimizer and ``state`` (``seconds`` of training so far); every
     process calls this. ``loss_sum``: the running loss mid-epoch (None: ``state.loss_sum`` is final)."""
     saved = state.to_dict(run)
     if loss_sum is not None:  # the mean over processes, so that every process resumes from the same sum
         saved["loss_sum"] = run.accelerator.reduce(loss_sum.clone(), reduction="mean").item()
     saved["train_seconds"] = seconds
-    path = checkpoint_io.save_checkpoint(run.accelerator, run.run_dir, saved["global_step"], saved,
+    path = checkpoint_io.save_checkpoint(run.accelerator, run.model, run.optimizer, run.run_dir, saved["global_step"], saved,
                                          run.config.keep_checkpoints)
     if on_checkpoint is not None:
         on_checkpoint(path)

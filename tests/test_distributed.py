@@ -282,3 +282,43 @@ def test_bad_resume_is_one_line_and_changes_nothing(case, match, crashed, uninte
     assert error.startswith("mnist-addition train: error: ") and match in error and "Traceback" not in err
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} if run.exists() else {}
     assert after == before
+
+
+class _Payload:
+    """Unpickling this makes a folder: proof that code from a file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("name,code", [
+    ("model.safetensors", 2), ("optimizer.safetensors", 2), ("optimizer.json", 2), ("trainer_state.json", 2),
+    # files Accelerate's pickle-based checkpoints had: never opened, so the resume goes on
+    ("custom_checkpoint_0.pkl", 0), ("random_states_0.pkl", 0), ("optimizer.bin", 0), ("scheduler.bin", 0),
+])
+def test_a_code_running_payload_in_a_checkpoint_never_runs(name, code, crashed, tmp_path, capsys):
+    """A pickle payload is written into (or next to) each file of the newest checkpoint and the
+    manifest regenerated to match, as a careful attacker would: resuming never runs it. A damaged
+    file the resume needs is one line and exit 2; a file it does not need is never opened."""
+    import pickle
+
+    from mnist_addition.checkpoint import MANIFEST, _files, _sha256
+
+    run = _copy(crashed, tmp_path / "run")
+    marker = tmp_path / "payload-ran"
+    newest = list_checkpoints(run)[-1]
+    (newest / name).write_bytes(pickle.dumps(_Payload(marker)))
+    manifest = {str(p.relative_to(newest)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(newest)}
+    (newest / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["train", "--resume", str(run)]) == code
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    if code:
+        error = err.strip().splitlines()[-1]
+        assert error.startswith("mnist-addition train: error: ") and name in error and "Traceback" not in err
+        assert not (run / "model.safetensors").exists()
+    else:
+        assert (run / "model.safetensors").exists()
