@@ -10,10 +10,9 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import list_checkpoints
 from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
 from .errors import EXIT_USAGE, UserError
-from .runs import RunError
+from .runs import RunError, check_resumable
 
 EXIT_INTERRUPTED = 130
 
@@ -167,21 +166,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         for option in ("config", "smoke", "overwrite"):
             if getattr(args, option):
                 raise ConfigError(f"--{option} cannot be combined with --resume: a resumed run keeps its own config")
-        changed = sorted(set(explicit) - RESUMABLE - {"output_dir"})
+        if "output_dir" in explicit:
+            raise ConfigError(f"--output-dir cannot be combined with --resume: the run continues in its own folder "
+                              f"{args.resume}; drop --output-dir (copy the folder first to continue it elsewhere)")
+        changed = sorted(set(explicit) - RESUMABLE)
         if changed:
             raise ConfigError(f"{flag(changed[0])} cannot change when resuming (the run's config.json fixes it): "
                               "drop the flag, or start a new run with --config RUN/config.json")
+        check_resumable(args.resume)
         config_path = args.resume / "config.json"
-        if not args.resume.is_dir():
-            raise RunError(f"--resume {args.resume}: no such run folder; pass the --output-dir of an earlier run")
         if not config_path.is_file():
             raise RunError(f"--resume {args.resume}: not a run folder (no config.json)")
-        if not list_checkpoints(args.resume):
-            raise RunError(f"--resume {args.resume}: the run has no checkpoints (it stopped before its first one); "
-                           "train it again without --resume")
-        if (args.resume / "model.safetensors").exists():
-            raise RunError(f"--resume {args.resume}: that run already finished (model.safetensors exists); "
-                           "nothing to resume")
         values = TrainConfig.load(config_path).to_dict()
         values.update({k: v for k, v in explicit.items() if k in RESUMABLE}, output_dir=str(args.resume))
         return TrainConfig.from_dict(values, source=str(config_path))
@@ -196,8 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from accelerate.utils import broadcast_object_list
     from rich.console import Console
 
+    from .config import check_batch
     from .data import load_mnist, make_splits
-    from .runs import check_run_dir, default_run_dir, prepare_run_dir
+    from .runs import check_run_dir, default_run_dir
     from .backends import set_deterministic_env
     from .train import fit, process_state  # Accelerate is imported here, not for --help
 
@@ -208,13 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Every process must write to the same folder: the main process picks the default name.
     run_dir = Path(broadcast_object_list([str(config.output_dir or default_run_dir())])[0])
     if not args.resume:
-        check_run_dir(run_dir, overwrite=args.overwrite)  # all processes, before anyone writes
-    # Data before the run folder: a missing dataset leaves no empty run behind.
+        check_run_dir(run_dir, overwrite=args.overwrite)  # early, before the data is read; fit checks again
     data = make_splits(load_mnist(config.data_dir, download=not args.no_download), config.val_size)
-    state.wait_for_everyone()
-    if not args.resume and state.is_main_process:
-        prepare_run_dir(run_dir, overwrite=args.overwrite)
-    state.wait_for_everyone()
+    check_batch(config, len(data.limited(config.train_limit).train), state.num_processes)
     config = config.replace(output_dir=str(run_dir))
     console = Console(stderr=True, quiet=not state.is_main_process, soft_wrap=True)  # one line per message
 
@@ -227,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"epochs={config.epochs} batch={config.batch_size} lr={config.lr:g} seed={config.seed} "
                   f"processes={state.num_processes} -> {run_dir}")
     try:
-        final = fit(config, report=printer, data=data, resume=bool(args.resume),
+        final = fit(config, report=printer, data=data, resume=bool(args.resume), overwrite=args.overwrite,
                     warn=lambda line: console.print(line, markup=False, highlight=False))
     except KeyboardInterrupt:
         console.print(f"[red]interrupted[/]: resume with  mnist-addition train --resume {run_dir}")
@@ -256,7 +248,6 @@ def _print_results(console: Any, final: dict[str, Any], run_dir: Path | None) ->
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
     from .data import load_mnist, make_splits
@@ -264,11 +255,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import summarize
     from .runs import load_run
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    config, model = load_run(args.run_dir, device=device)
+    from .backends import numerics
+
+    config, model = load_run(args.run_dir)
+    device = _training_device(args.run_dir)
+    model.to(device)
     data_dir = args.data_dir or config.data_dir
     test = make_splits(load_mnist(data_dir, download=not args.no_download), config.val_size).test.to(device)
-    with _training_precision(args.run_dir, device):
+    with numerics(cuda=device == "cuda", deterministic=False), _training_precision(args.run_dir, device):
         counts = (evaluate_all_numbers if args.all_numbers else evaluate_counts)(
             model, test, config.eval_batch_size, config.sum_weight)
     metrics = summarize(counts)
@@ -279,6 +273,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _print_results(Console(), {"test": metrics}, None)
         Console().print(f"{pairs}: {metrics['n']:,} pairs")
     return 0
+
+
+def _training_device(run_dir: Path) -> str:
+    """Where the run trained (config.json's setup), if this machine has it: the same kernels give
+    the same figures as metrics.json. A GPU run is scored on the CPU where there is no GPU."""
+    import torch
+
+    trained = json.loads((run_dir / "config.json").read_text()).get("setup", {}).get("device", "cpu")
+    return "cuda" if str(trained).startswith("cuda") and torch.cuda.is_available() else "cpu"
 
 
 def _training_precision(run_dir: Path, device: str):

@@ -31,27 +31,140 @@ def default_run_dir() -> Path:
 
 
 def check_run_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Raise RunError if ``path`` cannot become a run folder (without touching anything)."""
+    """Raise RunError if ``path`` cannot become a new run folder (without touching anything)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunError(f"output path {path} is a file, not a folder: choose another --output-dir")
-    existing = [name for name in RUN_FILES if (path / name).exists()]
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is" if parent == path else f"is below {parent}, which is"
+                raise RunError(f"output path {path} {where} a file, not a folder: choose another --output-dir")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise RunError(f"cannot write in {parent} (permission denied): choose another --output-dir")
+            break
+    existing = [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
     if existing and not overwrite:
         raise RunError(f"{path} already holds a run ({', '.join(existing)}): choose another --output-dir, "
                        "resume it with --resume, or pass --overwrite to replace it")
 
 
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
+def check_resumable(path: str | os.PathLike) -> None:
+    """Raise RunError unless ``path`` is an unfinished run with at least one checkpoint."""
+    from .checkpoint import list_checkpoints
+
     path = Path(path)
-    check_run_dir(path, overwrite)
-    if overwrite:
-        for name in RUN_FILES:
-            (path / name).unlink(missing_ok=True)
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        shutil.rmtree(path / "tensorboard", ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    if not path.is_dir():
+        raise RunError(f"--resume {path}: no such run folder; pass the --output-dir of an earlier run")
+    if not list_checkpoints(path):
+        raise RunError(f"--resume {path}: the run has no checkpoints (it stopped before its first one); "
+                       "train it again without --resume")
+    if (path / "model.safetensors").exists():
+        raise RunError(f"--resume {path}: that run already finished (model.safetensors exists); nothing to resume")
+
+
+class RunFolder:
+    """The folder of one training run, held for the run's whole life (main process only).
+
+    * One writer: a lock (``flock`` on RUN/.lock, released by the kernel if the process dies, so a
+      killed run never blocks its own ``--resume``); a second writer is refused in one line that
+      names the process holding it.
+    * The rules: a new run needs a folder without a run (or ``overwrite``); a resumed one needs an
+      unfinished run with a checkpoint. They are checked under the lock, so two runs started at the
+      same moment cannot both pass them.
+    * ``overwrite`` loses nothing: the old run is moved into RUN/.replaced/ and removed only once the
+      new run has written its first checkpoint; if the new run fails before that, it comes back.
+    """
+
+    LOCK, OWNER, ASIDE = ".lock", ".lock-owner.json", ".replaced"
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
+        self.path, self.resume, self.overwrite = Path(path), resume, overwrite
+        self._lock: Any = None
+        self._created = False
+
+    def open(self) -> "RunFolder":
+        """Lock the folder (creating it if needed), check the rules, and set an old run aside."""
+        from filelock import FileLock, Timeout
+
+        if not self.resume:
+            check_run_dir(self.path, self.overwrite)
+        else:
+            check_resumable(self.path)
+        self._created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.path / self.LOCK))
+            lock.acquire(timeout=0)
+        except Timeout:
+            self._forget_created()
+            raise RunError(f"{self.path} is in use by {self._owner()}: wait for it to finish, or choose another "
+                           "--output-dir") from None
+        except OSError as e:
+            self._forget_created()
+            raise RunError(f"cannot write the run folder {self.path} ({e.strerror}): choose another --output-dir") from None
+        self._lock = lock
+        write_json(self.path / self.OWNER, {"pid": os.getpid(), "host": platform.node(),
+                                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        try:  # again under the lock: another process may have finished a run here meanwhile
+            check_resumable(self.path) if self.resume else check_run_dir(self.path, self.overwrite)
+        except RunError:
+            self.close(ok=False)
+            raise
+        if self.overwrite and not self.resume:
+            self._set_aside()
+        return self
+
+    def committed(self) -> None:
+        """The new run has a checkpoint: the run it replaces can go."""
+        shutil.rmtree(self.path / self.ASIDE, ignore_errors=True)
+
+    def close(self, ok: bool) -> None:
+        """Release the lock; a replacement that failed before its first checkpoint restores the old run."""
+        aside = self.path / self.ASIDE
+        if not ok and aside.is_dir():
+            for name in [*RUN_FILES, "checkpoints", "tensorboard"]:
+                _remove(self.path / name)
+            for item in aside.iterdir():
+                os.replace(item, self.path / item.name)
+            aside.rmdir()
+        (self.path / self.OWNER).unlink(missing_ok=True)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if not ok:
+            self._forget_created()
+
+    def _set_aside(self) -> None:
+        aside = self.path / self.ASIDE
+        if aside.exists():  # a crash while replacing: that run is still the one to keep
+            return
+        old = [name for name in [*RUN_FILES, "checkpoints", "tensorboard"] if (self.path / name).exists()]
+        if old:
+            aside.mkdir()
+            for name in old:
+                os.replace(self.path / name, aside / name)
+
+    def _owner(self) -> str:
+        try:
+            owner = json.loads((self.path / self.OWNER).read_text())
+            return f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def _forget_created(self) -> None:
+        """A folder this run created and left empty (but for its lock) is removed: nothing left behind."""
+        if self._created and self.path.is_dir():
+            (self.path / self.LOCK).unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def versions() -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from . import checkpoint as checkpoint_io
 from . import runs
@@ -118,14 +118,18 @@ def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainSta
     config = run.config
     if not resume:
         return TrainState()
-    if run.run_dir is None:
-        raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
     say = warn if run.main else (lambda _: None)
     checkpoint, saved = checkpoint_io.latest_valid(run.run_dir, warn=say)
     if (saved["preset"], saved["width"]) != (config.preset, config.width):
         raise checkpoint_io.CheckpointError(
             f"checkpoint {checkpoint} was written by preset {saved['preset']!r} width {saved['width']}, but "
             f"config.json says {config.preset!r} width {config.width}: the checkpoint belongs to another run")
+    if not (1 <= saved["epoch"] <= config.epochs and 0 <= saved["step"] <= run.steps
+            and saved["global_step"] == (saved["epoch"] - 1) * run.steps + saved["step"]):
+        raise checkpoint_io.CheckpointError(
+            f"checkpoint {checkpoint} (epoch {saved['epoch']}, step {saved['step']}) does not fit config.json "
+            f"({config.epochs} epochs of {run.steps} steps): the batch size, data limits or epochs were edited "
+            "since; restore config.json, or start a new run with --config")
     if saved["world"] != run.world:
         say(f"note: resuming a {saved['world']}-process run on {run.world} processes; "
             "the global batch is unchanged, so the maths is the same")
@@ -232,49 +236,93 @@ def epoch_row(run: Run, state: TrainState, seconds: float, first: int, test_ever
 def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | None = None,
         progress: bool = True, test_every_epoch: bool = False, resume: bool = False,
         warn: Callable[[str], None] = print, score_test: bool = True,
-        on_checkpoint: Callable[[Path], None] | None = None) -> dict[str, Any]:
+        on_checkpoint: Callable[[Path], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
     ``data`` skips reading MNIST (tests and benchmarks pass their own). When ``config.output_dir``
-    is set, the main process writes the run folder there (the caller checked it may) and every
-    process joins in saving checkpoints; ``resume`` continues from its newest valid checkpoint.
-    With ``test_every_epoch`` the test set is also scored each epoch (benchmarks only: never for
-    selection); with ``score_test=False`` it is never scored (sweep trials select on validation,
-    and the run folder then gets no test-set report). ``on_checkpoint(path)`` is called on every
-    process after each checkpoint is written (an epoch's comes just before its ``report``).
+    is set, the main process holds that run folder for the whole run (``runs.RunFolder``: one
+    writer, a new run only where there is none or with ``overwrite``, which keeps the old run until
+    the new one's first checkpoint) and every process joins in saving checkpoints; ``resume``
+    continues from the newest valid checkpoint. Everything that can be refused is checked before
+    the folder is touched. With ``test_every_epoch`` the test set is also scored each epoch
+    (benchmarks only: never for selection); with ``score_test=False`` it is never scored (sweep
+    trials select on validation, and the run folder then gets no test-set report).
+    ``on_checkpoint(path)`` is called on every process after each checkpoint is written (an
+    epoch's comes just before its ``report``).
     """
     with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision:
         run = setup(config, data, precision)
-        state = start_state(run, resume, warn)
-        run.setup["compile_seconds"] = warm_up(run)  # not counted as training time
-        if run.run_dir and run.main:
-            runs.write_config(run.run_dir, config, run.setup)
-            if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
-                runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
-        tracking = config.log_with != "none"
-        if tracking:  # trackers take scalars only; the run folder's config.json has the rest
-            run.accelerator.init_trackers(config.log_with, config={
-                k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
-        save = lambda st, loss, seconds: save_checkpoint(run, st, loss, st.train_seconds + seconds,  # noqa: E731
-                                                         on_checkpoint)
-        with Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
-            while state.epoch <= config.epochs:
-                first = state.step
-                seconds = train_epoch(run, state, bar, save)
-                state.train_seconds += seconds
-                row = epoch_row(run, state, seconds, first, test_every_epoch)
-                state.history.append(row)
-                if run.run_dir and run.main:
-                    runs.append_jsonl(run.run_dir / "metrics.jsonl", row)
-                if run.run_dir:
-                    save_checkpoint(run, state, None, state.train_seconds, on_checkpoint)
-                if tracking:
-                    run.accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=state.epoch)
-                if report is not None:
-                    report(row)
-                state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, 0.0
-        final = finish(run, state, test_every_epoch, score_test)
+        folder = open_run_folder(run, resume, overwrite)
+        ok = False
+        try:
+            final = train(run, folder, resume, report, progress, test_every_epoch, warn, score_test, on_checkpoint)
+            ok = True
+        finally:
+            if folder is not None:
+                folder.close(ok)
     return final
+
+
+def open_run_folder(run: Run, resume: bool, overwrite: bool) -> runs.RunFolder | None:
+    """The main process takes the run folder (checks, lock, old run set aside); a refusal reaches
+    every process, so that none waits for the others at a barrier."""
+    if run.run_dir is None:
+        if resume:
+            raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
+        return None
+    folder, refusal = runs.RunFolder(run.run_dir, resume, overwrite), None
+    if run.main:
+        try:
+            folder.open()
+        except UserError as e:
+            refusal = e
+    refusal = broadcast_object_list([refusal])[0] if run.world > 1 else refusal
+    if refusal is not None:
+        raise refusal
+    return folder if run.main else None
+
+
+def train(run: Run, folder: runs.RunFolder | None, resume: bool, report: Report | None, progress: bool,
+          test_every_epoch: bool, warn: Callable[[str], None], score_test: bool,
+          on_checkpoint: Callable[[Path], None] | None) -> dict[str, Any]:
+    """The run itself, in a folder already held: resume or start, epochs, checkpoints, the end."""
+    config = run.config
+    state = start_state(run, resume, warn)
+    run.setup["compile_seconds"] = warm_up(run)  # not counted as training time
+    if run.run_dir and run.main:
+        runs.write_config(run.run_dir, config, run.setup)
+        if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
+            runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
+    tracking = config.log_with != "none"
+    if tracking:  # trackers take scalars only; the run folder's config.json has the rest
+        run.accelerator.init_trackers(config.log_with, config={
+            k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+
+    def checkpointed(path: Path) -> None:
+        if folder is not None:
+            folder.committed()  # the run this one replaces may go now
+        if on_checkpoint is not None:
+            on_checkpoint(path)
+
+    save = lambda st, loss, seconds: save_checkpoint(run, st, loss, st.train_seconds + seconds,  # noqa: E731
+                                                     checkpointed)
+    with Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
+        while state.epoch <= config.epochs:
+            first = state.step
+            seconds = train_epoch(run, state, bar, save)
+            state.train_seconds += seconds
+            row = epoch_row(run, state, seconds, first, test_every_epoch)
+            state.history.append(row)
+            if run.run_dir and run.main:
+                runs.append_jsonl(run.run_dir / "metrics.jsonl", row)
+            if run.run_dir:
+                save_checkpoint(run, state, None, state.train_seconds, checkpointed)
+            if tracking:
+                run.accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=state.epoch)
+            if report is not None:
+                report(row)
+            state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, 0.0
+    return finish(run, state, test_every_epoch, score_test)
 
 
 def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,9 @@ from mnist_addition.cli import main
 
 from .conftest import REAL_MNIST
 
+# --cpu: these runs are compared bit for bit (reproduced from config.json, re-evaluated), a CPU fact
 TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
-        "--mixed-precision", "no"]
+        "--mixed-precision", "no", "--cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +202,106 @@ def test_weights_that_are_not_finite_are_refused_by_every_reader(command, run_di
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds NaN or infinite weights (classifier.bias)" in err and "lower --lr" in err
     assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Run folders: one writer, --overwrite loses nothing, a refused start leaves nothing behind
+# ------------------------------------------------------------------------------------------------
+def _files(folder):
+    from mnist_addition.runs import RunFolder
+
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name not in (RunFolder.LOCK, RunFolder.OWNER)}
+
+
+def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_path, capsys):
+    import os
+
+    from mnist_addition.runs import RunFolder
+
+    out = tmp_path / "busy"
+    holder = RunFolder(out).open()  # as a running `train` holds it
+    try:
+        code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and f"{out} is in use by process {os.getpid()} on " in err and "another --output-dir" in err
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".lock")) == []
+    finally:
+        holder.close(ok=True)
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY]) == 0  # free again
+
+
+def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(run_dir, mnist_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import mnist_addition.checkpoint as ck
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    old = _files(run)
+    seen_at_first_checkpoint = []
+    real = ck.save_checkpoint
+
+    def save_and_look(*args, **kwargs):
+        seen_at_first_checkpoint.append((run / ".replaced" / "model.safetensors").is_file())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ck, "save_checkpoint", save_and_look)
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--seed", "1",
+                 "--overwrite"]) == 0
+    assert seen_at_first_checkpoint[0] is True  # the old run was still there, set aside
+    assert not (run / ".replaced").exists()
+    new = _files(run)
+    assert new.keys() >= {p for p in old if p.parts[0] != "checkpoints"}
+    assert new[Path("model.safetensors")] != old[Path("model.safetensors")]
+    assert json.loads(new[Path("config.json")])["config"]["seed"] == 1
+
+
+def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back(run_dir, mnist_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    import shutil
+
+    import mnist_addition.train as train_module
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    old = _files(run)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C during the first epoch
+
+    monkeypatch.setattr(train_module, "train_epoch", crash)
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--overwrite"]) == 130
+    assert _files(run) == old and not (run / ".replaced").exists()
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--batch-size", "70000"], "--batch-size 70000 is larger than the 500 training images"),
+    (["--batch-size", "30", "--gradient-accumulation-steps", "4"], "--gradient-accumulation-steps must divide"),
+])
+def test_a_refused_start_leaves_the_old_run_and_no_new_folder(flags, match, run_dir, mnist_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    old = _files(run)
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, *flags, "--overwrite"]) == 2
+    assert match in capsys.readouterr().err and _files(run) == old
+    fresh = tmp_path / "fresh"
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(fresh), *TINY, *flags]) == 2
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("case", ["below_a_file", "resume_with_output_dir"])
+def test_output_dir_mistakes_are_one_line(case, run_dir, mnist_dir, tmp_path, capsys):
+    if case == "below_a_file":
+        (tmp_path / "file").write_text("x")
+        args, match = ["--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "file" / "run"), *TINY], \
+            "is below " + str(tmp_path / "file") + ", which is a file"
+    else:
+        args, match = ["--resume", str(run_dir), "--output-dir", str(tmp_path / "elsewhere")], \
+            "--output-dir cannot be combined with --resume"
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and match in err
+    assert not (tmp_path / "elsewhere").exists()
