@@ -76,6 +76,21 @@ def numerics(cuda: bool, deterministic: bool) -> Iterator[dict[str, str]]:
         torch.backends.cudnn.allow_tf32 = saved[3]
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free for tensors on ``device`` (for a GPU: free device memory; for the CPU: available RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation, on a GPU (OutOfMemoryError) or the CPU (the allocator's RuntimeError)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or \
+        (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
 def fused_optimizer(device: torch.device) -> bool:
     """Fused AdamW/SGD kernels: one launch for all parameters. Used on GPUs; on the CPU the
     default (foreach) kernels are kept, so CPU results stay what they were."""

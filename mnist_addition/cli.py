@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
 from .errors import EXIT_USAGE, UserError
-from .runs import RunError, check_resumable
+from .runs import RunError, check_output_file, check_resumable, replace_file
 
 EXIT_INTERRUPTED = 130
 
@@ -316,11 +316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format not in FORMATS:
         raise RunError(f"unknown export format {args.format!r}: use --format {' or '.join(FORMATS)}")
-    output = args.output or args.run_dir / f"model.{args.format}"
-    if output.exists() and not args.overwrite:
-        raise RunError(f"{output} exists: choose another --output, or pass --overwrite to replace it")
-    if output.is_dir():
-        raise RunError(f"{output} is a folder: --output must be a file path")
+    output = check_output_file(args.output or args.run_dir / f"model.{args.format}", args.overwrite, "--output")
     with contextlib.redirect_stdout(io.StringIO()):  # torch's exporter narrates every stage
         export_onnx(args.run_dir, output)
     print(f"wrote {output}")
@@ -356,18 +352,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.number is None:
             raise ImageError("missing NUMBER: give a number from 0 to 9 after the image")
         files, numbers = [args.image], [args.number]
-    if args.csv is not None and args.csv.exists() and not args.overwrite:
-        raise ImageError(f"{args.csv} exists: choose another --csv, or pass --overwrite to replace it")
+    if args.csv is not None:
+        check_output_file(args.csv, args.overwrite, "--csv")
     images = torch.stack([load_image(f) for f in files])  # every file is checked before any output
     model = load_model(args.run_dir)
     rows = [{"file": str(f), **r} for f, r in zip(files, predict(model, images, numbers))]
     if args.csv is not None:
-        with args.csv.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "number", "digit", "sum", "digit_prob", "sum_prob"])
-            for r in rows:
-                writer.writerow([r["file"], r["number"], r["digit"], r["sum"], f"{r['digit_prob']:.6f}",
-                                 f"{r['sum_prob']:.6f}"])
+        def write_csv(tmp: Path) -> None:
+            with tmp.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["file", "number", "digit", "sum", "digit_prob", "sum_prob"])
+                for r in rows:
+                    writer.writerow([r["file"], r["number"], r["digit"], r["sum"], f"{r['digit_prob']:.6f}",
+                                     f"{r['sum_prob']:.6f}"])
+
+        replace_file(args.csv, write_csv, "--csv")
     if args.json:
         print(json.dumps(rows if folder else rows[0]))
         return 0

@@ -230,6 +230,17 @@ def check_batch(config: TrainConfig, train_images: int, processes: int = 1) -> N
                           "use a smaller batch")
 
 
+def check_model_fits(config: TrainConfig, params: int, free_bytes: int, where: str, training: bool = True) -> None:
+    """Refuse a model whose weights (and, to train it, gradients and optimizer state: 16 bytes a
+    parameter) do not fit in ``free_bytes``, before anything is allocated."""
+    need = params * (16 if training else 4)
+    if need > free_bytes:
+        fix = "use a smaller --width" if config.preset == "fast" else "free some memory"
+        raise ConfigError(f"--width {config.width} makes {params:,} parameters, about {need / 2**30:,.1f} GiB "
+                          f"{'to train' if training else 'of weights'}, more than the {free_bytes / 2**30:,.1f} GiB "
+                          f"free on {where}: {fix}")
+
+
 def _is_optional(kind: Any) -> bool:
     origin = typing.get_origin(kind)
     return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from .config import ConfigError
 from .errors import EXIT_FAILED, UserError
 
 ENV_DATA_DIR = "MNIST_ADDITION_DATA"
@@ -204,7 +205,8 @@ def make_splits(mnist: Mnist, val_size: int = 5000, train_limit: int = 0, eval_l
     """55,000 train / 5,000 val (fixed split of the official train set) and the official test set."""
     n = len(mnist.train_labels)
     if val_size >= n:
-        raise DataError(f"--val-size {val_size} leaves no training images (the training file has {n}): use a smaller value")
+        raise ConfigError(f"--val-size {val_size} leaves no training images (the training file has {n}): "
+                          "use a smaller value, e.g. --val-size 5000")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     val_idx, train_idx = order[:val_size], order[val_size:]
     splits = PairedMnist(

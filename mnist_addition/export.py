@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .runs import RunError, load_run
+from .runs import RunError, load_run, replace_file
 
 FORMATS = ("onnx",)
 
@@ -33,7 +33,5 @@ def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
             model, (images, numbers), dynamo=True, verbose=False,
             input_names=["image", "number"], output_names=["digit_logits", "sum_logits"],
             dynamic_shapes={"images": {0: batch}, "numbers": {0: batch}})
-    tmp = output.with_name(output.name + ".tmp")
-    program.save(str(tmp), external_data=False)
-    tmp.replace(output)
+    replace_file(output, lambda tmp: program.save(str(tmp), external_data=False), "--output")
     return output

@@ -108,6 +108,13 @@ def build_model(preset: str, width: int = 16) -> nn.Module:
     raise ValueError(f"unknown preset {preset!r}: use 'fast' or 'seed'")
 
 
+def parameter_count(preset: str, width: int = 16) -> int:
+    """Parameters of a preset without allocating them (built on the meta device): sizes are checked
+    before anything is allocated or written."""
+    with torch.device("meta"):
+        return count_parameters(build_model(preset, width))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -34,7 +34,14 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file -> float (H, W) in [0, 1], 1 = white. Transparency is composited on white."""
+    """An image file -> float (H, W) in [0, 1], 1 = white, as a person sees it on screen.
+
+    Any mode Pillow opens: 8-bit grey or colour, 1-bit, palette, CMYK, 16-bit (scaled by 65,535,
+    not clipped at 255), 32-bit integer and float (scaled by their range); transparency is
+    composited on white; of several frames (GIF, TIFF) the first.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -42,23 +49,51 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
         raise ImageError(f"{path} does not exist: check the path")
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image: pass a file, or use --numbers/--random-numbers for a folder")
+    if not path.is_file():
+        raise ImageError(f"{path} is not a regular file (a device, pipe or socket): pass an image file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            gray = img.convert("L")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                gray = _as_gray(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{path} is too large to open safely (over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's "
+                         "decompression-bomb limit): scale it down first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image Pillow can read: pass a PNG, JPEG or BMP file") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path} is damaged or truncated ({str(e).splitlines()[0][:80]}): re-export the image") from None
-    if min(gray.size) < MIN_SIDE:
-        raise ImageError(f"{path} is only {gray.size[0]}x{gray.size[1]} pixels: a digit needs at least "
+    if min(gray.shape) < MIN_SIDE:
+        raise ImageError(f"{path} is only {gray.shape[1]}x{gray.shape[0]} pixels: a digit needs at least "
                          f"{MIN_SIDE}x{MIN_SIDE}; pass a larger image")
-    data = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).float() / 255.0
-    return data.reshape(gray.size[1], gray.size[0])
+    return gray
+
+
+def _as_gray(img: Any) -> torch.Tensor:
+    """A loaded Pillow image -> float (H, W) in [0, 1]: the brightness a viewer would show."""
+    import numpy as np
+
+    from PIL import Image
+
+    if img.mode.startswith("I;16"):  # 16-bit grey
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)
+    if img.mode in ("I", "F"):  # 32-bit integer or float: 16-bit data as such, else its own range
+        data = np.asarray(img, dtype=np.float64)
+        lo, hi = float(data.min()), float(data.max())
+        if img.mode == "I" and lo >= 0 and hi <= 65535:
+            data = data / 65535.0
+        elif not (img.mode == "F" and lo >= 0 and hi <= 1):
+            data = (data - lo) / (hi - lo) if hi > lo else np.zeros_like(data)
+        return torch.from_numpy(data.astype(np.float32))
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if img.mode not in ("L", "RGB", "RGBA", "1", "P"):  # CMYK, YCbCr, LAB, HSV...: through RGB
+        img = img.convert("RGB")
+    gray = img.convert("L")
+    return torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).float().div(255.0).reshape(gray.size[1],
+                                                                                                  gray.size[0])
 
 
 def to_mnist(gray: torch.Tensor, name: str = "image") -> torch.Tensor:

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, TrainConfig
+from .backends import free_memory
+from .config import ConfigError, TrainConfig, check_model_fits
 from .errors import UserError
-from .model import build_model
+from .model import build_model, parameter_count
 from .report import REPORT_FILES
 
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *REPORT_FILES)
@@ -167,6 +168,38 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def check_output_file(path: Path, overwrite: bool, flag: str) -> Path:
+    """Refuse an output file path the user named that cannot be written, or would replace something
+    it should not: never a folder, device or pipe (``--overwrite`` or not), an existing file only
+    with ``overwrite``, and only in a folder that exists and can be written."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise RunError(f"{path} is not a regular file (a folder, device or pipe), so it is never replaced: "
+                           f"{flag} must name a file")
+        if not overwrite:
+            raise RunError(f"{path} exists: choose another {flag}, or pass --overwrite to replace it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise RunError(f"the folder {parent} does not exist{' (or is a file)' if parent.exists() else ''}: "
+                       f"create it, or choose another {flag}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write in {parent} (permission denied): choose another {flag}")
+    return path
+
+
+def replace_file(path: Path, write: Any, flag: str) -> None:
+    """``write(tmp)`` then rename onto ``path``: the old file stays whole until the new one is; an
+    OSError (disk full, read-only) is one line naming the path."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {path} ({e.strerror or e}): free some space or choose another {flag}") from None
+
+
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -220,7 +253,10 @@ def save_weights(model: nn.Module, path: Path, config: TrainConfig) -> None:
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"preset": config.preset, "width": str(config.width)})
+    # One metadata key: safetensors writes its metadata map in no fixed order, so with two keys the
+    # same tensors gave different files from run to run; with one, equal tensors give equal bytes.
+    save_file(state, str(tmp), metadata={"mnist_addition": json.dumps({"preset": config.preset, "width": config.width},
+                                                                      sort_keys=True)})
     tmp.replace(path)
 
 
@@ -246,15 +282,18 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{weights_path} is unreadable ({str(e).splitlines()[0][:120]}): the file is corrupt, "
                        "retrain or restore it") from None
+    with torch.device("meta"):  # the shapes config.json implies, allocating nothing
+        expected = {k: tuple(v.shape) for k, v in build_model(config.preset, config.width).state_dict().items()}
+    if expected != {k: tuple(v.shape) for k, v in state.items()}:
+        raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}): "
+                       "the weights belong to another run")
+    check_model_fits(config, parameter_count(config.preset, config.width), free_memory(torch.device(device)),
+                     str(device), training=False)
     bad = sorted(name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())
     if bad:
         raise RunError(f"{weights_path} holds NaN or infinite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}): "
                        "the run diverged; train again with a lower --lr")
     model = build_model(config.preset, config.width).to(device)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}): "
-                       "the weights belong to another run") from None
+    model.load_state_dict(state)
     model.eval()
     return config, model

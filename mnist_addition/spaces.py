@@ -199,12 +199,15 @@ def load_space(path: str | Path) -> Space:
                          "pass a .yaml file such as tune/default.yaml") from None
     try:
         data = yaml.safe_load(text)
+        return parse_space(data, str(path))
+    except RecursionError:  # a space nested thousands of levels deep
+        raise SpaceError(f"search space {path} is nested too deeply to be a search space: keep to one mapping of "
+                         "field: value or field: {kind: ...} (see tune/default.yaml)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpaceError(f"search space {path} is not valid YAML{at}: fix the file "
                          "(see tune/default.yaml for the format)") from None
-    return parse_space(data, str(path))
 
 
 __all__ = ["KINDS", "Param", "Space", "SpaceError", "load_space", "parse_space"]

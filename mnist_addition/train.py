@@ -27,13 +27,13 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from . import checkpoint as checkpoint_io
 from . import runs
-from .backends import numerics, resolve_mixed_precision, synchronize, use_cpu
-from .config import ConfigError, TrainConfig, check_batch
+from .backends import free_memory, is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
+from .config import ConfigError, TrainConfig, check_batch, check_model_fits
 from .data import PairedMnist, Split, load_mnist, make_splits, steps_per_epoch, train_batches
 from .errors import EXIT_FAILED, UserError
 from .evaluate import evaluate_counts
 from .metrics import summarize
-from .model import build_model, count_parameters
+from .model import build_model, count_parameters, parameter_count
 from .progress import Progress
 from .report import write_report
 from .state import Run, TrainState
@@ -91,6 +91,7 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
     world = accelerator.num_processes
     check_batch(config, len(data.train), world)
     device = accelerator.device
+    check_model_fits(config, parameter_count(config.preset, config.width), free_memory(device), str(device))
     # on the device before the optimizer is built: fused kernels need their parameters there
     model = build_model(config.preset, config.width).to(device, memory_format=torch.channels_last)
     n_params = count_parameters(model)
@@ -257,6 +258,12 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
         try:
             final = train(run, folder, resume, report, progress, test_every_epoch, warn, score_test, on_checkpoint)
             ok = True
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise ConfigError(f"out of memory on {run.accelerator.device} with --batch-size {config.batch_size} and "
+                              f"--width {config.width}: lower --batch-size (or use --gradient-accumulation-steps), "
+                              "--eval-batch-size or --width") from None
         finally:
             if folder is not None:
                 folder.close(ok)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -117,3 +120,24 @@ def test_tensorboard_needs_the_package_and_a_run_folder(mnist_dir, monkeypatch):
     monkeypatch.setattr(train.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r'needs the tensorboard package: pip install -e "\.\[tensorboard\]"'):
         fit(tiny_config(mnist_dir, log_with="tensorboard", epochs=1, output_dir="unused"), progress=False)
+
+
+def test_weight_files_are_byte_identical_when_their_tensors_are(tmp_path):
+    """The same tensors saved by separate processes give the same bytes. safetensors writes its
+    metadata map in a random order per process: with the two keys we had, 8 processes all agree
+    with probability 1/128; ours holds one key."""
+    script = ("import sys, torch; from mnist_addition.config import TrainConfig; from mnist_addition.model import "
+              "build_model; from mnist_addition.runs import save_weights; torch.manual_seed(0); "
+              "save_weights(build_model('fast', 8), __import__('pathlib').Path(sys.argv[1]), "
+              "TrainConfig.from_preset('fast', width=8))")
+    files = []
+    for i in range(8):  # separate processes, as separate runs are
+        path = tmp_path / f"{i}.safetensors"
+        env = dict(os.environ, PYTHONHASHSEED=str(i))
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=120)
+        files.append(path.read_bytes())
+    assert all(f == files[0] for f in files)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert list(f.metadata()) == ["mnist_addition"]

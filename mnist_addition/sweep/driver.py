@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ..config import SMOKE_OVERRIDES, ConfigError, TrainConfig, check_batch
@@ -34,6 +35,13 @@ def resolve(options: SweepOptions) -> tuple[SweepOptions, Space, Store]:
     """Fill in defaults, load and check the space (or the saved sweep on --resume). No Ray yet."""
     options = dataclasses.replace(options)
     options.storage_path = absolute(options.storage_path)
+    if "://" not in options.storage_path:
+        for folder in [Path(options.storage_path), *Path(options.storage_path).parents]:
+            if folder.exists():
+                if not folder.is_dir():
+                    raise SweepError(f"--storage-path {options.storage_path}: {folder} is a file, not a folder: "
+                                     "choose another --storage-path")
+                break
     if options.name is not None and (options.name in ("", ".", "..") or "/" in options.name or "\\" in options.name):
         raise SweepError(f"--name {options.name!r} must be one folder name inside --storage-path (no '/' or '..'): "
                          "e.g. --name lr-sweep")
