@@ -305,3 +305,47 @@ def test_output_dir_mistakes_are_one_line(case, run_dir, mnist_dir, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and match in err
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("case", ["missing folder", "device with overwrite", "folder"])
+def test_export_output_mistakes_are_one_line_and_replace_nothing(case, run_dir, tmp_path, capsys):
+    output, extra, match = {
+        "missing folder": (tmp_path / "nope" / "m.onnx", [], "does not exist: create it, or choose another --output"),
+        "device with overwrite": (Path("/dev/null"), ["--overwrite"], "is not a regular file"),
+        "folder": (tmp_path, ["--overwrite"], "is not a regular file"),
+    }[case]
+    assert main(["export", str(run_dir), "--output", str(output), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and match in err
+    assert Path("/dev/null").is_char_device() and not (tmp_path / "nope").exists()
+
+
+def test_val_size_leaving_no_training_images_is_a_usage_error(mnist_dir, tmp_path, capsys):
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY,
+                 "--val-size", "600"]) == 2
+    assert "--val-size 600 leaves no training images" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(mnist_dir, tmp_path, monkeypatch, capsys):
+    import mnist_addition.train as train_module
+
+    monkeypatch.setattr(train_module, "free_memory", lambda device: 10 * 2**20)  # 10 MiB free
+    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY, "--width", "200"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "--width 200 makes" in err and "more than the 0.0 GiB free" in err and "smaller --width" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    import mnist_addition.train as train_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train_module, "train_epoch", out_of_memory)
+    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "out of memory on cpu with --batch-size 32 and --width 8: lower --batch-size" in err

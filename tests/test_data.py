@@ -83,8 +83,15 @@ def test_split_sizes_and_fixed_numbers(mnist_dir):
     assert torch.equal(a.val.numbers, b.val.numbers) and torch.equal(a.test.numbers, b.test.numbers)
     assert set(a.test.numbers.tolist()) == set(range(10))
     assert a.train.numbers is None  # drawn per epoch
-    # the split is a partition of the training file: no image in both train and val
     assert a.train.images.shape[1:] == (1, 28, 28) and a.train.images.dtype == torch.float32
+    # the split is a partition of the training file: every image in exactly one of train and val
+    index = {D.normalize(img[None])[0].numpy().tobytes(): i for i, img in enumerate(mnist.train_images)}
+    assert len(index) == 600  # the synthetic images are all distinct
+    train_ids = [index[img.numpy().tobytes()] for img in a.train.images]
+    val_ids = [index[img.numpy().tobytes()] for img in a.val.images]
+    assert len(set(train_ids)) == 500 and len(set(val_ids)) == 100
+    assert set(train_ids) | set(val_ids) == set(range(600)) and not set(train_ids) & set(val_ids)
+    assert [int(mnist.train_labels[i]) for i in val_ids] == a.val.digits.tolist()  # labels travel with images
 
 
 def test_train_numbers_are_seeded_per_epoch():
@@ -120,10 +127,12 @@ def test_train_batches_shard_without_overlap():
 
 
 def test_eval_batches_shard_each_sample_once():
-    split = _split(50)
-    split.numbers = D.fixed_numbers(50, 1)
-    counts = [sum(len(b[2]) for b in D.eval_batches(split, 7, rank=r, world=3)) for r in range(3)]
-    assert sum(counts) == 50 and max(counts) - min(counts) <= 1
+    ids = torch.arange(50)
+    split = D.Split(ids.float().view(50, 1, 1, 1).expand(50, 1, 28, 28), ids % 10, D.fixed_numbers(50, 1))
+    shards = [[int(img[0, 0, 0]) for b in D.eval_batches(split, 7, rank=r, world=3) for img in b[0]] for r in range(3)]
+    assert sorted(i for shard in shards for i in shard) == list(range(50))  # each sample exactly once
+    assert [i for shard in shards for i in shard] == list(range(50))  # contiguous shards, in order
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_random_shift_moves_content_within_bounds():

@@ -330,3 +330,31 @@ def test_a_code_running_payload_in_a_checkpoint_never_runs(name, code, crashed, 
         assert not (run / "model.safetensors").exists()
     else:
         assert (run / "model.safetensors").exists()
+
+
+def test_all_checkpoints_damaged_is_one_line_and_changes_nothing(crashed, tmp_path, capsys):
+    run = _copy(crashed, tmp_path / "run")
+    for checkpoint in list_checkpoints(run):
+        weights = checkpoint / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8])
+    before = _contents(run)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "is corrupt" in line and line.startswith("warning")] != []
+    assert len([line for line in err if line.startswith("warning: checkpoint")]) == 3  # each one reported
+    assert err[-1].startswith("mnist-addition train: error: every checkpoint in ") and "train again" in err[-1]
+    assert _contents(run) == before
+
+
+def test_resume_on_another_number_of_processes(crashed, tmp_path):
+    """Killed as 1 process, resumed by 2 (the global batch is unchanged, each process takes half):
+    it finishes its 3 epochs, says what changed, and still learns. Not bit-identical: BatchNorm then
+    normalises half-batches."""
+    run = _copy(crashed, tmp_path / "run")
+    two = _launch_two(["--resume", str(run)])
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "note: resuming a 1-process run on 2 processes" in two.stderr + two.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["val_digit_acc"] > 0.8
+    final = json.loads((run / "metrics.json").read_text())
+    assert final["setup"]["num_processes"] == 2 and final["setup"]["device"].startswith("cpu")

@@ -141,6 +141,12 @@ def _bad(tmp_path, run_dir, case):
         return [str(run_dir), str(tmp_path)]
     if case == "wrong count of numbers":
         return [str(run_dir), str(tmp_path), "--numbers", "1,2"]  # the folder holds one image
+    if case == "csv in a missing folder":
+        return [str(run_dir), str(good), "3", "--csv", str(tmp_path / "nope" / "out.csv")]
+    if case == "csv onto a device":
+        return [str(run_dir), str(good), "3", "--csv", "/dev/null", "--overwrite"]
+    if case == "image is a device":
+        return [str(run_dir), "/dev/zero", "3"]
     raise AssertionError(case)
 
 
@@ -165,6 +171,9 @@ BAD = [
     ("csv exists", "exists: choose another --csv, or pass --overwrite"),
     ("folder without numbers", "pass exactly one of --numbers"),
     ("wrong count of numbers", "--numbers has 2 values for 1 images"),
+    ("csv in a missing folder", "/nope does not exist: create it, or choose another --csv"),
+    ("csv onto a device", "/dev/null is not a regular file (a folder, device or pipe), so it is never replaced"),
+    ("image is a device", "/dev/zero is not a regular file"),
 ]
 
 
@@ -211,3 +220,78 @@ def test_real_digits_raw_and_redrawn(tmp_path):
     for name in ("raw", "drawn"):
         right = sum(got == want for got, want in zip(results[name], truth))
         assert right >= n - 1, (name, results[name], truth)  # the smoke model is ~97% accurate
+
+
+# ------------------------------------------------------------------------------------------------
+# Every image mode Pillow opens, read the way a person sees it
+# ------------------------------------------------------------------------------------------------
+def _digit_u8() -> torch.Tensor:
+    """A 28x28 MNIST-style digit: light ink (255) on black."""
+    images, _ = synthetic_digits(1, seed=3)
+    return images[0].clone()
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "CMYK", "P", "1", "RGB", "LA"])
+def test_every_image_mode_reads_as_its_8_bit_grey_version(mode, tmp_path):
+    import numpy as np
+
+    digit = _digit_u8()
+    grey = Image.fromarray(digit.numpy(), mode="L")
+    if mode == "I;16":  # 16-bit: the same picture at 257x the values (255 -> 65535)
+        img = Image.fromarray(digit.numpy().astype(np.uint16) * 257)
+    elif mode == "I":  # 32-bit integers, 16-bit data (how Pillow opens many 16-bit PNGs)
+        img = Image.fromarray(digit.numpy().astype(np.int32) * 257)
+    elif mode == "F":  # float in [0, 1]
+        img = Image.fromarray(digit.numpy().astype(np.float32) / 255.0)
+    elif mode == "1":
+        img = grey.point(lambda v: 255 if v > 127 else 0).convert("1")
+        grey = img.convert("L")
+    else:
+        img = grey.convert(mode)
+    assert img.mode == mode
+    path = tmp_path / ("digit.tiff" if mode in ("I;16", "I", "F", "CMYK") else "digit.png")
+    img.save(path)
+    got = read_image(path)
+    want = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)
+    assert got.shape == (28, 28)
+    assert (got - want).abs().max() <= 1.5 / 255  # at most 8-bit rounding (CMYK's round trip)
+    assert got.max() > 0.9  # the ink is bright, not clipped or called blank
+
+
+def test_a_multi_frame_image_reads_its_first_frame(tmp_path):
+    digit = Image.fromarray(_digit_u8().numpy(), mode="L")
+    path = tmp_path / "frames.gif"
+    digit.save(path, save_all=True, append_images=[Image.new("L", (28, 28), 255)])
+    assert torch.allclose(read_image(path), _digit_u8().float() / 255, atol=1.5 / 255)
+
+
+def test_a_decompression_bomb_is_refused_in_one_line(run_dir, tmp_path, monkeypatch, capsys):
+    from PIL import Image as PILImage
+
+    Image.new("L", (300, 300), 0).save(tmp_path / "big.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20_000)  # 90,000 pixels is over twice the limit
+    assert main(["predict", str(run_dir), str(tmp_path / "big.png"), "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "too large to open safely" in err
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 60_000)  # over the limit, under twice: a warning in Pillow
+    with pytest.raises(ImageError, match="decompression-bomb limit"):
+        read_image(tmp_path / "big.png")
+
+
+def test_random_numbers_are_seeded_and_written_to_the_csv(run_dir, tmp_path):
+    import csv
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(_digit_u8().numpy(), mode="L").save(folder / f"{i}.png")
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / f"{name}.csv"
+        assert main(["predict", str(run_dir), str(folder), "--random-numbers", "--seed", str(seed),
+                     "--csv", str(out)]) == 0
+        rows = list(csv.DictReader(out.open()))
+        assert [r["file"] for r in rows] == [str(folder / f"{i}.png") for i in range(6)]
+        assert all(0 <= int(r["sum"]) <= 18 and 0 <= int(r["digit"]) <= 9 for r in rows)
+        runs.append([int(r["number"]) for r in rows])
+    assert runs[0] == runs[1] and runs[0] != runs[2] and all(0 <= n <= 9 for n in runs[0])

@@ -78,6 +78,11 @@ def test_unreadable_space_files(tmp_path):
         load_space(_space(tmp_path, "search:\n  lr: {uniform: [0.1, 0.2]\n  width: 3\n"))
     with pytest.raises(SpaceError, match="not a text file"):
         load_space(tmp_path)
+    deep = "search:\n  lr: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n"  # thousands of levels
+    with pytest.raises(SpaceError, match="nested too deeply"):
+        load_space(_space(tmp_path, deep))
+    with pytest.raises(SpaceError, match="nested too deeply"):
+        load_space(_space(tmp_path, "lr: " + "[" * 5000 + "]" * 5000 + "\n"))
 
 
 @pytest.mark.parametrize("name", ["default", "smoke", "wide"])

@@ -363,6 +363,7 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
         (["--space", str(space), "--gpus-per-trial", "1.5"], "whole number of GPUs", 2),
         (["--space", str(space), "--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "fraction of a GPU", 2),
         (["--space", str(space), "--name", "../escape"], "must be one folder name inside --storage-path", 2),
+        (["--space", str(space), "--storage-path", str(bad)], "is a file, not a folder", 2),
         (["--space", str(space), "--grace-epochs", "0"], "--grace-epochs must be at least 1", 2),
         (["--space", str(space), "--data-dir", str(mnist_dir), "--grace-epochs", "3"],
          "--grace-epochs 3 is more than the 2 epochs a trial can get", 2),
