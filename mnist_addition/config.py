@@ -98,6 +98,8 @@ class TrainConfig:
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         """Read a JSON config file (as written into a run folder, or by a sweep)."""
         path = Path(path)
+        if path.exists() and not path.is_file():  # a folder, device or pipe is never read
+            raise ConfigError(f"config file {path} is not a regular file: pass a JSON file such as a run's config.json")
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:

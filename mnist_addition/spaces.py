@@ -190,6 +190,8 @@ def load_space(path: str | Path) -> Space:
     import yaml
 
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe is never read
+        raise SpaceError(f"search space {path} is not a regular file: pass a .yaml file such as tune/default.yaml")
     try:
         text = path.read_text()
     except FileNotFoundError:
