@@ -81,3 +81,9 @@ def test_bad_config_files(tmp_path, text, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match=r"does not exist"):
         TrainConfig.load(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/null"])
+def test_a_config_that_is_not_a_regular_file_is_never_read(path):
+    with pytest.raises(ConfigError, match=f"config file {path} is not a regular file"):
+        TrainConfig.load(path)
