@@ -42,6 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "fast (default, deterministic)": dict(preset="fast", deterministic=True),
     "fast (best)": dict(preset="fast", epochs=16, shift=2, lr=0.005, label_smoothing=0.1),
     "gpu recipe": json.loads(RECIPE.read_text()),
+    "gpu recipe (compiled)": {**json.loads(RECIPE.read_text()), "compile": True},
 }
 
 
