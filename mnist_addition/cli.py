@@ -222,7 +222,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         final = fit(config, report=printer, data=data, resume=bool(args.resume), overwrite=args.overwrite,
                     warn=lambda line: console.print(line, markup=False, highlight=False))
     except KeyboardInterrupt:
-        console.print(f"[red]interrupted[/]: resume with  mnist-addition train --resume {run_dir}")
+        from .checkpoint import list_checkpoints
+
+        if (run_dir / "model.safetensors").exists():  # only a finished run has it: the one --overwrite kept
+            console.print(f"[red]interrupted[/] before the first checkpoint: the run that was in {run_dir} is back, "
+                          "unchanged")
+        elif list_checkpoints(run_dir):
+            console.print(f"[red]interrupted[/]: resume with  mnist-addition train --resume {run_dir}")
+        else:
+            console.print("[red]interrupted[/] before the first checkpoint: nothing to resume; start again to train")
         return EXIT_INTERRUPTED
     _print_results(Console(quiet=not state.is_main_process), final, run_dir)
     return 0

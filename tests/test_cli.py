@@ -273,6 +273,8 @@ def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back
     monkeypatch.setattr(train_module, "train_epoch", crash)
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--overwrite"]) == 130
     assert _files(run) == old and not (run / ".replaced").exists()
+    assert f"before the first checkpoint: the run that was in {run} is back, unchanged" in \
+        capsys.readouterr().err.replace("\n", "")
 
 
 @pytest.mark.parametrize("flags,match", [
@@ -349,3 +351,15 @@ def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, m
     code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "out of memory on cpu with --batch-size 32 and --width 8: lower --batch-size" in err
+
+
+def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnist_dir, tmp_path, monkeypatch, capsys):
+    import mnist_addition.train as train_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupt)
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY]) == 130
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "before the first checkpoint: nothing to resume" in err and "--resume" not in err
