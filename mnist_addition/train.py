@@ -258,6 +258,9 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
         try:
             final = train(run, folder, resume, report, progress, test_every_epoch, warn, score_test, on_checkpoint)
             ok = True
+        except OSError as e:  # the run folder could not be written: disk full, read-only, removed
+            raise runs.RunError(f"cannot write {e.filename or run.run_dir} ({e.strerror or e}): free some space or "
+                                "choose another --output-dir; checkpoints already written are kept") from None
         except (RuntimeError, MemoryError) as e:
             if not is_out_of_memory(e):
                 raise

@@ -363,3 +363,17 @@ def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnis
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY]) == 130
     err = capsys.readouterr().err.replace("\n", "")
     assert "before the first checkpoint: nothing to resume" in err and "--resume" not in err
+
+
+def test_a_full_disk_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import mnist_addition.runs as runs_module
+
+    def full(path, row):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runs_module, "append_jsonl", full)
+    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and f"cannot write {tmp_path / 'r' / 'metrics.jsonl'} (No space left on device)" in err
