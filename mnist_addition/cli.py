@@ -191,7 +191,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from accelerate.utils import broadcast_object_list
     from rich.console import Console
 
-    from .config import check_batch
     from .data import load_mnist, make_splits
     from .runs import check_run_dir, default_run_dir
     from .backends import set_deterministic_env
@@ -206,7 +205,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume:
         check_run_dir(run_dir, overwrite=args.overwrite)  # early, before the data is read; fit checks again
     data = make_splits(load_mnist(config.data_dir, download=not args.no_download), config.val_size)
-    check_batch(config, len(data.limited(config.train_limit).train), state.num_processes)
     config = config.replace(output_dir=str(run_dir))
     console = Console(stderr=True, quiet=not state.is_main_process, soft_wrap=True)  # one line per message
 
@@ -266,11 +264,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .backends import numerics
 
     config, model = load_run(args.run_dir)
-    device = _training_device(args.run_dir)
+    setup = _training_setup(args.run_dir)
+    device = _training_device(setup)
     model.to(device)
     data_dir = args.data_dir or config.data_dir
     test = make_splits(load_mnist(data_dir, download=not args.no_download), config.val_size).test.to(device)
-    with numerics(cuda=device == "cuda", deterministic=False), _training_precision(args.run_dir, device):
+    with numerics(cuda=device == "cuda", deterministic=False), _training_precision(setup, device):
         counts = (evaluate_all_numbers if args.all_numbers else evaluate_counts)(
             model, test, config.eval_batch_size, config.sum_weight)
     metrics = summarize(counts)
@@ -283,20 +282,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_device(run_dir: Path) -> str:
-    """Where the run trained (config.json's setup), if this machine has it: the same kernels give
-    the same figures as metrics.json. A GPU run is scored on the CPU where there is no GPU."""
+def _training_setup(run_dir: Path) -> dict[str, Any]:
+    """How the run trained: config.json's setup (device, precision, ...), read once."""
+    return json.loads((run_dir / "config.json").read_text()).get("setup", {})
+
+
+def _training_device(setup: dict[str, Any]) -> str:
+    """Where the run trained, if this machine has it: the same kernels give the same figures as
+    metrics.json. A GPU run is scored on the CPU where there is no GPU."""
     import torch
 
-    trained = json.loads((run_dir / "config.json").read_text()).get("setup", {}).get("device", "cpu")
-    return "cuda" if str(trained).startswith("cuda") and torch.cuda.is_available() else "cpu"
+    return "cuda" if str(setup.get("device", "cpu")).startswith("cuda") and torch.cuda.is_available() else "cpu"
 
 
-def _training_precision(run_dir: Path, device: str):
+def _training_precision(setup: dict[str, Any], device: str):
     """Autocast as in training (bf16 or not), so re-scored figures match the run's metrics.json."""
     import torch
 
-    setup = json.loads((run_dir / "config.json").read_text()).get("setup", {})
     return torch.autocast(device, dtype=torch.bfloat16, enabled=setup.get("mixed_precision") == "bf16")
 
 
@@ -309,7 +311,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config, model = load_run(args.run_dir)
     test = make_splits(load_mnist(args.data_dir or config.data_dir, download=not args.no_download), config.val_size).test
-    with _training_precision(args.run_dir, "cpu"):
+    with _training_precision(_training_setup(args.run_dir), "cpu"):
         summary = write_report(model, test, args.run_dir, config.eval_batch_size)
     Console().print(f"wrote {', '.join(REPORT_FILES)} to {args.run_dir} "
                     f"({summary['mistakes']} of {summary['n']} test pairs wrong)")

@@ -17,7 +17,7 @@ from torch import nn
 from .backends import free_memory
 from .config import ConfigError, TrainConfig, check_model_fits
 from .errors import UserError
-from .model import build_model, parameter_count
+from .model import build_model, count_parameters
 from .report import REPORT_FILES
 
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *REPORT_FILES)
@@ -282,13 +282,13 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{weights_path} is unreadable ({str(e).splitlines()[0][:120]}): the file is corrupt, "
                        "retrain or restore it") from None
-    with torch.device("meta"):  # the shapes config.json implies, allocating nothing
-        expected = {k: tuple(v.shape) for k, v in build_model(config.preset, config.width).state_dict().items()}
-    if expected != {k: tuple(v.shape) for k, v in state.items()}:
+    with torch.device("meta"):  # the model config.json implies, allocating nothing
+        skeleton = build_model(config.preset, config.width)
+    if {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} != {k: tuple(v.shape) for k, v in state.items()}:
         raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}): "
                        "the weights belong to another run")
-    check_model_fits(config, parameter_count(config.preset, config.width), free_memory(torch.device(device)),
-                     str(device), training=False)
+    check_model_fits(config, count_parameters(skeleton), free_memory(torch.device(device)), str(device),
+                     training=False)
     bad = sorted(name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())
     if bad:
         raise RunError(f"{weights_path} holds NaN or infinite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}): "

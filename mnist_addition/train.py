@@ -115,7 +115,7 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
 # Where training stands
 # ------------------------------------------------------------------------------------------------
 def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainState:
-    """From scratch, or from the newest valid checkpoint (model, optimizer and RNG restored too)."""
+    """From scratch, or from the newest valid checkpoint (model and optimizer restored too)."""
     config = run.config
     if not resume:
         return TrainState()
