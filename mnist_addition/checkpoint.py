@@ -13,7 +13,10 @@ every random draw comes from generators seeded by (seed, epoch). No file is ever
 so a checkpoint from someone else's machine cannot run code; files a checkpoint should not have
 (Accelerate's old ``*.pkl``/``*.bin``) are never opened. Everything is first written to
 ``.tmp-step-...`` and renamed into place, so a crash mid-write never leaves a checkpoint that looks
-valid; a checkpoint damaged later fails its manifest check and the previous one is used.
+valid; a checkpoint damaged later fails its manifest check, and one altered so that its manifest
+still matches fails the checks of what it holds (types, ranges, shapes, dtypes, finite values,
+against the run): either way it is reported in one line and the previous one is used. Links are
+never followed: a checkpoint is the files in its own folder.
 
 No Accelerate import here: the accelerator is passed in.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +33,8 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import UserError
+from . import files
+from .errors import UserError, shown
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -56,6 +61,9 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
+REQUIRED = (MODEL_FILE, OPTIMIZER_TENSORS, OPTIMIZER_GROUPS, STATE_FILE)
+
+
 def checkpoint_dir(run_dir: str | os.PathLike, global_step: int) -> Path:
     """Where the checkpoint of ``global_step`` lives in a run folder."""
     return Path(run_dir) / CHECKPOINTS / f"{PREFIX}{global_step:08d}"
@@ -67,16 +75,17 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, optimizer: torch.o
     process writes: data-parallel processes hold the same weights and optimizer state)."""
     final = checkpoint_dir(run_dir, global_step)
     root = final.parent
-    tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # the remains of a crash mid-write
-        tmp.mkdir()
+        if not files.is_real_dir(root):
+            root.mkdir()  # a link at checkpoints/ fails here (FileExistsError), never written through
+        tmp = files.make_temp_dir(root, f".tmp-{final.name}-")  # fresh: nothing in it can be a planted link
         write_training_state(tmp, accelerator.unwrap_model(model), optimizer, state)
         manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if final.exists():  # the same step saved again after a resume
+        if files.is_real_dir(final):  # the same step saved again after a resume
             shutil.rmtree(final)
+        elif os.path.lexists(final):
+            final.unlink()
         os.replace(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -101,8 +110,10 @@ def write_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.
 
 
 def load_training_state(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load ``write_training_state``'s files into ``model`` (unwrapped) and ``optimizer``; a file
-    that is not what it should be is a CheckpointError naming it (never unpickled, never run)."""
+    """Load ``write_training_state``'s files into ``model`` (unwrapped) and ``optimizer``. Everything
+    is read and checked against the model and optimizer first (names, shapes, dtypes, finite
+    values) and only then loaded; a file that is not what it should be is a CheckpointError naming
+    it (never unpickled, never run)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -111,87 +122,170 @@ def load_training_state(checkpoint: Path, model: torch.nn.Module, optimizer: tor
                               "format, which is not loaded (it could run code): train again without --resume")
     name = MODEL_FILE
     try:
-        model.load_state_dict(load_file(str(checkpoint / MODEL_FILE)))
+        weights = load_file(str(checkpoint / MODEL_FILE))
+        _check_tensors(weights, model.state_dict())
         name = OPTIMIZER_GROUPS
         groups = json.loads((checkpoint / OPTIMIZER_GROUPS).read_text())
         name = OPTIMIZER_TENSORS
-        per_param: dict[int, dict[str, Any]] = {}
-        for key, value in load_file(str(checkpoint / OPTIMIZER_TENSORS)).items():
-            index, field = key.split(".", 1)
-            per_param.setdefault(int(index), {})[field] = value
-        for index, values in groups["scalars"].items():
-            per_param.setdefault(int(index), {}).update(values)
-        optimizer.load_state_dict({"state": per_param, "param_groups": groups["param_groups"]})
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        per_param = _optimizer_state(load_file(str(checkpoint / OPTIMIZER_TENSORS)), groups, optimizer)
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError, RecursionError) as e:
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise CheckpointError(f"{checkpoint / name} cannot be loaded ({reason}): the checkpoint does not belong to "
-                              "this run or was altered; remove that checkpoint folder to resume from the one "
-                              "before, or train again without --resume") from None
+        raise CheckpointError(f"{checkpoint / name} cannot be loaded ({reason})") from None
+    model.load_state_dict(weights)
+    # The hyperparameters are the run's own (config.json cannot change on resume; the lr is set every
+    # step): only the per-parameter state comes from the file.
+    optimizer.load_state_dict({"state": per_param, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def _check_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    if set(got) != set(want):
+        raise ValueError(f"holds {sorted(set(got) ^ set(want))[0]!r}, which the model does not have or lacks")
+    for key, tensor in want.items():
+        if got[key].shape != tensor.shape or got[key].dtype != tensor.dtype:
+            raise ValueError(f"{key} is {got[key].dtype} {tuple(got[key].shape)}, the model's is "
+                             f"{tensor.dtype} {tuple(tensor.shape)}")
+        if got[key].is_floating_point() and not torch.isfinite(got[key]).all():
+            raise ValueError(f"{key} holds NaN or infinite values")
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any,
+                     optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
+    """The per-parameter state of ``optimizer.json`` + ``optimizer.safetensors``, checked against the
+    optimizer's parameters (every moment has its parameter's shape and dtype, and is finite)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    fresh = optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, dict) or not isinstance(groups.get("param_groups"), list) or \
+            [g.get("params") if isinstance(g, dict) else None for g in groups["param_groups"]] != \
+            [g["params"] for g in fresh] or not isinstance(groups.get("scalars"), dict):
+        raise ValueError("its parameter groups are not this model's")
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, field = key.split(".", 1)
+        i = int(index)
+        if not 0 <= i < len(params):
+            raise ValueError(f"state for parameter {i}, of {len(params)}")
+        want = () if field == "step" else params[i].shape
+        if value.shape != want or not value.is_floating_point() or not torch.isfinite(value).all():
+            raise ValueError(f"{key} is {value.dtype} {tuple(value.shape)} (or not finite), not float {tuple(want)}")
+        per_param.setdefault(i, {})[field] = value.to(params[i].dtype) if field != "step" else value
+    for index, values in groups["scalars"].items():
+        i = int(index)
+        if not 0 <= i < len(params) or not isinstance(values, dict) or \
+                not all(v is None or isinstance(v, (bool, int, float)) for v in values.values()):
+            raise ValueError(f"scalars for parameter {shown(index)} are not plain values")
+        per_param.setdefault(i, {}).update(values)
+    return per_param
 
 
 # What trainer_state.json must hold, and of which types (see state.TrainState.to_dict).
 STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "epoch": int, "step": int, "global_step": int, "loss_sum": (int, float), "train_seconds": (int, float),
     "history": list, "preset": str, "width": int, "world": int, "samples_per_process": int}
+# The plot and the reports read these of every history row; every value of a row is a finite number.
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_digit_acc", "val_sum_acc", "val_both_acc")
+MAX_COUNT = 2**62  # epochs, steps, samples: any larger is an altered file (and would overflow int64)
 
 
 def read_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The trainer state (epoch, step, history, ...) saved in a checkpoint folder, checked field by field."""
+    """The trainer state (epoch, step, history, ...) saved in a checkpoint folder, checked field by
+    field: types, ranges, and a history of one well-formed row per finished epoch."""
     path = Path(checkpoint) / STATE_FILE
     try:
         state = json.loads(path.read_text())
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a trainer state") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({type(e).__name__}): remove that checkpoint folder to "
-                              "resume from the one before, or train again without --resume") from None
+        raise CheckpointError(f"{path} is not readable JSON ({type(e).__name__})") from None
     for name, kind in STATE_FIELDS.items():
         value = state.get(name) if isinstance(state, dict) else None
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise CheckpointError(f"{path} has no valid {name!r} (got {value!r}): the file was altered; remove that "
-                                  "checkpoint folder to resume from the one before, or train again without --resume")
+            raise CheckpointError(f"{path} has no valid {name!r} (got {shown(value)})")
+    problem = _out_of_range(state)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     return state
+
+
+def _out_of_range(state: dict[str, Any]) -> str | None:
+    for name in ("epoch", "width", "world"):
+        if not 1 <= state[name] <= MAX_COUNT:
+            return f"{name} {shown(state[name])} is out of range"
+    for name in ("step", "global_step", "samples_per_process"):
+        if not 0 <= state[name] <= MAX_COUNT:
+            return f"{name} {shown(state[name])} is out of range"
+    for name in ("loss_sum", "train_seconds"):
+        if not (math.isfinite(state[name]) and 0 <= state[name]):
+            return f"{name} {shown(state[name])} is not a finite number >= 0"
+    for i, row in enumerate(state["history"], 1):
+        if not isinstance(row, dict) or row.get("epoch") != i or not all(k in row for k in HISTORY_KEYS) or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row.values()):
+            return f"history row {i} is not epoch {i}'s metrics (got {shown(row)})"
+    return None
 
 
 def restore_into(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> dict[str, Any]:
     """Copy a checkpoint folder written by ``save_checkpoint`` (e.g. one handed back by Ray Tune)
     into ``run_dir``, where ``fit(..., resume=True)`` finds it; returns its trainer state."""
     state = read_state(checkpoint)
-    shutil.copytree(checkpoint, checkpoint_dir(run_dir, state["global_step"]))
+    # links are copied as links: the checks that read the copy refuse them rather than follow them
+    shutil.copytree(checkpoint, checkpoint_dir(run_dir, state["global_step"]), symlinks=True)
     return state
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint folders, oldest first (temporary folders are not checkpoints)."""
+    """Checkpoint folders, oldest first (temporary folders and links are not checkpoints)."""
     root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
+    if not files.is_real_dir(root):
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+             and files.is_real_dir(p)]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))  # by step: 9 digits sort after 8
 
 
 def verify(checkpoint: Path) -> str | None:
     """None if every file matches the manifest, else what is wrong (one phrase)."""
     try:
         manifest = json.loads((checkpoint / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return "no readable MANIFEST.json"
+    if not isinstance(manifest, dict) or not all(
+            isinstance(want, dict) and isinstance(want.get("bytes"), int) and isinstance(want.get("sha256"), str)
+            for want in manifest.values()):
+        return "MANIFEST.json is not a map of file to size and checksum"
+    missing = [name for name in REQUIRED if name not in manifest]
+    if missing:
+        return f"MANIFEST.json does not list {missing[0]}"
     for name, want in manifest.items():
         path = checkpoint / name
-        if not path.is_file():
-            return f"{name} is missing"
+        if "/" in name or name in ("", ".", "..") or not files.is_real_file(path):  # a link or a path out: never read
+            return f"{shown(name)} is missing or not a file of the checkpoint"
         if path.stat().st_size != want["bytes"] or _sha256(path) != want["sha256"]:
             return f"{name} does not match its checksum"
     return None
 
 
-def latest_valid(run_dir: Path, warn: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that passes its manifest check, and its trainer state."""
+def latest_valid(run_dir: Path, warn: Callable[[str], None] = print,
+                 accept: Callable[[Path, dict[str, Any]], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The newest usable checkpoint and its trainer state: its files match the manifest, its state
+    passes ``read_state``, and ``accept(checkpoint, state)`` (the run's own checks, and loading it)
+    raises no CheckpointError. Each one that fails is reported with ``warn`` and the previous tried."""
     run_dir = Path(run_dir)
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{run_dir} has no checkpoints: it was never checkpointed (train it again, "
                               f"without --resume)")
+    newest = ""
     for checkpoint in reversed(found):
-        problem = verify(checkpoint)
+        problem, verdict = verify(checkpoint), "is corrupt"
         if problem is None:
-            return checkpoint, read_state(checkpoint)
-        warn(f"warning: checkpoint {checkpoint} is corrupt ({problem}); trying the previous one")
-    raise CheckpointError(f"every checkpoint in {run_dir / CHECKPOINTS} is corrupt: train again without --resume")
+            try:
+                state = read_state(checkpoint)
+                if accept is not None:
+                    accept(checkpoint, state)
+                return checkpoint, state
+            except CheckpointError as e:
+                problem, verdict = str(e), "cannot be used"
+        newest = newest or problem
+        warn(f"warning: checkpoint {checkpoint} {verdict} ({problem}); trying the previous one")
+    raise CheckpointError(f"every checkpoint in {run_dir / CHECKPOINTS} is corrupt or does not fit the run (the newest: "
+                          f"{newest}): restore what was changed, or train again without --resume")

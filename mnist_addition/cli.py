@@ -1,4 +1,7 @@
-"""Command line: ``mnist-addition train|evaluate``. Train flags are generated from TrainConfig."""
+"""Command line: ``mnist-addition train|evaluate|report|export|predict|tune``: parses, calls the
+package, prints. Train flags are generated from TrainConfig. Only the standard library and the
+config module are imported up front (torch loads inside ``main``), so every failure, Ctrl-C
+while torch loads included, is one line."""
 
 from __future__ import annotations
 
@@ -10,11 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
-from .errors import EXIT_USAGE, UserError
-from .runs import RunError, check_output_file, check_resumable, replace_file
-
-EXIT_INTERRUPTED = 130
+from .config import INT_RANGES, SMOKE_OVERRIDES, ConfigError, TrainConfig, flag
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError, shown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("number", nargs="?", type=_number, help="the number to add, 0..9 (single image)")
     pr.add_argument("--numbers", type=_number_list, help="for a folder: one number per image in sorted file order, e.g. 3,7,1")
     pr.add_argument("--random-numbers", action="store_true", help="for a folder: a seeded random number per image")
-    pr.add_argument("--seed", type=int, default=0, help="seed for --random-numbers (default: 0)")
+    pr.add_argument("--seed", type=_seed, default=0, help="seed for --random-numbers (default: 0)")
     pr.add_argument("--csv", type=Path, help="also write file,number,digit,sum,digit_prob,sum_prob rows here")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -150,6 +150,17 @@ def _number(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    low, high, _ = INT_RANGES["seed"]
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number in {low}..{high}, got {shown(text)}")
+    return value
+
+
 def _number_list(text: str) -> list[int]:
     return [_number(part.strip()) for part in text.split(",")]
 
@@ -173,13 +184,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if changed:
             raise ConfigError(f"{flag(changed[0])} cannot change when resuming (the run's config.json fixes it): "
                               "drop the flag, or start a new run with --config RUN/config.json")
+        from .runfolder import check_resumable
+        from .runs import read_run_config
+
         check_resumable(args.resume)
-        config_path = args.resume / "config.json"
-        if not config_path.is_file():
-            raise RunError(f"--resume {args.resume}: not a run folder (no config.json)")
-        values = TrainConfig.load(config_path).to_dict()
+        values = read_run_config(args.resume)[0].to_dict()
         values.update({k: v for k, v in explicit.items() if k in RESUMABLE}, output_dir=str(args.resume))
-        return TrainConfig.from_dict(values, source=str(config_path))
+        return TrainConfig.from_dict(values, source=str(args.resume / "config.json"))
     values: dict[str, Any] = TrainConfig.load(args.config).to_dict() if args.config else {}
     if args.smoke:
         values.update(SMOKE_OVERRIDES)
@@ -192,7 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .data import load_mnist, make_splits
-    from .runs import check_run_dir, default_run_dir
+    from .runfolder import check_run_dir
+    from .runs import default_run_dir
     from .backends import set_deterministic_env
     from .train import fit, process_state  # Accelerate is imported here, not for --help
 
@@ -216,20 +228,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(f"[bold]{'resuming' if args.resume else 'training'}[/] preset={config.preset} width={config.width} "
                   f"epochs={config.epochs} batch={config.batch_size} lr={config.lr:g} seed={config.seed} "
                   f"processes={state.num_processes} -> {run_dir}")
-    try:
-        final = fit(config, report=printer, data=data, resume=bool(args.resume), overwrite=args.overwrite,
-                    warn=lambda line: console.print(line, markup=False, highlight=False))
-    except KeyboardInterrupt:
-        from .checkpoint import list_checkpoints
-
-        if (run_dir / "model.safetensors").exists():  # only a finished run has it: the one --overwrite kept
-            console.print(f"[red]interrupted[/] before the first checkpoint: the run that was in {run_dir} is back, "
-                          "unchanged")
-        elif list_checkpoints(run_dir):
-            console.print(f"[red]interrupted[/]: resume with  mnist-addition train --resume {run_dir}")
-        else:
-            console.print("[red]interrupted[/] before the first checkpoint: nothing to resume; start again to train")
-        return EXIT_INTERRUPTED
+    final = fit(config, report=printer, data=data, resume=bool(args.resume), overwrite=args.overwrite,
+                warn=lambda line: console.print(line, markup=False, highlight=False))
     _print_results(Console(quiet=not state.is_main_process), final, run_dir)
     return 0
 
@@ -256,19 +256,15 @@ def _print_results(console: Any, final: dict[str, Any], run_dir: Path | None) ->
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .data import load_mnist, make_splits
+    from .backends import numerics
     from .evaluate import evaluate_all_numbers, evaluate_counts
     from .metrics import summarize
     from .runs import load_run
 
-    from .backends import numerics
-
-    config, model = load_run(args.run_dir)
-    setup = _training_setup(args.run_dir)
+    config, model, setup = load_run(args.run_dir)
     device = _training_device(setup)
     model.to(device)
-    data_dir = args.data_dir or config.data_dir
-    test = make_splits(load_mnist(data_dir, download=not args.no_download), config.val_size).test.to(device)
+    test = _test_split(args, config).to(device)
     with numerics(cuda=device == "cuda", deterministic=False), _training_precision(setup, device):
         counts = (evaluate_all_numbers if args.all_numbers else evaluate_counts)(
             model, test, config.eval_batch_size, config.sum_weight)
@@ -282,9 +278,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_setup(run_dir: Path) -> dict[str, Any]:
-    """How the run trained: config.json's setup (device, precision, ...), read once."""
-    return json.loads((run_dir / "config.json").read_text()).get("setup", {})
+def _test_split(args: argparse.Namespace, config: TrainConfig) -> Any:
+    """The test pairs the run was scored on: its data folder (unless --data-dir) and its
+    --eval-limit (a --smoke run scored 1,000 pairs), so the figures match its metrics.json."""
+    from .data import load_mnist, make_splits
+
+    data_dir = args.data_dir if args.data_dir is not None else config.data_dir
+    return make_splits(load_mnist(data_dir, download=not args.no_download), config.val_size,
+                       eval_limit=config.eval_limit).test
 
 
 def _training_device(setup: dict[str, Any]) -> str:
@@ -305,14 +306,16 @@ def _training_precision(setup: dict[str, Any], device: str):
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .data import load_mnist, make_splits
     from .report import REPORT_FILES, write_report
-    from .runs import load_run
+    from .runs import load_run, write_failed
 
-    config, model = load_run(args.run_dir)
-    test = make_splits(load_mnist(args.data_dir or config.data_dir, download=not args.no_download), config.val_size).test
-    with _training_precision(_training_setup(args.run_dir), "cpu"):
-        summary = write_report(model, test, args.run_dir, config.eval_batch_size)
+    config, model, setup = load_run(args.run_dir)
+    test = _test_split(args, config)
+    try:
+        with _training_precision(setup, "cpu"):
+            summary = write_report(model, test, args.run_dir, config.eval_batch_size)
+    except OSError as e:
+        raise write_failed(e, "run folder (report writes into the run)") from None
     Console().print(f"wrote {', '.join(REPORT_FILES)} to {args.run_dir} "
                     f"({summary['mistakes']} of {summary['n']} test pairs wrong)")
     return 0
@@ -323,10 +326,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     import io
 
     from .export import FORMATS, export_onnx
+    from .runs import RunError, check_output_file, run_files
 
     if args.format not in FORMATS:
-        raise RunError(f"unknown export format {args.format!r}: use --format {' or '.join(FORMATS)}")
-    output = check_output_file(args.output or args.run_dir / f"model.{args.format}", args.overwrite, "--output")
+        raise RunError(f"unknown export format {shown(args.format)}: use --format {' or '.join(FORMATS)}")
+    output = check_output_file(args.output or args.run_dir / f"model.{args.format}", args.overwrite, "--output",
+                               protected=run_files(args.run_dir))
     with contextlib.redirect_stdout(io.StringIO()):  # torch's exporter narrates every stage
         export_onnx(args.run_dir, output)
     print(f"wrote {output}")
@@ -341,8 +346,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .predict import ImageError, image_files, load_image, load_model, predict
+    from .runs import check_output_file, replace_file, run_files
 
-    folder = args.image.is_dir()
+    try:
+        folder = args.image.is_dir()
+    except OSError as e:  # a name too long for the filesystem, a link loop
+        raise ImageError(f"{shown(str(args.image))} cannot be opened ({e.strerror or e}): check the path") from None
     if folder:
         if args.number is not None:
             raise ImageError(f"{args.image} is a folder: give --numbers or --random-numbers instead of NUMBER")
@@ -363,7 +372,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ImageError("missing NUMBER: give a number from 0 to 9 after the image")
         files, numbers = [args.image], [args.number]
     if args.csv is not None:
-        check_output_file(args.csv, args.overwrite, "--csv")
+        check_output_file(args.csv, args.overwrite, "--csv", protected=(*run_files(args.run_dir), *files))
     images = torch.stack([load_image(f) for f in files])  # every file is checked before any output
     model = load_model(args.run_dir)
     rows = [{"file": str(f), **r} for f, r in zip(files, predict(model, images, numbers))]
@@ -421,9 +430,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report,
                 "export": cmd_export, "predict": cmd_predict, "tune": cmd_tune}[args.command](args)
+    except Interrupted as e:  # Ctrl-C in training: what is left, and the command that goes on
+        print(f"mnist-addition {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except UserError as e:  # every expected failure: one line, its exit code
         print(f"mnist-addition {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # anywhere else (loading torch, evaluating, predicting): nothing was written
+        print(f"mnist-addition {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

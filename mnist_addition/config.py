@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, shown
 
 PRESETS = ("fast", "seed")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -98,14 +100,7 @@ class TrainConfig:
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         """Read a JSON config file (as written into a run folder, or by a sweep)."""
         path = Path(path)
-        if path.exists() and not path.is_file():  # a folder, device or pipe is never read
-            raise ConfigError(f"config file {path} is not a regular file: pass a JSON file such as a run's config.json")
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist: check the path given to --config") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path} is not valid JSON ({e}): fix or regenerate it") from None
+        data = read_json_file(path, "config file", "check the path given to --config")
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a JSON object of TrainConfig fields")
         if "config" in data and isinstance(data["config"], dict):  # a run folder's config.json
@@ -124,13 +119,9 @@ class TrainConfig:
 
     # -- checks ---------------------------------------------------------------------------------
     def _coerce_types(self) -> None:
-        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind = hints[f.name]
-            optional = _is_optional(kind)
-            if optional:
-                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            kind, optional = field_kinds()[f.name]
             if value is None:
                 if optional:
                     continue
@@ -140,44 +131,58 @@ class TrainConfig:
                 if not math.isfinite(value):  # --lr inf, or NaN/Infinity in a JSON config
                     raise ConfigError(f"{flag(f.name)} must be a finite number, got {value!r}")
             elif kind is int and isinstance(value, float) and value.is_integer():
-                value = int(value)
+                value = int(value)  # 1e3 in a JSON file; 1e23 is refused by its range below
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ConfigError(f"{flag(f.name)} must be {kind.__name__}, got {value!r}")
+                raise ConfigError(f"{flag(f.name)} must be {kind.__name__}, got {shown(value)}")
             object.__setattr__(self, f.name, value)
 
     def _check(self) -> None:
         def need(ok: bool, name: str, what: str, fix: str) -> None:
             if not ok:
-                raise ConfigError(f"{flag(name)} {what} (got {getattr(self, name)!r}): {fix}")
+                raise ConfigError(f"{flag(name)} {what} (got {shown(getattr(self, name))}): {fix}")
 
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 need(False, f.name, "is not a known choice", "use one of " + ", ".join(choices))
-        need(self.epochs >= 1, "epochs", "must be at least 1", "train for one or more epochs")
-        need(self.batch_size >= 1, "batch_size", "must be at least 1", "use e.g. --batch-size 256")
+        for name, (low, high, example) in INT_RANGES.items():  # what the code can use: no overflow anywhere
+            value = getattr(self, name)
+            need(value >= low, name, f"must be {'at least 1' if low == 1 else f'>= {low}'}",
+                 f"use a value in {low}..{high}, e.g. {flag(name)} {example}")
+            need(value <= high, name, f"must be in {low}..{high}", f"use e.g. {flag(name)} {example}")
         need(self.lr > 0, "lr", "must be > 0", "use e.g. --lr 0.004")
-        need(self.width >= 1, "width", "must be at least 1", "use e.g. --width 16")
+        need(self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}]", "use e.g. --lr 0.004")
         need(self.preset != "seed" or self.width == 32, "width", "is fixed at 32 for the seed preset",
              "drop --width, or use --preset fast")
         need(0.0 <= self.sum_weight <= 1.0, "sum_weight", "must be in [0, 1]", "use e.g. --sum-weight 0.5")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)", "use e.g. --momentum 0.9")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0", "use 0 to turn it off")
+        need(0 <= self.weight_decay <= MAX_WEIGHT_DECAY, "weight_decay", f"must be in [0, {MAX_WEIGHT_DECAY:g}]",
+             "use 0 to turn it off, e.g. --weight-decay 0.0005")
         need(0.0 < self.warmup < 1.0, "warmup", "must be in (0, 1)", "use e.g. --warmup 0.2")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", "use 0 to turn it off")
-        need(0 <= self.shift <= 8, "shift", "must be in 0..8 pixels", "use 0 to turn augmentation off")
-        need(self.seed >= 0, "seed", "must be >= 0", "use a non-negative integer")
-        need(self.val_size >= 1, "val_size", "must be at least 1", "use e.g. --val-size 5000")
-        need(self.train_limit >= 0, "train_limit", "must be >= 0", "use 0 for all training images")
-        need(self.eval_limit >= 0, "eval_limit", "must be >= 0", "use 0 for all images")
-        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1",
-             "use 1 to turn accumulation off")
         need(self.batch_size % self.gradient_accumulation_steps == 0, "gradient_accumulation_steps",
              f"must divide --batch-size {self.batch_size}", "pick a divisor of the batch size")
-        need(self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1", "use e.g. --eval-batch-size 1000")
-        need(self.log_every >= 1, "log_every", "must be at least 1", "use e.g. --log-every 20")
-        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0", "use 0 to save at epoch ends only")
-        need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1", "use e.g. --keep-checkpoints 2")
+        for name in ("data_dir", "output_dir"):
+            value = getattr(self, name)
+            need(value is None or bool(value.strip()), name, "is empty", f"name a folder, or leave {flag(name)} out")
+
+
+# The range of every whole-number field, (lowest, highest, an example): beyond them something
+# overflows (a seed above 2**32 - 1 in NumPy's generator, a width whose parameter count exceeds
+# int64) or nothing sensible can run (1e23 epochs).
+INT_RANGES: dict[str, tuple[int, int, int]] = {
+    "width": (1, 65_536, 16), "epochs": (1, 100_000, 2), "batch_size": (1, 1_000_000, 256),
+    "shift": (0, 8, 1), "seed": (0, 2**32 - 1, 0), "val_size": (1, 10_000_000, 5000),
+    "train_limit": (0, 1_000_000_000, 0), "eval_limit": (0, 1_000_000_000, 0),
+    "gradient_accumulation_steps": (1, 1_000_000, 1), "eval_batch_size": (1, 1_000_000, 1000),
+    "log_every": (1, 1_000_000_000, 20), "checkpoint_every": (0, 1_000_000_000, 0),
+    "keep_checkpoints": (1, 1_000_000, 2),
+}
+# Float hyperparameters go into float32 tensors: --lr 1e308 overflows there. Far above any useful value.
+MAX_LR = 1000.0
+MAX_WEIGHT_DECAY = 1000.0
+# A config file is a few kB; one of megabytes is not a config (and would only be slow to refuse).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 # The seed recipe: SGD lr 0.01 momentum 0.7, batch 128, 25 epochs, plain average of the losses,
@@ -207,7 +212,9 @@ def flag(name: str) -> str:
 
 def did_you_mean(key: Any) -> str:
     """`` (did you mean 'lr'?)`` for a near-miss of a TrainConfig field, else ``''``."""
-    close = difflib.get_close_matches(str(key), field_names(), n=1)
+    if not isinstance(key, str) or len(key) > 64:  # difflib is quadratic in the key's length
+        return ""
+    close = difflib.get_close_matches(key, field_names(), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -216,7 +223,7 @@ def check_keys(data: dict[str, Any], source: str) -> None:
     known = set(field_names())
     for key in data:
         if key not in known:
-            raise ConfigError(f"unknown config key {key!r} in {source}{did_you_mean(key)}: remove it; "
+            raise ConfigError(f"unknown config key {shown(key)} in {source}{did_you_mean(key)}: remove it; "
                               "known keys are TrainConfig fields")
 
 
@@ -241,6 +248,44 @@ def check_model_fits(config: TrainConfig, params: int, free_bytes: int, where: s
         raise ConfigError(f"--width {config.width} makes {params:,} parameters, about {need / 2**30:,.1f} GiB "
                           f"{'to train' if training else 'of weights'}, more than the {free_bytes / 2**30:,.1f} GiB "
                           f"free on {where}: {fix}")
+
+
+def read_json_file(path: Path, what: str, fix: str) -> Any:
+    """A small JSON file, every way it can fail as one line: missing, unreadable (a link loop, a name
+    too long, below a file), not a regular file, too large, not JSON, nested too deeply."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # a folder, device or pipe is never read
+            raise ConfigError(f"{what} {path} is not a regular file: pass a JSON file such as a run's config.json")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} {path} is {info.st_size:,} bytes, too large for a config (at most "
+                              f"{MAX_CONFIG_BYTES:,}): pass a JSON file such as a run's config.json")
+        text = path.read_bytes().decode()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist: {fix}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not valid JSON (not UTF-8 text): fix or regenerate it") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {shown(str(path))} ({e.strerror or e}): {fix}") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply to be a config: fix or regenerate it") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid JSON ({e}): fix or regenerate it") from None
+
+
+@functools.cache
+def field_kinds() -> dict[str, tuple[type, bool]]:
+    """Each field's type and whether it may be None (``int | None`` -> ``(int, True)``); computed once:
+    a search space is checked by building thousands of configs."""
+    kinds = {}
+    for name, kind in typing.get_type_hints(TrainConfig).items():
+        optional = _is_optional(kind)
+        if optional:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        kinds[name] = (kind, optional)
+    return kinds
 
 
 def _is_optional(kind: Any) -> bool:

@@ -7,6 +7,7 @@ Only torch (and torchvision, lazily, for the download) is needed here.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ VAL_NUMBERS_SEED = 1
 TEST_NUMBERS_SEED = 2
 
 _IDX_DTYPES = {0x08: torch.uint8}
+# The official training images are 47 MB; 1 GiB is room for any MNIST-like set (EMNIST's largest
+# split is 0.6 GB) and refuses a huge or sparse file before it is read into memory.
+MAX_IDX_BYTES = 1 << 30
 
 
 class DataError(UserError):
@@ -47,6 +51,8 @@ class DataError(UserError):
 # ------------------------------------------------------------------------------------------------
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """--data-dir, else $MNIST_ADDITION_DATA, else ~/.cache/mnist-addition."""
+    if data_dir is not None and not str(data_dir).strip():  # '' would silently mean the default folder
+        raise ConfigError("--data-dir is empty: name the folder that holds MNIST/raw/*-ubyte, or leave --data-dir out")
     chosen = data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
     return Path(chosen).expanduser()
 
@@ -60,28 +66,39 @@ def find_raw_dir(root: Path) -> Path | None:
 
 
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
-    """Read one IDX file (the MNIST format: magic, big-endian dims, raw bytes) into a uint8 tensor."""
+    """Read one IDX file (the MNIST format: magic, big-endian dims, raw bytes) into a uint8 tensor.
+
+    The header is read and checked against the file's size first: a file that promises more (or
+    less) than it holds, or more than ``MAX_IDX_BYTES``, is refused before its data is read.
+    """
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4:
+                raise DataError(f"{path} is not an MNIST IDX file (bad magic number {head.hex() or 'empty'}): "
+                                "replace it with the original file")
+            ndim = head[3]
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise DataError(f"{path} is truncated (header cut short): replace it with the original file")
+            dims = [int.from_bytes(dims_raw[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+            header = 4 + 4 * ndim
+            promised = math.prod(dims)
+            if size != header + promised:
+                raise DataError(f"{path} has {size - header:,} data bytes but its header promises {promised:,} "
+                                f"(shape {tuple(dims)}): the file is truncated or corrupt, replace it with the original")
+            if promised > MAX_IDX_BYTES:
+                raise DataError(f"{path} holds {promised:,} bytes of data (shape {tuple(dims)}), more than any "
+                                f"MNIST-like file ({MAX_IDX_BYTES:,} at most): pass the original files")
+            data = bytearray(promised)
+            if f.readinto(data) != promised:
+                raise DataError(f"{path} changed while it was read: try again")
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in _IDX_DTYPES or not 1 <= blob[3] <= 4:
-        raise DataError(f"{path} is not an MNIST IDX file (bad magic number {blob[:4].hex() or 'empty'}): "
-                        "replace it with the original file")
-    ndim = blob[3]
-    header = 4 + 4 * ndim
-    if len(blob) < header:
-        raise DataError(f"{path} is truncated (header cut short): replace it with the original file")
-    dims = [int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    size = 1
-    for d in dims:
-        size *= d
-    if len(blob) != header + size:
-        raise DataError(f"{path} has {len(blob) - header} data bytes but its header promises {size} "
-                        f"(shape {tuple(dims)}): the file is truncated or corrupt, replace it with the original")
-    data = torch.frombuffer(bytearray(blob[header:]), dtype=_IDX_DTYPES[blob[2]])
-    return data.reshape(dims)
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    return torch.frombuffer(data, dtype=_IDX_DTYPES[head[2]]).reshape(dims) if promised else \
+        torch.zeros(dims, dtype=_IDX_DTYPES[head[2]])
 
 
 def download_mnist(root: Path) -> None:
@@ -130,6 +147,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True)
         if labels.dim() != 1 or len(labels) != len(images):
             raise DataError(f"{raw / FILES[split + '_labels']} has {labels.numel()} labels for {len(images)} images: "
                             "the image and label files do not belong together")
+        if len(images) == 0:
+            raise DataError(f"{raw / FILES[split + '_images']} holds no images: replace it with the original file")
         if len(labels) and int(labels.max()) > 9:
             raise DataError(f"{raw / FILES[split + '_labels']} has labels above 9: replace it with the original file")
         arrays[f"{split}_labels"] = labels.long()

@@ -6,11 +6,33 @@ is a bug and keeps its traceback. The Python API raises the same classes.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 EXIT_USAGE = 2  # a bad flag, value, file or folder the user named
 EXIT_FAILED = 1  # the input was fine but the job could not be done (data missing, training diverged)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 class UserError(Exception):
     """An expected failure; ``str(e)`` names the problem and the fix, ``exit_code`` the exit status."""
 
     exit_code = EXIT_USAGE
+
+
+class Interrupted(UserError):
+    """Ctrl-C: the message says what is left (resume, nothing, the old run back)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters: an error line never echoes a whole 9 MB value
+    (and never builds it: reprlib stops at its limits)."""
+    return _SHORT.repr(value)

@@ -23,7 +23,7 @@ def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise RunError(f"ONNX export needs {' and '.join(missing)}: pip install -e \".[onnx]\"")
-    _, model = load_run(run_dir)
+    model = load_run(run_dir).model
     output = Path(output)
     images, numbers = torch.zeros(2, 1, 28, 28), torch.tensor([3, 7])
     batch = torch.export.Dim("batch", min=1, max=65536)

@@ -7,6 +7,22 @@ from pathlib import Path
 from typing import Any
 
 
+def save(fig: Any, path: Path, dpi: int) -> None:
+    """Render ``fig`` and write it as ``files`` writes everything (a link at ``path`` is replaced)."""
+    from .files import write_bytes
+
+    write_bytes(path, png_bytes(fig, dpi))
+
+
+def png_bytes(fig: Any, dpi: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
 def pyplot():
     import matplotlib
 
@@ -39,8 +55,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", labe
             ax.set_xticks(epochs)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)
 
 
 def plot_confusion(truth: "torch.Tensor", pred: "torch.Tensor", classes: int, path: Path, title: str) -> None:
@@ -63,8 +78,7 @@ def plot_confusion(truth: "torch.Tensor", pred: "torch.Tensor", classes: int, pa
     ax.set(xticks=range(classes), yticks=range(classes), xlabel="predicted", ylabel="true",
            title=f"{title}: {int(counts.trace())}/{int(counts.sum())} right; red = mistakes")
     fig.colorbar(image, ax=ax, shrink=0.8, label="sqrt(share of row)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def plot_examples(images: "torch.Tensor", numbers, digits, sums, digit_pred, sum_pred, path: Path, title: str,
@@ -92,8 +106,7 @@ def plot_examples(images: "torch.Tensor", numbers, digits, sums, digit_pred, sum
             ax.set_yticks([])
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epochs: int) -> bytes:
@@ -144,9 +157,4 @@ def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epoch
     for axis in (ax, curves):
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig, dpi=110)

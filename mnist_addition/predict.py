@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .data import MEAN, STD
-from .errors import UserError
+from .errors import UserError, shown
 from .runs import load_run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -30,7 +30,7 @@ class ImageError(UserError, ValueError):
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model of a run folder (weights from safetensors only; no pickle), in eval mode."""
-    return load_run(run_dir, device)[1]
+    return load_run(run_dir, device).model
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -45,12 +45,16 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path} does not exist: check the path")
-    if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image: pass a file, or use --numbers/--random-numbers for a folder")
-    if not path.is_file():
-        raise ImageError(f"{path} is not a regular file (a device, pipe or socket): pass an image file")
+    try:
+        if not path.exists():
+            raise ImageError(f"{path} does not exist: check the path")
+        if path.is_dir():
+            raise ImageError(f"{path} is a folder, not an image: pass a file, or use --numbers/--random-numbers "
+                             "for a folder")
+        if not path.is_file():
+            raise ImageError(f"{path} is not a regular file (a device, pipe or socket): pass an image file")
+    except OSError as e:  # a name too long for the filesystem, a link loop
+        raise ImageError(f"{shown(str(path))} cannot be opened ({e.strerror or e}): check the path") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -78,10 +82,17 @@ def _as_gray(img: Any) -> torch.Tensor:
 
     if img.mode.startswith("I;16"):  # 16-bit grey
         return torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)
-    if img.mode in ("I", "F"):  # 32-bit integer or float: 16-bit data as such, else its own range
+    if img.mode in ("I", "F"):  # 32-bit integer or float: 8- or 16-bit data as such, else its own range
         data = np.asarray(img, dtype=np.float64)
+        finite = np.isfinite(data)
+        if not finite.any():
+            raise ValueError("no pixel holds a number (all NaN or infinite)")
+        # a NaN or infinite pixel is a hole in the data, not ink: it takes the image's typical shade
+        data = np.where(finite, data, np.median(data[finite]))
         lo, hi = float(data.min()), float(data.max())
-        if img.mode == "I" and lo >= 0 and hi <= 65535:
+        if img.mode == "I" and lo >= 0 and hi <= 255:  # 8-bit values stored in 32 bits
+            data = data / 255.0
+        elif img.mode == "I" and lo >= 0 and hi <= 65535:
             data = data / 65535.0
         elif not (img.mode == "F" and lo >= 0 and hi <= 1):
             data = (data - lo) / (hi - lo) if hi > lo else np.zeros_like(data)
@@ -158,4 +169,7 @@ def predict(model: nn.Module, images: torch.Tensor, numbers: torch.Tensor | list
 
 def image_files(folder: Path) -> list[Path]:
     """The image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise ImageError(f"cannot list {folder} ({e.strerror or e}): check the folder") from None

@@ -10,8 +10,9 @@ from torch import nn
 from .data import MEAN, STD, Split
 from .evaluate import predictions
 from .plots import plot_confusion, plot_examples
+from .runs import REPORT_FILES
 
-REPORT_FILES = ("confusion_digit.png", "confusion_sum.png", "samples.png", "mistakes.png")
+__all__ = ["REPORT_FILES", "write_report"]
 
 
 def write_report(model: nn.Module, test: Split, run_dir: Path, batch_size: int = 1000, max_mistakes: int = 48) -> dict:

@@ -1,25 +1,32 @@
-"""Run folders: create without clobbering, write config/metrics/weights, read them back. Pure torch."""
+"""What a run folder holds: config.json, metrics, weights; written atomically, read back checked.
+Pure torch. Who may write a run folder, and when, is ``runfolder.py``.
+
+Every file is written through ``files`` (a new temporary file renamed onto its name: a link
+planted at the name is replaced, never written through), and read only if it lies inside the run
+folder: a run folder from someone else can neither make us write nor read outside it.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
-import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
+from . import files
 from .backends import free_memory
-from .config import ConfigError, TrainConfig, check_model_fits
-from .errors import UserError
+from .config import MIXED_PRECISION, ConfigError, TrainConfig, check_model_fits, read_json_file
+from .errors import UserError, shown
 from .model import build_model, count_parameters
-from .report import REPORT_FILES
 
+REPORT_FILES = ("confusion_digit.png", "confusion_sum.png", "samples.png", "mistakes.png")
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *REPORT_FILES)
 
 
@@ -31,173 +38,17 @@ def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def check_run_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Raise RunError if ``path`` cannot become a new run folder (without touching anything)."""
-    path = Path(path)
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                where = "is" if parent == path else f"is below {parent}, which is"
-                raise RunError(f"output path {path} {where} a file, not a folder: choose another --output-dir")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise RunError(f"cannot write in {parent} (permission denied): choose another --output-dir")
-            break
-    existing = [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
-    if existing and not overwrite:
-        raise RunError(f"{path} already holds a run ({', '.join(existing)}): choose another --output-dir, "
-                       "resume it with --resume, or pass --overwrite to replace it")
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+def write_json(path: Path, data: Any) -> None:
+    """Write via a temporary file and rename: a crash never leaves half a JSON file."""
+    files.write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def check_resumable(path: str | os.PathLike) -> None:
-    """Raise RunError unless ``path`` is an unfinished run with at least one checkpoint."""
-    from .checkpoint import list_checkpoints
-
-    path = Path(path)
-    if not path.is_dir():
-        raise RunError(f"--resume {path}: no such run folder; pass the --output-dir of an earlier run")
-    if not list_checkpoints(path):
-        raise RunError(f"--resume {path}: the run has no checkpoints (it stopped before its first one); "
-                       "train it again without --resume")
-    if (path / "model.safetensors").exists():
-        raise RunError(f"--resume {path}: that run already finished (model.safetensors exists); nothing to resume")
-
-
-class RunFolder:
-    """The folder of one training run, held for the run's whole life (main process only).
-
-    * One writer: a lock (``flock`` on RUN/.lock, released by the kernel if the process dies, so a
-      killed run never blocks its own ``--resume``); a second writer is refused in one line that
-      names the process holding it.
-    * The rules: a new run needs a folder without a run (or ``overwrite``); a resumed one needs an
-      unfinished run with a checkpoint. They are checked under the lock, so two runs started at the
-      same moment cannot both pass them.
-    * ``overwrite`` loses nothing: the old run is moved into RUN/.replaced/ and removed only once the
-      new run has written its first checkpoint; if the new run fails before that, it comes back.
-    """
-
-    LOCK, OWNER, ASIDE = ".lock", ".lock-owner.json", ".replaced"
-
-    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
-        self.path, self.resume, self.overwrite = Path(path), resume, overwrite
-        self._lock: Any = None
-        self._created = False
-
-    def open(self) -> "RunFolder":
-        """Lock the folder (creating it if needed), check the rules, and set an old run aside."""
-        from filelock import FileLock, Timeout
-
-        if not self.resume:
-            check_run_dir(self.path, self.overwrite)
-        else:
-            check_resumable(self.path)
-        self._created = not self.path.exists()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(self.path / self.LOCK))
-            lock.acquire(timeout=0)
-        except Timeout:
-            self._forget_created()
-            raise RunError(f"{self.path} is in use by {self._owner()}: wait for it to finish, or choose another "
-                           "--output-dir") from None
-        except OSError as e:
-            self._forget_created()
-            raise RunError(f"cannot write the run folder {self.path} ({e.strerror}): choose another --output-dir") from None
-        self._lock = lock
-        write_json(self.path / self.OWNER, {"pid": os.getpid(), "host": platform.node(),
-                                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        try:  # again under the lock: another process may have finished a run here meanwhile
-            check_resumable(self.path) if self.resume else check_run_dir(self.path, self.overwrite)
-        except RunError:
-            self.close(ok=False)
-            raise
-        if self.overwrite and not self.resume:
-            self._set_aside()
-        return self
-
-    def committed(self) -> None:
-        """The new run has a checkpoint: the run it replaces can go."""
-        shutil.rmtree(self.path / self.ASIDE, ignore_errors=True)
-
-    def close(self, ok: bool) -> None:
-        """Release the lock; a replacement that failed before its first checkpoint restores the old run."""
-        aside = self.path / self.ASIDE
-        if not ok and aside.is_dir():
-            for name in [*RUN_FILES, "checkpoints", "tensorboard"]:
-                _remove(self.path / name)
-            for item in aside.iterdir():
-                os.replace(item, self.path / item.name)
-            aside.rmdir()
-        (self.path / self.OWNER).unlink(missing_ok=True)
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        if not ok:
-            self._forget_created()
-
-    def _set_aside(self) -> None:
-        aside = self.path / self.ASIDE
-        if aside.exists():  # a crash while replacing: that run is still the one to keep
-            return
-        old = [name for name in [*RUN_FILES, "checkpoints", "tensorboard"] if (self.path / name).exists()]
-        if old:
-            aside.mkdir()
-            for name in old:
-                os.replace(self.path / name, aside / name)
-
-    def _owner(self) -> str:
-        try:
-            owner = json.loads((self.path / self.OWNER).read_text())
-            return f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process"
-
-    def _forget_created(self) -> None:
-        """A folder this run created and left empty (but for its lock) is removed: nothing left behind."""
-        if self._created and self.path.is_dir():
-            (self.path / self.LOCK).unlink(missing_ok=True)
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def check_output_file(path: Path, overwrite: bool, flag: str) -> Path:
-    """Refuse an output file path the user named that cannot be written, or would replace something
-    it should not: never a folder, device or pipe (``--overwrite`` or not), an existing file only
-    with ``overwrite``, and only in a folder that exists and can be written."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not path.is_file():
-            raise RunError(f"{path} is not a regular file (a folder, device or pipe), so it is never replaced: "
-                           f"{flag} must name a file")
-        if not overwrite:
-            raise RunError(f"{path} exists: choose another {flag}, or pass --overwrite to replace it")
-    parent = path.parent
-    if not parent.is_dir():
-        raise RunError(f"the folder {parent} does not exist{' (or is a file)' if parent.exists() else ''}: "
-                       f"create it, or choose another {flag}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write in {parent} (permission denied): choose another {flag}")
-    return path
-
-
-def replace_file(path: Path, write: Any, flag: str) -> None:
-    """``write(tmp)`` then rename onto ``path``: the old file stays whole until the new one is; an
-    OSError (disk full, read-only) is one line naming the path."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write {path} ({e.strerror or e}): free some space or choose another {flag}") from None
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file with ``rows`` (the whole history each time: never appended through a link)."""
+    files.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def versions() -> dict[str, str]:
@@ -228,55 +79,127 @@ def write_config(run_dir: Path, config: TrainConfig, setup: dict[str, Any]) -> N
     write_json(run_dir / "config.json", payload)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a JSON file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace a JSON-lines file with ``rows`` (via a temporary file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
-
-
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def save_weights(model: nn.Module, path: Path, config: TrainConfig) -> None:
     """Weights as safetensors (no pickle), with the preset and width in the header."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
     # One metadata key: safetensors writes its metadata map in no fixed order, so with two keys the
     # same tensors gave different files from run to run; with one, equal tensors give equal bytes.
-    save_file(state, str(tmp), metadata={"mnist_addition": json.dumps({"preset": config.preset, "width": config.width},
-                                                                      sort_keys=True)})
-    tmp.replace(path)
+    files.write_bytes(path, save(state, metadata={"mnist_addition": json.dumps(
+        {"preset": config.preset, "width": config.width}, sort_keys=True)}))
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[TrainConfig, nn.Module]:
+def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[Path, ...] = ()) -> Path:
+    """Refuse an output file path the user named that cannot be written, or would replace something
+    it should not: never a folder, device or pipe (``--overwrite`` or not), never a file of
+    ``protected`` (the run being read, the images being read: by name, link or hard link), an
+    existing file only with ``overwrite``, and only in a folder that exists and can be written."""
+    path = Path(path)
+    try:
+        for other in protected:
+            if os.path.lexists(other) and (os.path.realpath(other) == os.path.realpath(path) or
+                                           (os.path.exists(path) and os.path.samefile(other, path))):
+                raise RunError(f"{path} is {other}, which this command reads: it is never replaced; "
+                               f"choose another {flag}")
+        if os.path.lexists(path):
+            if not path.is_file():
+                what = "a link to nothing" if os.path.islink(path) else "a folder, device or pipe"
+                raise RunError(f"{path} is not a regular file ({what}), so it is never replaced: {flag} must name a file")
+            if not overwrite:
+                raise RunError(f"{path} exists: choose another {flag}, or pass --overwrite to replace it")
+        parent = path.parent
+        if not parent.is_dir():
+            raise RunError(f"the folder {parent} does not exist{' (or is a file)' if parent.exists() else ''}: "
+                           f"create it, or choose another {flag}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunError(f"cannot write in {parent} (permission denied): choose another {flag}")
+    except OSError as e:  # a name too long, a link loop
+        raise RunError(f"{flag} {shown(str(path))} cannot be used ({e.strerror or e}): choose another {flag}") from None
+    return path
+
+
+def run_files(run_dir: Path) -> tuple[Path, ...]:
+    """Every file a run folder holds (what ``export`` and ``predict --csv`` must never replace)."""
+    found = [run_dir / name for name in RUN_FILES]
+    for sub in ("checkpoints", "tensorboard"):
+        if files.is_real_dir(run_dir / sub):
+            found += [p for p in (run_dir / sub).rglob("*") if not p.is_dir()]
+    return tuple(found)
+
+
+def replace_file(path: Path, write: Callable[[Path], None], flag: str) -> None:
+    """``write(tmp)`` then rename onto ``path``: the old file stays whole until the new one is, a
+    link at ``path`` is replaced (not written through); an OSError (disk full, read-only, a folder
+    in the way) is one line naming the path."""
+    try:
+        files.write_via(path, write)
+    except OSError as e:
+        raise write_failed(e, flag) from None
+
+
+def write_failed(error: OSError, flag: str, where: Path | None = None) -> RunError:
+    """A write that failed (disk full, read-only, a folder where the file goes) as one line."""
+    path = error.filename or where or "the output"
+    if error.errno == errno.EISDIR:
+        return RunError(f"cannot write {path}: a folder of that name is in the way; remove it, or choose another {flag}")
+    return RunError(f"cannot write {path} ({error.strerror or error}): free some space or choose another {flag}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+def member(run_dir: Path, name: str, missing: str) -> Path:
+    """``run_dir/name``, which must be a file inside the run folder (a link may point within it, never
+    out of it: a folder from someone else must not make us read ``~/.ssh``)."""
+    path = run_dir / name
+    if not os.path.lexists(path):
+        raise RunError(missing)
+    if not files.inside(run_dir, path):
+        raise RunError(f"{path} is a link to {os.path.realpath(path)}, outside the run folder: a run's files are "
+                       "read only inside it; replace the link with the file itself")
+    if not path.is_file():
+        raise RunError(f"{path} is not a regular file: the run folder was altered; restore it or retrain")
+    return path
+
+
+def read_run_config(run_dir: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any]]:
+    """A run folder's config.json: the config, and how it trained (``setup``), both checked."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} does not exist: pass the --output-dir of a finished training run")
+    path = member(run_dir, "config.json", f"{run_dir} has no config.json: it is not a run folder (or training "
+                                          "never started)")
+    try:
+        data = read_json_file(path, "config file", "restore the run's config.json")
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise ConfigError(f"{path} is not a run's config.json (no 'config' object): restore it or retrain")
+        config = TrainConfig.from_dict(data["config"], source=str(path))
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    setup = data.get("setup", {})
+    if not isinstance(setup, dict) or not all(isinstance(setup.get(k, ""), str) for k in ("device", "mixed_precision")) \
+            or setup.get("mixed_precision", "no") not in (*MIXED_PRECISION, "no"):
+        raise RunError(f"{path}: 'setup' is not what training writes (got {shown(setup)}): the file was altered; "
+                       "restore it or retrain")
+    return config, setup
+
+
+class SavedRun(NamedTuple):
+    config: TrainConfig
+    model: nn.Module
+    setup: dict[str, Any]  # how it trained: device, precision, processes (config.json)
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> SavedRun:
     """Rebuild the model of a finished run from its config.json and model.safetensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"run folder {run_dir} does not exist: pass the --output-dir of a finished training run")
-    config_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
-    if not config_path.is_file():
-        raise RunError(f"{run_dir} has no config.json: it is not a run folder (or training never started)")
-    if not weights_path.is_file():
-        raise RunError(f"{run_dir} has no model.safetensors: training did not finish; train again or pick another run")
-    try:
-        config = TrainConfig.load(config_path)
-    except ConfigError as e:
-        raise RunError(str(e)) from None
+    config, setup = read_run_config(run_dir)
+    weights_path = member(run_dir, "model.safetensors", f"{run_dir} has no model.safetensors: training did not "
+                                                        "finish; resume it (train --resume) or pick another run")
     try:
         state = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
@@ -284,9 +207,10 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
                        "retrain or restore it") from None
     with torch.device("meta"):  # the model config.json implies, allocating nothing
         skeleton = build_model(config.preset, config.width)
-    if {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} != {k: tuple(v.shape) for k, v in state.items()}:
-        raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}): "
-                       "the weights belong to another run")
+    problem = state_dict_mismatch(skeleton.state_dict(), state)
+    if problem:
+        raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}: "
+                       f"{problem}): the weights belong to another run or were altered")
     check_model_fits(config, count_parameters(skeleton), free_memory(torch.device(device)), str(device),
                      training=False)
     bad = sorted(name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())
@@ -296,4 +220,17 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     model = build_model(config.preset, config.width).to(device)
     model.load_state_dict(state)
     model.eval()
-    return config, model
+    return SavedRun(config, model, setup)
+
+
+def state_dict_mismatch(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str | None:
+    """None if ``got`` has exactly ``want``'s tensors (names, shapes, dtypes), else the first difference."""
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        return f"{'no ' + missing[0] if missing else 'an unknown tensor ' + extra[0]}"
+    for name, tensor in want.items():
+        if tuple(got[name].shape) != tuple(tensor.shape):
+            return f"{name} has shape {tuple(got[name].shape)}, not {tuple(tensor.shape)}"
+        if got[name].dtype != tensor.dtype:
+            return f"{name} is {str(got[name].dtype).removeprefix('torch.')}, not {str(tensor.dtype).removeprefix('torch.')}"
+    return None

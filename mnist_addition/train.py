@@ -30,12 +30,13 @@ from . import runs
 from .backends import free_memory, is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
 from .config import ConfigError, TrainConfig, check_batch, check_model_fits
 from .data import PairedMnist, Split, load_mnist, make_splits, steps_per_epoch, train_batches
-from .errors import EXIT_FAILED, UserError
+from .errors import EXIT_FAILED, Interrupted, UserError
 from .evaluate import evaluate_counts
 from .metrics import summarize
 from .model import build_model, count_parameters, parameter_count
 from .progress import Progress
 from .report import write_report
+from .runfolder import FINISHED, RunFolder, describe
 from .state import Run, TrainState
 from .step import cuda_graphs, lr_schedule, make_loss_of, make_optimizer, train_step, warm_up
 
@@ -115,12 +116,31 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
 # Where training stands
 # ------------------------------------------------------------------------------------------------
 def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainState:
-    """From scratch, or from the newest valid checkpoint (model and optimizer restored too)."""
-    config = run.config
+    """From scratch, or from the newest usable checkpoint (model and optimizer restored too)."""
     if not resume:
         return TrainState()
     say = warn if run.main else (lambda _: None)
-    checkpoint, saved = checkpoint_io.latest_valid(run.run_dir, warn=say)
+
+    def accept(checkpoint: Path, saved: dict[str, Any]) -> None:  # raises CheckpointError: try the one before
+        check_fits(run, checkpoint, saved)
+        checkpoint_io.load_training_state(checkpoint, run.accelerator.unwrap_model(run.model), run.optimizer)
+
+    checkpoint, saved = checkpoint_io.latest_valid(run.run_dir, warn=say, accept=accept)
+    if saved["world"] != run.world:
+        say(f"note: resuming a {saved['world']}-process run on {run.world} processes; "
+            "the global batch is unchanged, so the maths is the same")
+    state = TrainState(saved["epoch"], saved["step"], saved["loss_sum"], saved["train_seconds"],
+                       saved["samples_per_process"] * saved["world"] // run.world, saved["history"])
+    if state.step == run.steps:  # the checkpoint closed an epoch
+        state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, 0.0
+    say(f"resuming from {checkpoint.name}: epoch {state.epoch}, step {state.step}/{run.steps}")
+    return state
+
+
+def check_fits(run: Run, checkpoint: Path, saved: dict[str, Any]) -> None:
+    """A checkpoint's trainer state must be a point of this run (config.json): model, position,
+    images seen, one history row per finished epoch."""
+    config = run.config
     if (saved["preset"], saved["width"]) != (config.preset, config.width):
         raise checkpoint_io.CheckpointError(
             f"checkpoint {checkpoint} was written by preset {saved['preset']!r} width {saved['width']}, but "
@@ -129,18 +149,16 @@ def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainSta
             and saved["global_step"] == (saved["epoch"] - 1) * run.steps + saved["step"]):
         raise checkpoint_io.CheckpointError(
             f"checkpoint {checkpoint} (epoch {saved['epoch']}, step {saved['step']}) does not fit config.json "
-            f"({config.epochs} epochs of {run.steps} steps): the batch size, data limits or epochs were edited "
-            "since; restore config.json, or start a new run with --config")
-    if saved["world"] != run.world:
-        say(f"note: resuming a {saved['world']}-process run on {run.world} processes; "
-            "the global batch is unchanged, so the maths is the same")
-    checkpoint_io.load_training_state(checkpoint, run.accelerator.unwrap_model(run.model), run.optimizer)
-    state = TrainState(saved["epoch"], saved["step"], saved["loss_sum"], saved["train_seconds"],
-                       saved["samples_per_process"] * saved["world"] // run.world, saved["history"])
-    if state.step == run.steps:  # the checkpoint closed an epoch
-        state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, 0.0
-    say(f"resuming from {checkpoint.name}: epoch {state.epoch}, step {state.step}/{run.steps}")
-    return state
+            f"({config.epochs} epochs of {run.steps} steps): the batch size, data limits or epochs were edited since")
+    finished = saved["epoch"] - (saved["step"] < run.steps)
+    if len(saved["history"]) != finished:
+        raise checkpoint_io.CheckpointError(f"checkpoint {checkpoint} holds {len(saved['history'])} epochs of history "
+                                            f"at epoch {saved['epoch']} step {saved['step']}: it was altered")
+    if saved["samples_per_process"] * saved["world"] != saved["global_step"] * config.batch_size or \
+            config.batch_size % saved["world"]:
+        raise checkpoint_io.CheckpointError(
+            f"checkpoint {checkpoint} counts {saved['samples_per_process']} images per process on {saved['world']} "
+            f"processes after {saved['global_step']} steps of {config.batch_size}: it was altered")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,7 +259,7 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
     ``data`` skips reading MNIST (tests and benchmarks pass their own). When ``config.output_dir``
-    is set, the main process holds that run folder for the whole run (``runs.RunFolder``: one
+    is set, the main process holds that run folder for the whole run (``runfolder.RunFolder``: one
     writer, a new run only where there is none or with ``overwrite``, which keeps the old run until
     the new one's first checkpoint) and every process joins in saving checkpoints; ``resume``
     continues from the newest valid checkpoint. Everything that can be refused is checked before
@@ -254,13 +272,15 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
     with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision:
         run = setup(config, data, precision)
         folder = open_run_folder(run, resume, overwrite)
-        ok = False
+        ok = interrupted = False
         try:
             final = train(run, folder, resume, report, progress, test_every_epoch, warn, score_test, on_checkpoint)
             ok = True
+        except KeyboardInterrupt:
+            interrupted = True  # said once the folder is closed: only then is it known what is left
         except OSError as e:  # the run folder could not be written: disk full, read-only, removed
-            raise runs.RunError(f"cannot write {e.filename or run.run_dir} ({e.strerror or e}): free some space or "
-                                "choose another --output-dir; checkpoints already written are kept") from None
+            error = runs.write_failed(e, "--output-dir", run.run_dir)
+            raise type(error)(f"{error}; checkpoints already written are kept") from None
         except (RuntimeError, MemoryError) as e:
             if not is_out_of_memory(e):
                 raise
@@ -270,17 +290,19 @@ def fit(config: TrainConfig, report: Report | None = None, data: PairedMnist | N
         finally:
             if folder is not None:
                 folder.close(ok)
+    if interrupted:
+        raise Interrupted(describe(folder.outcome if folder else "", run.run_dir))
     return final
 
 
-def open_run_folder(run: Run, resume: bool, overwrite: bool) -> runs.RunFolder | None:
+def open_run_folder(run: Run, resume: bool, overwrite: bool) -> RunFolder | None:
     """The main process takes the run folder (checks, lock, old run set aside); a refusal reaches
     every process, so that none waits for the others at a barrier."""
     if run.run_dir is None:
         if resume:
             raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
         return None
-    folder, refusal = runs.RunFolder(run.run_dir, resume, overwrite), None
+    folder, refusal = RunFolder(run.run_dir, resume, overwrite), None
     if run.main:
         try:
             folder.open()
@@ -292,7 +314,7 @@ def open_run_folder(run: Run, resume: bool, overwrite: bool) -> runs.RunFolder |
     return folder if run.main else None
 
 
-def train(run: Run, folder: runs.RunFolder | None, resume: bool, report: Report | None, progress: bool,
+def train(run: Run, folder: RunFolder | None, resume: bool, report: Report | None, progress: bool,
           test_every_epoch: bool, warn: Callable[[str], None], score_test: bool,
           on_checkpoint: Callable[[Path], None] | None) -> dict[str, Any]:
     """The run itself, in a folder already held: resume or start, epochs, checkpoints, the end."""
@@ -324,7 +346,7 @@ def train(run: Run, folder: runs.RunFolder | None, resume: bool, report: Report 
             row = epoch_row(run, state, seconds, first, test_every_epoch)
             state.history.append(row)
             if run.run_dir and run.main:
-                runs.append_jsonl(run.run_dir / "metrics.jsonl", row)
+                runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
             if run.run_dir:
                 save_checkpoint(run, state, None, state.train_seconds, checkpointed)
             if tracking:
@@ -350,13 +372,13 @@ def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool
     if run.run_dir and run.main:
         unwrapped = run.accelerator.unwrap_model(run.model)
         runs.save_weights(unwrapped, run.run_dir / "model.safetensors", config)
-        runs.write_json(run.run_dir / "metrics.json", final)
         from .plots import plot_curves
 
         plot_curves(history, run.run_dir / "curves.png", label_smoothing=config.label_smoothing,
                     title=f"{config.preset} (width {config.width}), seed {config.seed}")
         if score_test:
             write_report(unwrapped, run.test, run.run_dir, config.eval_batch_size)
+        runs.write_json(run.run_dir / FINISHED, final)  # last: a run without it is resumed, not called finished
     if config.log_with != "none":
         run.accelerator.end_training()
     run.accelerator.wait_for_everyone()

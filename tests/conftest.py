@@ -63,6 +63,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_config_folder(tmp_path_factory):
+    """Sweeps sign their state with a key in $XDG_CONFIG_HOME/mnist-addition: the tests' own, never
+    the developer's (set for the session, so subprocesses and Ray drivers see it too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_env_data_dir(monkeypatch):
     # Tests never pick up a developer's $MNIST_ADDITION_DATA (or a launcher's CPU switch) by accident.

@@ -208,16 +208,16 @@ def test_weights_that_are_not_finite_are_refused_by_every_reader(command, run_di
 # Run folders: one writer, --overwrite loses nothing, a refused start leaves nothing behind
 # ------------------------------------------------------------------------------------------------
 def _files(folder):
-    from mnist_addition.runs import RunFolder
+    from mnist_addition.runfolder import RunFolder
 
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and p.name not in (RunFolder.LOCK, RunFolder.OWNER)}
+            if p.is_file() and p.name != RunFolder.LOCK}
 
 
 def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_path, capsys):
     import os
 
-    from mnist_addition.runs import RunFolder
+    from mnist_addition.runfolder import RunFolder
 
     out = tmp_path / "busy"
     holder = RunFolder(out).open()  # as a running `train` holds it
@@ -370,10 +370,10 @@ def test_a_full_disk_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch
 
     import mnist_addition.runs as runs_module
 
-    def full(path, row):
+    def full(path, rows):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(runs_module, "append_jsonl", full)
+    monkeypatch.setattr(runs_module, "write_jsonl", full)
     code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and f"cannot write {tmp_path / 'r' / 'metrics.jsonl'} (No space left on device)" in err
