@@ -8,8 +8,9 @@ The rules, checked before anything is created and again under the lock:
   folder, links planted at our names) is refused, ``--overwrite`` or not;
 * **``--overwrite``** replaces only a folder that holds nothing but a run (its files, of the right
   kinds: no links), and moves it aside until the new run has its first checkpoint;
-* **a resumed run** needs an unfinished run (config.json, checkpoints, no metrics.json) whose
-  folders (checkpoints/, tensorboard/) are folders, not links out of it.
+* **a resumed run** needs an unfinished run (checkpoints, no metrics.json) whose folders
+  (checkpoints/, tensorboard/) are folders, not links out of it; the command line reads its
+  config.json (``runs.read_run_config``), a sweep trial passes its config.
 
 The folder is named by its real path (``SOMEWHERE/../RUN`` and links resolved) for every
 operation, so no spelling creates another folder or reaches around the lock.
@@ -111,8 +112,6 @@ def check_resumable(path: str | os.PathLike, locked: bool = False) -> None:
         if os.path.lexists(real / name) and not files.is_real_dir(real / name):
             raise RunError(f"--resume {named}: {name} is {_kind(real, name)}, not the run's own folder: a run folder "
                            "is never followed out of; restore the folder")
-    if not files.is_real_file(real / "config.json"):
-        raise RunError(f"--resume {named}: not a run folder (no config.json)")
     if not list_checkpoints(real):
         raise RunError(f"--resume {named}: the run has no checkpoints (it stopped before its first one); "
                        "train it again without --resume")

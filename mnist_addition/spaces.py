@@ -19,14 +19,17 @@ train`` would refuse; the error names the file and the values.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-import typing
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import ConfigError, TrainConfig, did_you_mean, field_names
+from .config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names
+from .errors import shown
 
 # The sweep sets these for every trial (from its own flags): a space may not.
 SWEEP_OWNED = {"data_dir": "--data-dir", "output_dir": "--storage-path/--name"}
@@ -34,6 +37,11 @@ KINDS = ("uniform", "loguniform", "randint", "choice")
 # Above this many combinations of extremes, every pair of keys is checked instead: each cross-field
 # check of TrainConfig involves two fields.
 MAX_COMBINATIONS = 4096
+# Bounds on what a space may ask to be checked (each check builds a TrainConfig, ~50 us): a space
+# is a page of YAML, and one that would take minutes to check is refused in a second.
+MAX_CHOICES = 100
+MAX_CHECKS = 20_000
+MAX_SPACE_BYTES = 64 * 1024
 SECTIONS = ("fixed", "search")
 
 
@@ -66,6 +74,13 @@ class Space:
         """The largest value ``key`` can take in a trial (``default``, the base config's, if not searched)."""
         return max(self.search[key].values) if key in self.search else default
 
+    def checks(self) -> int:
+        """How many configs ``extremes`` yields."""
+        sizes = [len(p.values) for p in self.search.values()]
+        if math.prod(sizes) <= MAX_COMBINATIONS:
+            return math.prod(sizes)
+        return sum(a * b for a, b in itertools.combinations(sizes, 2))
+
     def extremes(self) -> Iterator[dict[str, Any]]:
         """Every combination of the searched keys' bounds and choices: TrainConfig's checks are ranges,
         choices and pairs of fields, so if these all make valid configs, every sample does."""
@@ -96,9 +111,7 @@ def _number(value: Any) -> Any:
 
 
 def _field_kind(name: str) -> type:
-    kind = typing.get_type_hints(TrainConfig)[name]
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    return args[0] if args else kind
+    return field_kinds()[name][0]
 
 
 def parse_space(data: Any, path: str) -> Space:
@@ -136,6 +149,9 @@ def parse_space(data: Any, path: str) -> Space:
         for value in param.values:  # each key alone first: the error names one value
             _check_config({**fixed, key: value}, where, f"{key}={value!r}")
     space = Space(path=path, fixed=fixed, search=search)
+    if space.checks() > MAX_CHECKS:
+        raise SpaceError(f"{where} has too many combinations of choices to check ({space.checks():,} configs, at most "
+                         f"{MAX_CHECKS:,}): search fewer choices per key, or a range instead of a long choice list")
     for values in space.extremes():  # then together: checks that involve two fields
         _check_config({**fixed, **values}, where, _describe(values))
     return space
@@ -148,6 +164,9 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
     kind, values = next(iter(spec.items()))
     if not isinstance(values, list) or not values:
         raise SpaceError(f"{where}: {key}: {kind} needs a list, e.g. {kind}: [low, high]")
+    if len(values) > MAX_CHOICES:
+        raise SpaceError(f"{where}: {key}: {kind} lists {len(values):,} values, at most {MAX_CHOICES}: search a range, "
+                         "or fewer choices")
     values = [_number(v) for v in values]
     field_kind = _field_kind(key)
     if kind == "choice":
@@ -155,7 +174,7 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
             raise SpaceError(f"{where}: {key}: choice lists a value twice: list each option once")
         return Param(kind, tuple(values))
     if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise SpaceError(f"{where}: {key}: {kind} needs two numbers [low, high], got {values!r}")
+        raise SpaceError(f"{where}: {key}: {kind} needs two numbers [low, high], got {shown(values)}")
     low, high = values
     if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
         raise SpaceError(f"{where}: {key}: {kind} needs low < high, got [{low}, {high}]: swap or widen the bounds")
@@ -190,17 +209,23 @@ def load_space(path: str | Path) -> Space:
     import yaml
 
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe is never read
-        raise SpaceError(f"search space {path} is not a regular file: pass a .yaml file such as tune/default.yaml")
     try:
-        text = path.read_text()
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # a folder, device or pipe is never read
+            raise SpaceError(f"search space {path} is not a regular file: pass a .yaml file such as tune/default.yaml")
+        if info.st_size > MAX_SPACE_BYTES:
+            raise SpaceError(f"search space {path} is {info.st_size:,} bytes, more than a search space needs "
+                             f"(at most {MAX_SPACE_BYTES:,}): pass a .yaml file such as tune/default.yaml")
+        text = path.read_bytes().decode()
     except FileNotFoundError:
         raise SpaceError(f"search space {path} does not exist: pass e.g. --space tune/default.yaml") from None
-    except (IsADirectoryError, UnicodeDecodeError) as e:
-        raise SpaceError(f"search space {path} is not a text file ({e.__class__.__name__}): "
-                         "pass a .yaml file such as tune/default.yaml") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"search space {path} is not a text file: pass a .yaml file such as tune/default.yaml") from None
+    except OSError as e:  # a link loop, a name too long, below a file
+        raise SpaceError(f"cannot read search space {shown(str(path))} ({e.strerror or e}): pass e.g. "
+                         "--space tune/default.yaml") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_plain_loader())  # noqa: S506 (a SafeLoader without aliases)
         return parse_space(data, str(path))
     except RecursionError:  # a space nested thousands of levels deep
         raise SpaceError(f"search space {path} is nested too deeply to be a search space: keep to one mapping of "
@@ -208,8 +233,29 @@ def load_space(path: str | Path) -> Space:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
+        if getattr(e, "problem", "") == ALIAS_REFUSED:
+            raise SpaceError(f"search space {path} uses a YAML alias{at}: {ALIAS_REFUSED}; write the values out") from None
         raise SpaceError(f"search space {path} is not valid YAML{at}: fix the file "
                          "(see tune/default.yaml for the format)") from None
+
+
+ALIAS_REFUSED = "aliases (*name) are not allowed in a search space"
+
+
+@functools.cache
+def _plain_loader() -> type:
+    """YAML's safe loader without anchors and aliases: a search space never needs them, and a few
+    hundred bytes of nested aliases expand into gigabytes (the "billion laughs")."""
+    import yaml
+
+    class PlainLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, ALIAS_REFUSED, event.start_mark)
+            return super().compose_node(parent, index)
+
+    return PlainLoader
 
 
 __all__ = ["KINDS", "Param", "Space", "SpaceError", "load_space", "parse_space"]

@@ -76,8 +76,11 @@ def test_unreadable_space_files(tmp_path):
         load_space(tmp_path / "nope.yaml")
     with pytest.raises(SpaceError, match="is not valid YAML at line 3"):
         load_space(_space(tmp_path, "search:\n  lr: {uniform: [0.1, 0.2]\n  width: 3\n"))
-    with pytest.raises(SpaceError, match="not a text file"):
+    with pytest.raises(SpaceError, match="is not a regular file"):
         load_space(tmp_path)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SpaceError, match="not a text file"):
+        load_space(tmp_path / "binary.yaml")
     deep = "search:\n  lr: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n"  # thousands of levels
     with pytest.raises(SpaceError, match="nested too deeply"):
         load_space(_space(tmp_path, deep))

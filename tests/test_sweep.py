@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -421,3 +422,106 @@ def test_ray_cluster_launcher_yaml_passes_rays_schema():
     config = yaml.safe_load(path.read_text())
     validate_config(prepare_config(config))  # what `ray up` does first: defaults, then Ray's JSON schema
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
+# -- what --resume trusts: Ray's state signed by this user's key ---------------------------------
+
+class _Payload:
+    """Unpickling this makes a folder: proof that code from a sweep folder ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.fixture(scope="module")
+def signed_sweep(tmp_path_factory, mnist_dir, cluster):
+    """A finished Optuna sweep (so the searcher keeps a pickle too), run once for these tests."""
+    root = tmp_path_factory.mktemp("signed")
+    assert main(tune_args(tiny_space(root, epochs=1), mnist_dir, root, "s", "--num-samples", "2", "--scheduler", "fifo",
+                          "--search", "optuna", "--address", cluster.address)) == 0
+    return root / "s"
+
+
+def _ray_pickles(sweep: Path) -> list[str]:
+    """Every file of a sweep folder that Ray unpickles on restore (JSON with embedded pickles too)."""
+    return sorted(p.relative_to(sweep).as_posix() for p in sweep.rglob("*") if p.is_file() and (
+        p.suffix == ".pkl" or p.name.startswith(("experiment_state-", "basic-variant-state-", "searcher-state-"))))
+
+
+def test_every_pickle_ray_keeps_is_signed_and_a_planted_payload_never_runs(signed_sweep, tmp_path, cluster, capsys):
+    from ray import cloudpickle
+    from ray._common.utils import binary_to_hex
+
+    names = _ray_pickles(signed_sweep)
+    assert {"tuner.pkl"} <= set(names) and any(n.startswith("experiment_state-") for n in names)
+    assert any(n.startswith("searcher-state-") for n in names) and any(n.endswith("/params.pkl") for n in names)
+    marker = tmp_path / "payload-ran"
+    for i, name in enumerate(names):
+        copy = tmp_path / f"c{i}"
+        shutil.copytree(signed_sweep, copy)
+        blob = cloudpickle.dumps(_Payload(marker))
+        if name.endswith(".json") and name.startswith("experiment_state-"):  # JSON with Ray's pickle fallback
+            blob = json.dumps({"runner_data": {"_type": "CLOUDPICKLE_FALLBACK", "value": binary_to_hex(blob)}}).encode()
+        (copy / name).write_bytes(blob)
+        code = main(["tune", "--resume", "--name", copy.name, "--storage-path", str(tmp_path), "--address",
+                     cluster.address])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0 and f"{copy / name} is not signed by your key" in err, err
+        assert not marker.exists(), f"the payload in {name} ran"
+    # the same folder untouched resumes (under another name too: signatures cover paths inside it)
+    shutil.copytree(signed_sweep, tmp_path / "intact")
+    assert main(["tune", "--resume", "--name", "intact", "--storage-path", str(tmp_path), "--address",
+                 cluster.address]) == 0
+
+
+def test_resume_refuses_a_sweep_without_this_users_key_or_with_a_planted_file_or_link(signed_sweep, tmp_path,
+                                                                                    monkeypatch, capsys):
+    args = ["tune", "--resume", "--storage-path", str(tmp_path), "--name"]
+    planted = shutil.copytree(signed_sweep, tmp_path / "planted")
+    (planted / "experiment_state-2999-01-01_00-00-00.json").write_text("{}")  # newer: Ray would read it first
+    assert main([*args, "planted"]) == 2
+    assert "experiment_state-2999-01-01_00-00-00.json is not signed" in capsys.readouterr().err
+    linked = shutil.copytree(signed_sweep, tmp_path / "linked")
+    trial = next(linked.glob("trial-*"))
+    (trial / "result.json").unlink()
+    (trial / "result.json").symlink_to(tmp_path / "elsewhere")
+    assert main([*args, "linked"]) == 2
+    assert "result.json is a link" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))
+    shutil.copytree(signed_sweep, tmp_path / "theirs")
+    assert main([*args, "theirs"]) == 2
+    assert "was not started by you on this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda saved: "not json", "is not what mnist-addition tune writes"),
+    (lambda saved: {}, "is not what mnist-addition tune writes"),
+    (lambda saved: {**saved, "options": {**saved["options"], "metric": "val_nonsense"}}, "holds options that are refused"),
+    (lambda saved: {**saved, "options": {**saved["options"], "cpus_per_trial": 0.00001}}, "holds options that are refused"),
+])
+def test_resume_rechecks_the_options_of_a_signed_sweep_json(edit, match, signed_sweep, tmp_path, capsys):
+    """Edited by its own user (and signed again, as if by hand): every option is checked again."""
+    from mnist_addition.sweep.storage import Store
+    from mnist_addition.sweep.trust import Signer
+
+    copy = shutil.copytree(signed_sweep, tmp_path / "edited")
+    signer = Signer.verified(Store(str(copy)))
+    edited = edit(json.loads((copy / "sweep.json").read_text()))
+    data = (edited if isinstance(edited, str) else json.dumps(edited)).encode()
+    (copy / "sweep.json").write_bytes(data)
+    signer.sign("sweep.json", data)
+    signer.save()
+    assert main(["tune", "--resume", "--name", "edited", "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err and "Traceback" not in err
+
+
+def test_the_signing_key_never_reaches_the_sweep_folder(signed_sweep):
+    from mnist_addition.sweep.trust import signing_key
+
+    key = signing_key(create=False)
+    assert key and not any(key in p.read_bytes() or key.hex().encode() in p.read_bytes()
+                           for p in signed_sweep.rglob("*") if p.is_file())

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SMOKE_OVERRIDES, ConfigError, TrainConfig, check_batch
+from ..errors import shown
 from ..spaces import Space, load_space, parse_space
 from . import trial
 from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
 from .results import trial_rows, write_results
 from .storage import Store, absolute, experiment_uri
+from .trust import Signer
 
 # What --smoke does to every trial (the space's own searched keys still win): little data, 2 epochs
 # so that ASHA has something to decide.
@@ -52,12 +54,8 @@ def resolve(options: SweepOptions) -> tuple[SweepOptions, Space, Store]:
         if not store.exists(SWEEP_FILE):
             raise SweepError(f"--resume: {store.uri} is not a sweep started by mnist-addition tune (no {SWEEP_FILE}): "
                              "check --storage-path and --name")
-        saved = json.loads(store.read(SWEEP_FILE))
-        for key in SweepOptions.SWEEP_DEFINING:
-            setattr(options, key, saved["options"][key])
-        space = parse_space(saved["space"], saved["options"]["space"])
-        if options.data_dir is None:
-            options.data_dir = saved["options"]["data_dir"]
+        signer = Signer.verified(store)  # before anything in the folder is read
+        space = _restore_options(options, store)
     else:
         options.check()
         space = load_space(options.space)
@@ -66,7 +64,27 @@ def resolve(options: SweepOptions) -> tuple[SweepOptions, Space, Store]:
         if store.exists():
             raise SweepError(f"{store.uri} already exists: pass --resume to continue that sweep, or choose "
                              "another --name")
-    return options, space, store
+        signer = Signer.new(store)
+    return options, space, store, signer
+
+
+def _restore_options(options: SweepOptions, store: Store) -> Space:
+    """The sweep-defining options and the space from ``sweep.json``, checked as when they were given."""
+    where = store.where(SWEEP_FILE)
+    try:
+        saved = json.loads(store.read(SWEEP_FILE))
+        for key in SweepOptions.SWEEP_DEFINING:
+            setattr(options, key, saved["options"][key])
+        if options.data_dir is None:
+            options.data_dir = saved["options"]["data_dir"]
+        space_doc, space_path = saved["space"], str(saved["options"]["space"])
+        options.check()
+    except SweepError as e:
+        raise SweepError(f"{where} holds options that are refused ({e}): start a new sweep under another --name") from None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise SweepError(f"{where} is not what mnist-addition tune writes ({type(e).__name__}: {shown(str(e))}): "
+                         "restore it, or start a new sweep under another --name") from None
+    return parse_space(space_doc, space_path)
 
 
 def check_against_data(space: Space, base: dict[str, Any], train_file_images: int, workers: int) -> None:
@@ -89,7 +107,7 @@ def check_against_data(space: Space, base: dict[str, Any], train_file_images: in
 def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     """Run (or resume) a sweep; write the results files; return the summary."""
     require_ray()
-    options, space, store = resolve(options)
+    options, space, store, signer = resolve(options)
     base = space.base(TUNE_SMOKE if options.smoke else None)  # every trial's config but the sampled keys
     _load_and_check_data(options, space, base)
     base_epochs = TrainConfig.from_dict(base).epochs
@@ -106,13 +124,16 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     # (the new one still prints a banner and a TensorBoard hint).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = _init_ray(options)
+    from .signing import activate
+
+    activate(signer)
     try:
         if options.gpus_per_trial is None:  # fill the cluster's GPUs, if it has any
             total = ray.cluster_resources()
             options.gpus_per_trial = gpu_share(total.get("CPU", 0), total.get("GPU", 0), options.cpus_per_trial)
         fits = _check_resources(options)
         concurrent = min(options.max_concurrent or fits, fits)
-        tuner = _tuner(options, space, base, store, max_epochs, concurrent, console)
+        tuner = _tuner(options, space, base, store, signer, max_epochs, concurrent, console)
         gpus = f", {options.gpus_per_trial:g} GPU" if options.gpus_per_trial else ""
         console.print(f"[bold]sweep[/] {options.num_samples} trials x up to {max_epochs} epochs, "
                       f"{options.scheduler} + {options.search} search on {options.metric} "
@@ -121,6 +142,8 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start
+        signer.sign_stored()  # Ray's last save, as the storage holds it
+        signer.save()
         # Tune returns normally after Ctrl-C; its trial states say whether everything ran.
         statuses = {t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
         keys = list(space.search)
@@ -132,6 +155,7 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
                           f"--storage-path {options.storage_path}")
         return summary
     finally:
+        activate(None)
         if started or ray.is_initialized():
             ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
 
@@ -146,22 +170,29 @@ def _load_and_check_data(options: SweepOptions, space: Space, base: dict[str, An
     check_against_data(space, base, len(mnist.train_labels), options.workers())
 
 
-def _tuner(options: SweepOptions, space: Space, base: dict[str, Any], store: Store, max_epochs: int,
+def _tuner(options: SweepOptions, space: Space, base: dict[str, Any], store: Store, signer: Signer, max_epochs: int,
            concurrent: int, console: Any) -> Any:
-    """A new Tuner (saving sweep.json first), or the interrupted one restored from storage."""
+    """A new Tuner (saving and signing sweep.json and Ray's tuner.pkl first), or the interrupted one
+    restored from storage (whose files ``resolve`` verified)."""
     from ray import tune
 
     trainable = _trainable(options, base, store)
     if not options.resume:
-        store.write(SWEEP_FILE, json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()},
-                                           indent=2).encode())
-        return tune.Tuner(trainable, param_space=_param_space(space),
-                          tune_config=_tune_config(options, max_epochs, concurrent), run_config=_run_config(options))
+        sweep = json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()}, indent=2).encode()
+        store.write(SWEEP_FILE, sweep)
+        signer.sign(SWEEP_FILE, sweep)
+        tuner = tune.Tuner(trainable, param_space=_param_space(space),
+                           tune_config=_tune_config(options, max_epochs, concurrent),
+                           run_config=_run_config(options))
+        signer.sign_stored()  # tuner.pkl, which Ray wrote straight into the storage
+        signer.save()
+        return tuner
     if not tune.Tuner.can_restore(store.uri):
         raise SweepError(f"--resume: {store.uri} has no Ray experiment state (it stopped before any "
                          "trial started): start it again under another --name")
     console.print(f"[bold]resuming[/] {store.uri}: finished trials are kept, unfinished ones continue "
                   "from their last checkpoint")
+    # the restored run config (tuner.pkl) holds the SignState callback: it signs with the active signer
     return tune.Tuner.restore(store.uri, trainable, resume_unfinished=True, resume_errored=True)
 
 
@@ -330,8 +361,10 @@ def _trial_dir(t: Any) -> str:
 def _run_config(options: SweepOptions) -> Any:
     from ray import tune
 
+    from .signing import SignState
+
     return tune.RunConfig(
         name=options.name, storage_path=options.storage_path, verbose=0,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[_printer(options.num_samples)])
+        callbacks=[_printer(options.num_samples), SignState()])

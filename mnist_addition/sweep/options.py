@@ -81,6 +81,9 @@ class SweepOptions:
         need(self.num_samples >= 1, "num_samples", f"must be at least 1 (got {self.num_samples})")
         need(math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0, "cpus_per_trial",
              f"must be > 0 (got {self.cpus_per_trial:g}); e.g. 2")
+        need(self.cpus_per_trial >= 1 / GPU_GRAIN, "cpus_per_trial",
+             f"is below Ray's smallest share of a CPU, 1/{GPU_GRAIN} (got {self.cpus_per_trial:g}): use e.g. 0.5")
+        need(0 <= self.seed <= 2**32 - 1, "seed", f"must be in 0..{2**32 - 1} (got {self.seed}); e.g. 0")
         need(gpus is None or (math.isfinite(gpus) and gpus >= 0), "gpus_per_trial",
              f"must be >= 0 (got {shown})")
         need(gpus is None or gpus <= 1 or float(gpus).is_integer(), "gpus_per_trial",

@@ -1,7 +1,9 @@
 """The sweep's folder on any storage Ray accepts: a local path or a URI (s3://, gs://, file://...).
 
 Everything goes through ``pyarrow.fs``, as Ray itself does, so the driver and every trial write to
-the same ``STORAGE/NAME/`` whether it is a local disk, a shared mount or a bucket.
+the same ``STORAGE/NAME/`` whether it is a local disk, a shared mount or a bucket. On a local disk
+files are written as ``files`` writes them (a link planted at a name is replaced, never written
+through).
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ class Store:
     def __init__(self, uri: str) -> None:
         import pyarrow.fs
 
-        self.fs, self.root = pyarrow.fs.FileSystem.from_uri(uri)  # an absolute path or a URI
+        from .options import SweepError
+
+        try:
+            self.fs, self.root = pyarrow.fs.FileSystem.from_uri(uri)  # an absolute path or a URI
+        except (ValueError, NotImplementedError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise SweepError(f"--storage-path: {uri} is not a storage pyarrow can open ({str(e).splitlines()[0][:100]}): "
+                             "use a local folder or a URI such as s3://bucket/sweeps or gs://bucket/sweeps") from None
         self.uri = uri
+        self.local = isinstance(self.fs, pyarrow.fs.LocalFileSystem)
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}" if name else self.root
@@ -43,8 +52,28 @@ class Store:
     def write(self, name: str, data: bytes) -> None:
         """Write ``name`` whole (folders are created as needed)."""
         self.fs.create_dir(self._path(name).rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(self._path(name)) as f:
+        if self.local:
+            from ..files import write_bytes
+
+            write_bytes(self._path(name), data)
+            return
+        with self.fs.open_output_stream(self._path(name)) as f:  # an object store: no links, whole objects
             f.write(data)
+
+    def walk(self) -> list[tuple[str, bool]]:
+        """Every file below the folder as (relative path, whether it is a symbolic link)."""
+        import pyarrow.fs
+
+        if self.local:
+            found = []
+            for top, dirs, names in os.walk(self.root):  # links are listed, never followed
+                for name in [*names, *(d for d in dirs if os.path.islink(os.path.join(top, d)))]:
+                    path = os.path.join(top, name)
+                    found.append((os.path.relpath(path, self.root).replace(os.sep, "/"), os.path.islink(path)))
+            return sorted(found)
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True))
+        return sorted((info.path[len(self.root):].lstrip("/"), False) for info in infos
+                      if info.type == pyarrow.fs.FileType.File)
 
     def upload(self, local: Path, name: str, skip: tuple[str, ...] = ()) -> int:
         """Copy the files of the local folder ``local`` to ``name``, leaving out top-level entries in
