@@ -81,7 +81,7 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, optimizer: torch.o
         tmp = files.make_temp_dir(root, f".tmp-{final.name}-")  # fresh: nothing in it can be a planted link
         write_training_state(tmp, accelerator.unwrap_model(model), optimizer, state)
         manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         if files.is_real_dir(final):  # the same step saved again after a resume
             shutil.rmtree(final)
         elif os.path.lexists(final):
@@ -95,18 +95,25 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, optimizer: torch.o
 
 def write_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict[str, Any]) -> None:
-    """Model and optimizer as safetensors + JSON, the trainer state as JSON: no pickle anywhere."""
-    from safetensors.torch import save_file
+    """Model and optimizer as safetensors + JSON, the trainer state as JSON: no pickle anywhere.
+    ``folder`` is new (``save_checkpoint`` made it), so plain writes cannot meet a planted link."""
+    from safetensors.torch import save
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / MODEL_FILE))
+    _write(folder / MODEL_FILE, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
     saved = optimizer.state_dict()
     tensors = {f"{index}.{name}": value.detach().cpu().contiguous()
                for index, values in saved["state"].items() for name, value in values.items()}
     others = {str(index): {name: value for name, value in values.items() if not torch.is_tensor(value)}
               for index, values in saved["state"].items()}
-    save_file(tensors, str(folder / OPTIMIZER_TENSORS))
-    (folder / OPTIMIZER_GROUPS).write_text(json.dumps({"param_groups": saved["param_groups"], "scalars": others}))
-    (folder / STATE_FILE).write_text(json.dumps(state))
+    _write(folder / OPTIMIZER_TENSORS, save(tensors))
+    _write(folder / OPTIMIZER_GROUPS, json.dumps({"param_groups": saved["param_groups"], "scalars": others}).encode())
+    _write(folder / STATE_FILE, json.dumps(state).encode())
+
+
+def _write(path: Path, data: bytes) -> None:
+    """One file of a new checkpoint; a full disk is an OSError naming it (not safetensors' own error)."""
+    with path.open("xb") as f:
+        f.write(data)
 
 
 def load_training_state(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

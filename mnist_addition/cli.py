@@ -426,7 +426,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # the tune flags load the sweep package (and torch)
+    except KeyboardInterrupt:
+        print("mnist-addition: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report,
                 "export": cmd_export, "predict": cmd_predict, "tune": cmd_tune}[args.command](args)

@@ -97,6 +97,10 @@ def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[P
     existing file only with ``overwrite``, and only in a folder that exists and can be written."""
     path = Path(path)
     try:
+        try:
+            os.lstat(path)  # a name too long, a link loop, a file where a folder should be: said here
+        except FileNotFoundError:
+            pass
         for other in protected:
             if os.path.lexists(other) and (os.path.realpath(other) == os.path.realpath(path) or
                                            (os.path.exists(path) and os.path.samefile(other, path))):
@@ -141,6 +145,8 @@ def replace_file(path: Path, write: Callable[[Path], None], flag: str) -> None:
 def write_failed(error: OSError, flag: str, where: Path | None = None) -> RunError:
     """A write that failed (disk full, read-only, a folder where the file goes) as one line."""
     path = error.filename or where or "the output"
+    if error.errno == errno.ENAMETOOLONG:
+        return RunError(f"cannot write {shown(str(path))}: the name is too long for the filesystem; choose another {flag}")
     if error.errno == errno.EISDIR:
         return RunError(f"cannot write {path}: a folder of that name is in the way; remove it, or choose another {flag}")
     return RunError(f"cannot write {path} ({error.strerror or error}): free some space or choose another {flag}")

@@ -1,0 +1,402 @@
+"""The inputs a hostile or careless user gives, each answered in one line with its exit code and
+nothing changed (in-process; ``benchmarks/bad_inputs.py`` replays them as separate processes)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_addition.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+from mnist_addition.cli import main
+
+from .conftest import write_idx, write_mnist
+
+TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
+        "--mixed-precision", "no", "--cpu", "--no-download"]
+LONG = "x" * 300  # longer than any file name a filesystem takes
+
+
+def _peak_memory() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports kB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse
+        return int(e.code)
+
+
+def _one_line(capsys, argv: list[str], code: int, match: str) -> str:
+    got = _run(argv)
+    err = capsys.readouterr().err.strip()
+    assert got == code and "Traceback" not in err, (argv[:3], got, err[-600:])
+    line = err.splitlines()[-1]
+    assert match in line and len(line) < 600, line
+    return line
+
+
+@pytest.fixture(scope="module")
+def crashed(mnist_dir, tmp_path_factory) -> Path:
+    """A run as if killed after its last checkpoint: three checkpoints, nothing written after them."""
+    run = tmp_path_factory.mktemp("crashed") / "run"
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--checkpoint-every", "10",
+                 "--keep-checkpoints", "3"]) == 0
+    for name in ("metrics.json", "model.safetensors", "curves.png", "confusion_digit.png", "confusion_sum.png",
+                 "samples.png", "mistakes.png"):
+        (run / name).unlink()
+    return run
+
+
+@pytest.fixture(scope="module")
+def finished(mnist_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--eval-limit", "50"]) == 0
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+# Values outside what the code can use: refused up front, with the range
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags,match", [
+    (["--seed", "4294967296"], "--seed must be in 0..4294967295"),
+    (["--seed", str(2**64 + 1)], "--seed must be in 0..4294967295"),
+    (["--width", "10000000000"], "--width must be in 1..65536"),
+    (["--lr", "1e308"], "--lr must be in (0, 1000]"),
+    (["--epochs", "1e23"], "argument --epochs: invalid int value"),
+    (["--data-dir", ""], "--data-dir is empty"),
+    (["--output-dir", LONG], "cannot be used (File name too long)"),
+])
+def test_train_values_out_of_range_are_one_line(flags, match, mnist_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data-dir", str(mnist_dir), *TINY, *flags]
+    if "--output-dir" not in flags:
+        argv += ["--output-dir", str(tmp_path / "run")]
+    _one_line(capsys, argv, 2, match)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_lr_out_of_range_with_overwrite_keeps_the_run(finished, tmp_path, capsys):
+    run = shutil.copytree(finished, tmp_path / "run")
+    before = (run / "model.safetensors").read_bytes()
+    _one_line(capsys, ["train", "--output-dir", str(run), *TINY, "--lr", "1e308", "--overwrite"], 2, "--lr must be in")
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"seed": 4294967296}', "--seed must be in 0..4294967295"),
+    ('{"width": 1e30}', "--width must be in 1..65536"),
+    ('{"epochs": 1e23}', "--epochs must be in 1..100000"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply to be a config"),
+    ('{"lr": [' + ",".join(["0"] * 100_000) + "]}", "--lr must be float, got [0, 0, 0, 0, 0, 0, ...]"),
+    ('{"lr": [' + ",".join(["0"] * 600_000) + "]}", "too large for a config"),
+    ('{"' + "k" * 200_000 + '": 1}', "unknown config key 'kkkkk"),
+])
+def test_config_files_that_cannot_be_a_config_are_one_line(content, match, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    _one_line(capsys, ["train", "--config", str(path)], 2, match)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("link loop", "Too many levels of symbolic links"),
+    ("below a file", "Not a directory"),
+    ("name too long", "File name too long"),
+])
+def test_config_paths_that_cannot_be_read_are_one_line(case, match, tmp_path, capsys):
+    if case == "link loop":
+        (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+        (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+        path = tmp_path / "a.json"
+    elif case == "below a file":
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "c.json"
+    else:
+        path = tmp_path / LONG
+    _one_line(capsys, ["train", "--config", str(path)], 2, match)
+
+
+def test_evaluate_of_a_run_whose_config_is_nested_too_deeply(finished, tmp_path, capsys):
+    run = shutil.copytree(finished, tmp_path / "run")
+    (run / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    _one_line(capsys, ["evaluate", str(run)], 2, "nested too deeply")
+
+
+@pytest.mark.parametrize("setup", ['"cuda"', "[1, 2]"])
+def test_a_config_json_setup_that_training_never_writes_is_refused_everywhere(setup, finished, crashed, tmp_path,
+                                                                             capsys):
+    for source, argv in ((finished, ["evaluate"]), (crashed, ["train", "--resume"])):
+        run = shutil.copytree(source, tmp_path / source.parent.name)
+        data = json.loads((run / "config.json").read_text())
+        data["setup"] = json.loads(setup)
+        (run / "config.json").write_text(json.dumps(data))
+        _one_line(capsys, [*argv, str(run)], 2, "'setup' is not what training writes")
+
+
+def test_predict_seed_and_paths_out_of_range(finished, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _one_line(capsys, ["predict", str(finished), str(folder), "--random-numbers", "--seed", str(2**70)], 2,
+              "--seed must be a whole number in 0..4294967295")
+    _one_line(capsys, ["predict", str(finished), str(tmp_path / LONG), "3"], 2, "cannot be opened (File name too long)")
+    _one_line(capsys, ["export", str(finished), "--output", str(tmp_path / LONG)], 2, "cannot be used (File name too long)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Data folders
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_data_folder_without_images_is_one_line(split, finished, tmp_path, capsys):
+    data = write_mnist(tmp_path / "data")
+    raw = data / "MNIST" / "raw"
+    write_idx(raw / f"{'train' if split == 'train' else 't10k'}-images-idx3-ubyte", torch.zeros(0, 28, 28))
+    write_idx(raw / f"{'train' if split == 'train' else 't10k'}-labels-idx1-ubyte", torch.zeros(0))
+    argv = (["train", "--data-dir", str(data), "--output-dir", str(tmp_path / "run"), *TINY] if split == "train"
+            else ["report", str(finished), "--data-dir", str(data), "--no-download"])
+    _one_line(capsys, argv, 1, "holds no images: replace it with the original file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_sparse_idx_file_is_refused_before_it_is_read(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data")
+    path = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    n = 4_000_000  # 3.1 GB of images, all holes: a header that matches the file's size
+    with path.open("wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+        f.truncate(16 + n * 784)
+    before = _peak_memory()
+    _one_line(capsys, ["train", "--data-dir", str(data), "--output-dir", str(tmp_path / "run"), *TINY], 1,
+              "more than any MNIST-like file")
+    assert _peak_memory() - before < 2**30  # the 3 GB were never read into memory
+
+
+def test_evaluate_scores_the_pairs_the_run_was_scored_on(finished, capsys):
+    assert main(["evaluate", str(finished), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["test"]
+    want = json.loads((finished / "metrics.json").read_text())["test"]
+    assert got["n"] == want["n"] == 50 and got["digit_acc"] == want["digit_acc"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Full disks and things in the way
+# ------------------------------------------------------------------------------------------------
+def test_a_full_disk_at_the_first_checkpoint_under_overwrite_keeps_the_old_run(finished, mnist_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    import mnist_addition.checkpoint as ck
+
+    run = shutil.copytree(finished, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ck, "_write", full)
+    _one_line(capsys, ["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--overwrite"], 2,
+              "(No space left on device): free some space")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+@pytest.mark.parametrize("case", ["disk full", "a folder in the way"])
+def test_report_that_cannot_write_is_one_line(case, finished, mnist_dir, tmp_path, monkeypatch, capsys):
+    import mnist_addition.files as files_module
+
+    run = shutil.copytree(finished, tmp_path / "run")
+    if case == "disk full":
+        def full(path, data):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(files_module, "write_bytes", full)
+        match = "(No space left on device)"
+    else:
+        (run / "samples.png").unlink()
+        (run / "samples.png").mkdir()
+        match = "samples.png: a folder of that name is in the way"
+    _one_line(capsys, ["report", str(run), "--data-dir", str(mnist_dir), "--no-download"], 2, match)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints altered so that their manifest still matches: reported, the one before used
+# ------------------------------------------------------------------------------------------------
+def _alter(checkpoint: Path, how: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if how == "manifest a list":
+        (checkpoint / MANIFEST).write_text("[]")
+        return
+    if how == "manifest maps a file to a number":
+        (checkpoint / MANIFEST).write_text(json.dumps({"model.safetensors": 3}))
+        return
+    if how == "samples 1e30":
+        state["samples_per_process"] = 10**30
+    elif how == "history of non-objects":
+        state["history"] = [1, "two"][:len(state["history"])] or [1]
+    elif how == "world 0":
+        state["world"] = 0
+    elif how == "train_seconds -1e300":
+        state["train_seconds"] = -1e300
+    elif how == "moment of the wrong shape":
+        tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+        key = next(k for k in tensors if k.endswith("exp_avg"))
+        tensors[key] = torch.zeros(3)
+        save_file(tensors, str(checkpoint / "optimizer.safetensors"))
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    (checkpoint / MANIFEST).write_text(json.dumps({str(p.relative_to(checkpoint)): {
+        "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(checkpoint)}))
+
+
+ALTERATIONS = ["manifest a list", "manifest maps a file to a number", "samples 1e30", "history of non-objects",
+               "world 0", "train_seconds -1e300", "moment of the wrong shape"]
+
+
+@pytest.mark.parametrize("how", ALTERATIONS)
+def test_an_altered_newest_checkpoint_is_reported_and_the_one_before_used(how, crashed, tmp_path, capsys):
+    run = shutil.copytree(crashed, tmp_path / "run")
+    found = list_checkpoints(run)
+    _alter(found[-1], how)
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: checkpoint")]
+    assert len(warnings) == 1 and found[-1].name in warnings[0] and "Traceback" not in err
+    assert f"resuming from {found[-2].name}" in err
+
+
+@pytest.mark.parametrize("how", ["world 0", "train_seconds -1e300", "moment of the wrong shape"])
+def test_every_checkpoint_altered_is_one_line_and_changes_nothing(how, crashed, tmp_path, capsys):
+    run = shutil.copytree(crashed, tmp_path / "run")
+    for checkpoint in list_checkpoints(run):
+        _alter(checkpoint, how)
+    before = {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    _one_line(capsys, ["train", "--resume", str(run)], 2, "every checkpoint in ")
+    assert {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_weights_of_the_wrong_dtype_are_refused(finished, tmp_path, capsys):
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    run = shutil.copytree(finished, tmp_path / "run")
+    weights = {k: v.to(torch.int8) if v.is_floating_point() else v
+               for k, v in load_file(str(run / "model.safetensors")).items()}
+    save_file(weights, str(run / "model.safetensors"))
+    ink = Image.new("L", (28, 28), 0)
+    ink.paste(255, (10, 6, 16, 22))
+    ink.save(tmp_path / "d.png")
+    _one_line(capsys, ["evaluate", str(run)], 2, "is int8, not float32")
+    _one_line(capsys, ["predict", str(run), str(tmp_path / "d.png"), "3"], 2, "is int8, not float32")
+
+
+# ------------------------------------------------------------------------------------------------
+# Images read as a viewer shows them
+# ------------------------------------------------------------------------------------------------
+def test_32_bit_images_holding_8_bit_values_and_a_nan_pixel_read_like_the_8_bit_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mnist_addition.predict import load_image
+
+    eight = np.zeros((28, 28), dtype=np.uint8)
+    eight[6:22, 10:16] = 255
+    Image.fromarray(eight).save(tmp_path / "d8.png")
+    Image.fromarray(eight.astype(np.int32), mode="I").save(tmp_path / "d32.tiff")
+    as_float = eight.astype(np.float32) / 255
+    as_float[0, 0] = np.nan
+    Image.fromarray(as_float, mode="F").save(tmp_path / "nan.tiff")
+    want = load_image(tmp_path / "d8.png")
+    assert torch.equal(load_image(tmp_path / "d32.tiff"), want)
+    assert torch.allclose(load_image(tmp_path / "nan.tiff"), want, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C anywhere: one line, exit 130
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["evaluate --all-numbers", "predict", "tune space check"])
+def test_ctrl_c_outside_the_training_loop_is_one_line(where, finished, tmp_path, monkeypatch, capsys):
+    import mnist_addition.evaluate as evaluate_module
+    import mnist_addition.predict as predict_module
+    import mnist_addition.sweep.driver as driver_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(tmp_path / "d.png")
+    module, name, argv = {
+        "evaluate --all-numbers": (evaluate_module, "evaluate_all_numbers", ["evaluate", str(finished), "--all-numbers"]),
+        "predict": (predict_module, "load_image", ["predict", str(finished), str(tmp_path / "d.png"), "3"]),
+        "tune space check": (driver_module, "load_space", ["tune", "--storage-path", str(tmp_path / "sw")]),
+    }[where]
+    monkeypatch.setattr(module, name, interrupt)
+    _one_line(capsys, argv, 130, "interrupted")
+
+
+def test_ctrl_c_while_python_loads_torch_is_one_line():
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_addition", "evaluate", "nowhere"], stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(0.3)  # torch takes seconds to import: the signal lands during the imports
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].strip()
+    assert proc.returncode == 130 and "Traceback" not in err and err.splitlines()[-1].endswith("interrupted"), err
+
+
+# ------------------------------------------------------------------------------------------------
+# tune: refused before anything starts or is written
+# ------------------------------------------------------------------------------------------------
+def _space(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case,match", [
+    ("storage scheme", "is not a storage pyarrow can open"),
+    ("seed -1", "--seed must be in 0..4294967295"),
+    ("tiny cpus", "is below Ray's smallest share of a CPU"),
+    ("space link loop", "Too many levels of symbolic links"),
+    ("space fixes a seed too large", "--seed must be in 0..4294967295"),
+    ("alias bomb in a choice", "uses a YAML alias"),
+    ("alias bomb as a fixed value", "uses a YAML alias"),
+    ("3,000 choices", "lists 3,000 values, at most 100"),
+])
+def test_tune_inputs_are_one_line_and_make_no_sweep_folder(case, match, tmp_path, capsys):
+    storage = tmp_path / "sweeps"
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n'
+    argv = ["tune", "--storage-path", str(storage)]
+    if case == "storage scheme":
+        argv = ["tune", "--storage-path", "nosuch://x"]
+    elif case == "seed -1":
+        argv += ["--seed", "-1"]
+    elif case == "tiny cpus":
+        argv += ["--cpus-per-trial", "0.00001"]
+    elif case == "space link loop":
+        (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+        (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+        argv += ["--space", str(tmp_path / "a.yaml")]
+    elif case == "space fixes a seed too large":
+        argv += ["--space", str(_space(tmp_path, "fixed: {seed: 4294967296}\nsearch: {lr: {uniform: [0.001, 0.01]}}\n"))]
+    elif case == "alias bomb in a choice":
+        argv += ["--space", str(_space(tmp_path, bomb + "search:\n  width: {choice: *c}\n"))]
+    elif case == "alias bomb as a fixed value":
+        argv += ["--space", str(_space(tmp_path, bomb + "fixed: {data_dir: *c}\nsearch: {lr: {uniform: [0.001, 0.01]}}\n"))]
+    else:
+        choices = ", ".join(str(8 + i) for i in range(3000))
+        argv += ["--space", str(_space(tmp_path, f"search:\n  width: {{choice: [{choices}]}}\n"
+                                                 f"  eval_batch_size: {{choice: [{choices}]}}\n"))]
+    before = _peak_memory()
+    _one_line(capsys, argv, 2, match)
+    assert _peak_memory() - before < 2**29  # nothing was expanded (the alias bomb is gigabytes expanded)
+    assert not storage.exists()
