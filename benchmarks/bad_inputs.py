@@ -1,21 +1,29 @@
-"""Feed the command line the bad inputs and faults of issue 11 and count the clean answers (not a test).
+"""Feed the command line the bad inputs and faults of issues 11 and 15 and count the clean answers
+(not a test).
 
 Each case runs ``mnist-addition`` in a fresh process on tiny synthetic MNIST (the tests' fixture
 files) and is "clean" when it exits with the expected code, prints no traceback, ends with exactly
-one error line (when it fails), and leaves what must not change untouched. Prints one table.
+one error line (when it fails), and leaves what must not change untouched. A full disk is a file
+size limit (RLIMIT_FSIZE) on the process; a Ctrl-C at a given moment is a ``sitecustomize`` the
+case puts on the process's path (the product reads no test switch). Prints one line per case and
+the count.
 
-    python benchmarks/bad_inputs.py
+    python benchmarks/bad_inputs.py [--only SUBSTRING]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +36,51 @@ TINY = ["--width", "8", "--epochs", "1", "--batch-size", "32", "--val-size", "10
         "--no-download"]
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def cli(*args: str, cwd: Path | None = None, inject: str = "", file_limit: int = 0,
+        config_home: str | None = None) -> subprocess.CompletedProcess:
+    """``mnist-addition ARGS`` in a fresh process. ``inject``: Python run at its start-up (a
+    sitecustomize: how a case makes Ctrl-C land at a given moment); ``file_limit``: no file it
+    writes may grow past this many bytes (a full disk)."""
+    path = [str(ROOT)]
+    if inject:
+        site = Path(tempfile.mkdtemp(prefix="inject-"))
+        (site / "sitecustomize.py").write_text(inject)
+        path.insert(0, str(site))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    if config_home is not None:
+        env["XDG_CONFIG_HOME"] = config_home
+
+    def limit() -> None:
+        if file_limit:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
     return subprocess.run([sys.executable, "-m", "mnist_addition", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=600, preexec_fn=limit)
+
+
+# A Ctrl-C raised inside NAME of MODULE (a sitecustomize for ``cli(inject=...)``).
+INTERRUPT = """
+import importlib, sys
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+_module = importlib.import_module({module!r})
+{before}
+setattr(_module, {name!r}, {wrapper})
+"""
+
+
+def interrupt_in(module: str, name: str, after: bool = False) -> str:
+    """Ctrl-C when ``module.name`` is called (``after``: once it has returned)."""
+    if not after:
+        return INTERRUPT.format(module=module, name=name, before="", wrapper="_interrupt")
+    before = (f"_real = getattr(_module, {name!r})\n"
+              "def _after(*args, **kwargs):\n    _real(*args, **kwargs)\n    raise KeyboardInterrupt")
+    return INTERRUPT.format(module=module, name=name, before=before, wrapper="_after")
+
+
+PRECIOUS = b"someone's file: must never change\n"
+LONG = "x" * 300
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -47,7 +96,10 @@ def clean(proc: subprocess.CompletedProcess, code: int) -> str:
         return "traceback"
     if proc.returncode != code:
         return f"exit {proc.returncode}, expected {code}"
-    if code and not (err and err[-1].startswith("mnist-addition ") and ": error: " in err[-1]):
+    said = err[-1] if err else ""
+    if code == 130:  # Ctrl-C: "mnist-addition CMD: interrupted..." (what is left, in training)
+        return "" if said.startswith("mnist-addition") and ": interrupted" in said else "no one-line interrupt"
+    if code and not (said.startswith("mnist-addition ") and ": error: " in said):
         return "no one-line error"
     return ""
 
@@ -65,8 +117,11 @@ class Cases:
         return dest
 
     def unfinished(self, name: str) -> Path:
+        """A copy as if killed after its last checkpoint (metrics.json, written last, marks a finished run)."""
         run = self.copy(name)
-        (run / "model.safetensors").unlink()
+        for item in ("metrics.json", "model.safetensors", "curves.png", "confusion_digit.png", "confusion_sum.png",
+                     "samples.png", "mistakes.png"):
+            (run / item).unlink()
         return run
 
     def all(self) -> dict[str, Callable[[], str]]:
@@ -115,6 +170,7 @@ class Cases:
                                                   "--val-size", "60000"), 2),
             "model.safetensors byte-identical for identical runs": self.bytes_identical,
             "a 16-bit image reads like its 8-bit version": self.sixteen_bit,
+            **Issue15(self).all(),
         }
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -210,9 +266,12 @@ class Cases:
         return clean(cli("predict", str(self.run), str(path), "3"), 2)
 
     def diverges(self) -> str:
+        # --lr 1e30 made it diverge before --lr had a range; a NaN learning rate from step 5 does now
         out = self.work / "nan"
-        proc = cli("train", "--data-dir", str(self.data), "--output-dir", str(out), *TINY, "--optimizer", "sgd",
-                   "--lr", "1e30", "--checkpoint-every", "3")
+        poison = ("import mnist_addition.train as t\n_real = t.lr_schedule\n"
+                  "t.lr_schedule = lambda c, n: (lambda f: lambda s: float('nan') if s >= 5 else f(s))(_real(c, n))\n")
+        proc = cli("train", "--data-dir", str(self.data), "--output-dir", str(out), *TINY, "--checkpoint-every", "3",
+                   inject=poison)
         problem = clean(proc, 1)
         return problem or ("saved weights" if (out / "model.safetensors").exists() else "")
 
@@ -238,15 +297,440 @@ class Cases:
         return "" if json.loads(a.stdout)["digit_probs"] == json.loads(b.stdout)["digit_probs"] else "reads differently"
 
 
+class Issue15:
+    """The cases of issue 15: folders from someone else, refused writers, interrupts, tracebacks,
+    hangs and inputs that were accepted silently."""
+
+    def __init__(self, base: Cases) -> None:
+        self.base, self.work, self.data, self.run = base, base.work / "i15", str(base.data), base.run
+        self.work.mkdir()
+        self._sweep: Path | None = None
+        self._altered = 0
+
+    def all(self) -> dict[str, Callable[[], str]]:
+        d, w, r = self.data, self.work, str(self.run)
+        cases: dict[str, Callable[[], str]] = {
+            # -- nothing from someone else's folder runs or writes outside it
+            "tune --resume of a sweep whose tuner.pkl runs code": self.sweep_payload,
+            "report with mistakes.png linked to a file outside the run": self.report_link,
+            "train into a folder of dangling links curves.png, metrics.jsonl": self.dangling_links,
+            "train --output-dir /": lambda: self.unchanged(Path("/"), lambda: cli(
+                "train", "--data-dir", d, "--output-dir", "/", *TINY), 2),
+            "export --output RUN/model.safetensors --overwrite": lambda: self.unchanged(self.base.copy("x1"), lambda c: cli(
+                "export", str(c), "--output", str(c / "model.safetensors"), "--overwrite"), 2, pass_folder=True),
+            # -- a refused command changes nothing; an interrupt says what is true
+            "train SOMEWHERE/../RUN and --overwrite while RUN trains": self.refused_writer,
+            "Ctrl-C while the final pictures are drawn, then --resume": self.interrupt_in_pictures,
+            "Ctrl-C just after metrics.json": self.interrupt_after_metrics,
+            "a run diverged before its first checkpoint is trained again": self.failed_then_again,
+            # -- tracebacks that are one line now
+            "--seed 4294967296": lambda: self.refused("train", "--data-dir", d, "--output-dir", str(w / "s1"), *TINY,
+                                                     "--seed", "4294967296"),
+            "--seed above 2**64": lambda: self.refused("train", "--data-dir", d, "--output-dir", str(w / "s2"), *TINY,
+                                                      "--seed", str(2**64 + 5)),
+            "--config with seed 4294967296": lambda: self.config_file('{"seed": 4294967296}'),
+            "predict --random-numbers --seed 2**70": lambda: self.refused(
+                "predict", r, str(self.folder_of_images()), "--random-numbers", "--seed", str(2**70)),
+            "--width 10000000000": lambda: self.refused("train", "--data-dir", d, "--output-dir", str(w / "w1"), *TINY,
+                                                       "--width", "10000000000"),
+            "--config with width 1e30": lambda: self.config_file('{"width": 1e30}'),
+            "--lr 1e308": lambda: self.refused("train", "--data-dir", d, "--output-dir", str(w / "l1"), *TINY,
+                                              "--lr", "1e308"),
+            "--lr 1e308 --overwrite keeps the run": lambda: self.base.same(self.base.copy("l2"), lambda c: cli(
+                "train", "--data-dir", d, "--output-dir", str(c), *TINY, "--lr", "1e308", "--overwrite"), 2),
+            "--config nested 100,000 levels": lambda: self.config_file("[" * 100_000 + "]" * 100_000),
+            "evaluate of a run whose config.json is nested 100,000 levels": self.deep_run_config,
+            "--config a symlink loop": lambda: self.refused("train", "--config", str(self.loop("c.json"))),
+            "--config below a regular file": lambda: self.refused("train", "--config", str(self.run / "config.json" / "c")),
+            "--config name too long": lambda: self.refused("train", "--config", str(w / LONG)),
+            "--output-dir name too long": lambda: self.refused("train", "--data-dir", d, "--output-dir", str(w / LONG),
+                                                              *TINY),
+            "export --output name too long": lambda: self.refused("export", r, "--output", str(w / LONG)),
+            "predict of an image whose name is too long": lambda: self.refused("predict", r, str(w / LONG), "3"),
+            "a data folder with zero training images (train)": lambda: self.empty_data("train"),
+            "a data folder with zero test images (report)": lambda: self.empty_data("report"),
+            "a full disk at the first checkpoint under --overwrite": lambda: self.base.same(self.base.copy("df"), lambda c: cli(
+                "train", "--data-dir", d, "--output-dir", str(c), *TINY, "--overwrite", file_limit=30_000), 2),
+            "report with a full disk": lambda: clean(cli("report", str(self.base.copy("rf")), "--data-dir", d,
+                                                         "--no-download", file_limit=10_000), 2),
+            "report with samples.png a folder": self.report_folder_in_the_way,
+            "report with mistakes.png a link to /dev/full": self.report_dev_full,
+            **{f"resume with the newest checkpoint's {how} (its manifest matching)": (lambda how=how: self.altered(how))
+               for how in ("MANIFEST.json a list", "MANIFEST.json mapping a file to a number",
+                           "samples_per_process 1e30", "history of non-objects", "optimizer moment of the wrong shape")},
+            **{f"evaluate of a run whose config.json setup is {what}": (lambda value=value: self.bad_setup(value))
+               for what, value in (("a string", '"cuda"'), ("a list", "[1, 2]"))},
+            **{f"tune --resume where sweep.json {what}": (lambda text=text: self.sweep_json(text))
+               for what, text in (("is not JSON", "not json"), ("is {}", "{}"), ("is a folder", None),
+                                  ("names a metric that does not exist", "metric"))},
+            "tune --storage-path nosuch://x": lambda: self.refused("tune", "--data-dir", d, "--storage-path", "nosuch://x"),
+            "tune --seed -1": lambda: self.refused("tune", "--data-dir", d, "--storage-path", str(w / "sw1"), "--seed", "-1"),
+            "tune --cpus-per-trial 0.00001 leaves no folder": lambda: self.refused(
+                "tune", "--data-dir", d, "--storage-path", str(w / "sw2"), "--cpus-per-trial", "0.00001")
+            or ("left a sweep folder" if (w / "sw2").exists() else ""),
+            "tune with a space that is a symlink loop": lambda: self.refused(
+                "tune", "--data-dir", d, "--storage-path", str(w / "sw3"), "--space", str(self.loop("s.yaml"))),
+            "tune with a space fixing seed 4294967296": lambda: self.refused(
+                "tune", "--data-dir", d, "--storage-path", str(w / "sw4"), "--space",
+                str(self.text("big-seed.yaml", "fixed: {seed: 4294967296}\nsearch: {lr: {uniform: [0.001, 0.01]}}\n"))),
+            "Ctrl-C while Python loads torch": self.interrupt_imports,
+            "Ctrl-C in evaluate --all-numbers": lambda: self.interrupted(
+                interrupt_in("mnist_addition.evaluate", "evaluate_all_numbers"), "evaluate", r, "--all-numbers"),
+            "Ctrl-C while predicting a large image": lambda: self.interrupted(
+                interrupt_in("mnist_addition.predict", "load_image"), "predict", r, self.base.image(), "3"),
+            "Ctrl-C in the tune space check": lambda: self.interrupted(
+                interrupt_in("mnist_addition.sweep.driver", "load_space"), "tune", "--storage-path", str(w / "sw5")),
+            # -- hangs and memory
+            "a YAML alias bomb in a choice list": lambda: self.quick(lambda: self.refused(
+                "tune", "--storage-path", str(w / "sw6"), "--space", str(self.text("b1.yaml", BOMB + "search:\n  width: {choice: *c}\n")))),
+            "a YAML alias bomb as a fixed value": lambda: self.quick(lambda: self.refused(
+                "tune", "--storage-path", str(w / "sw7"), "--space", str(self.text(
+                    "b2.yaml", BOMB + "fixed: {label_smoothing: *c}\nsearch: {lr: {uniform: [0.001, 0.01]}}\n")))),
+            "a space with two keys of 3,000 choices": lambda: self.quick(lambda: self.refused(
+                "tune", "--storage-path", str(w / "sw8"), "--space", str(self.text("many.yaml", MANY)))),
+            "a 3 GiB sparse IDX file": self.sparse_idx,
+            "--config with epochs 1e23": lambda: self.config_file('{"epochs": 1e23}'),
+            "--config with a 3M-element list: a short error line": self.long_value,
+            # -- accepted silently before
+            **{f"resume with every checkpoint's {how}": (lambda how=how: self.altered(how, every=True))
+               for how in ("world 0", "train_seconds -1e300")},
+            "resume of a run whose config.json setup is a string": lambda: self.bad_setup('"cuda"', resume=True),
+            "weights cast to int8 (evaluate)": lambda: self.int8("evaluate"),
+            "weights cast to int8 (predict)": lambda: self.int8("predict"),
+            "--data-dir ''": lambda: self.refused("train", "--data-dir", "", "--output-dir", str(w / "dd"), *TINY),
+            "a 32-bit image holding 0..255 reads like its 8-bit version": lambda: self.same_prediction("i32"),
+            "one NaN pixel in a float image reads like the image without it": lambda: self.same_prediction("nan"),
+            "evaluate of an --eval-limit run scores metrics.json's pairs": self.eval_limit,
+        }
+        return {f"[15] {name}": case for name, case in cases.items()}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def refused(self, *args: str, code: int = 2) -> str:
+        return clean(cli(*args), code)
+
+    def unchanged(self, folder: Path, run: Callable, code: int, pass_folder: bool = False) -> str:
+        before = sorted(os.listdir(folder)) if folder == Path("/") else snapshot(folder)
+        problem = clean(run(folder) if pass_folder else run(), code)
+        after = sorted(os.listdir(folder)) if folder == Path("/") else snapshot(folder)
+        return problem or ("" if after == before else "changed the folder")
+
+    def text(self, name: str, content: str) -> Path:
+        path = self.work / name
+        path.write_text(content)
+        return path
+
+    def config_file(self, content: str) -> str:
+        return self.refused("train", "--config", str(self.text("c.json", content)))
+
+    def loop(self, name: str) -> Path:
+        a, b = self.work / f"loop-a-{name}", self.work / f"loop-b-{name}"
+        if not a.is_symlink():
+            a.symlink_to(b)
+            b.symlink_to(a)
+        return a
+
+    def quick(self, case: Callable[[], str], seconds: float = 20.0) -> str:
+        start = time.perf_counter()
+        problem = case()
+        took = time.perf_counter() - start
+        return problem or (f"took {took:.0f} s" if took > seconds else "")
+
+    def folder_of_images(self) -> Path:
+        folder = self.work / "images"
+        if not folder.exists():
+            folder.mkdir()
+            shutil.copy(self.base.image(), folder / "a.png")
+        return folder
+
+    def outside(self, name: str, content: bytes | None = PRECIOUS) -> Path:
+        target = self.work / "outside" / name
+        target.parent.mkdir(exist_ok=True)
+        if content is not None:
+            target.write_bytes(content)
+        return target
+
+    # -- cases -------------------------------------------------------------------------------------
+    def sweep(self) -> Path:
+        """A tiny finished sweep on a local Ray, made once."""
+        if self._sweep is None:
+            space = self.text("space.yaml", "fixed: {epochs: 1, width: 8, batch_size: 32, val_size: 100, "
+                                            "mixed_precision: 'no'}\nsearch: {lr: {loguniform: [0.005, 0.02]}}\n")
+            proc = cli("tune", "--space", str(space), "--data-dir", self.data, "--storage-path", str(self.work / "sweeps"),
+                       "--name", "s", "--num-samples", "2", "--cpus-per-trial", "1", "--scheduler", "fifo")
+            if proc.returncode:
+                raise RuntimeError(f"the sweep to tamper with failed: {proc.stderr[-300:]}")
+            self._sweep = self.work / "sweeps" / "s"
+        return self._sweep
+
+    def sweep_payload(self) -> str:
+        copy = self.work / "sweeps" / "payload"
+        shutil.copytree(self.sweep(), copy)
+        marker = self.work / "sweep-payload-ran"
+
+        class Boom:
+            def __reduce__(self):
+                return (os.mkdir, (str(marker),))
+
+        (copy / "tuner.pkl").write_bytes(pickle.dumps(Boom()))
+        problem = clean(cli("tune", "--resume", "--name", "payload", "--storage-path", str(self.work / "sweeps")), 2)
+        return "the payload ran" if marker.exists() else problem
+
+    def sweep_json(self, text: str | None) -> str:
+        copy = self.work / "sweeps" / f"edited-{len(list((self.work / 'sweeps').iterdir()))}"
+        shutil.copytree(self.sweep(), copy)
+        target = copy / "sweep.json"
+        if text is None:
+            target.unlink()
+            target.mkdir()
+        elif text == "metric":
+            saved = json.loads(target.read_text())
+            saved["options"]["metric"] = "val_nonsense"
+            target.write_text(json.dumps(saved))
+        else:
+            target.write_text(text)
+        return clean(cli("tune", "--resume", "--name", copy.name, "--storage-path", str(self.work / "sweeps")), 2)
+
+    def report_link(self) -> str:
+        run = self.base.copy("rl")
+        target = self.outside("mistakes-target")
+        (run / "mistakes.png").unlink()
+        (run / "mistakes.png").symlink_to(target)
+        problem = clean(cli("report", str(run), "--data-dir", self.data, "--no-download"), 0)
+        return problem or ("" if target.read_bytes() == PRECIOUS else "wrote through the link")
+
+    def dangling_links(self) -> str:
+        folder = self.work / "dl"
+        folder.mkdir()
+        targets = [self.outside(f"dl-{n}", None) for n in ("curves", "metrics")]
+        (folder / "curves.png").symlink_to(targets[0])
+        (folder / "metrics.jsonl").symlink_to(targets[1])
+        problem = clean(cli("train", "--data-dir", self.data, "--output-dir", str(folder), *TINY), 2)
+        return problem or ("created an outside file" if any(t.exists() for t in targets) else "")
+
+    def refused_writer(self) -> str:
+        run = self.work / "busy"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        first = subprocess.Popen([sys.executable, "-m", "mnist_addition", "train", "--data-dir", self.data, "--output-dir",
+                                  str(run), *TINY, "--epochs", "40"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            from mnist_addition.files import lock_is_held
+
+            deadline = time.monotonic() + 120
+            while not (run / "config.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            problems = []
+            for extra in ([], ["--overwrite"]):
+                proc = cli("train", "--data-dir", self.data, "--output-dir", str(self.work / "nowhere" / ".." / "busy"),
+                           *TINY, *extra)
+                problems.append(clean(proc, 2) or ("" if f"in use by process {first.pid}" in proc.stderr
+                                                   else "did not name the process"))
+            if (self.work / "nowhere").exists():
+                problems.append("created the missing folder")
+            if not lock_is_held(run / ".lock"):
+                problems.append("the running run lost its lock")
+            code = first.wait(timeout=600)
+            rows = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+            if code or rows != list(range(1, 41)):
+                problems.append(f"the running run ended {code} with epochs {rows[:3]}...")
+            return "; ".join(p for p in problems if p)
+        finally:
+            if first.poll() is None:
+                first.kill()
+
+    def interrupt_in_pictures(self) -> str:
+        run = self.work / "pictures"
+        proc = cli("train", "--data-dir", self.data, "--output-dir", str(run), *TINY,
+                   inject=interrupt_in("mnist_addition.train", "write_report"))
+        problem = clean(proc, 130) or ("" if f"resume with  mnist-addition train --resume {run}" in proc.stderr
+                                       else "did not say how to resume")
+        return problem or clean(cli("train", "--resume", str(run)), 0) or \
+            ("" if (run / "metrics.json").exists() and (run / "mistakes.png").exists() else "resume did not finish it")
+
+    def interrupt_after_metrics(self) -> str:
+        run = self.work / "after"
+        inject = ("import mnist_addition.runs as r\n_real = r.write_json\n"
+                  "def _w(path, data):\n    _real(path, data)\n    if path.name == 'metrics.json':\n"
+                  "        raise KeyboardInterrupt\nr.write_json = _w\n")
+        proc = cli("train", "--data-dir", self.data, "--output-dir", str(run), *TINY, inject=inject)
+        return clean(proc, 130) or ("" if "is complete" in proc.stderr else "did not say the run is complete")
+
+    def failed_then_again(self) -> str:
+        run = self.work / "again"
+        poison = ("import mnist_addition.train as t\n_real = t.lr_schedule\n"
+                  "t.lr_schedule = lambda c, n: (lambda f: lambda s: float('nan') if s >= 2 else f(s))(_real(c, n))\n")
+        args = ("train", "--data-dir", self.data, "--output-dir", str(run), *TINY)
+        return clean(cli(*args, inject=poison), 1) or clean(cli(*args), 0)
+
+    def deep_run_config(self) -> str:
+        run = self.base.copy("deep")
+        (run / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+        return clean(cli("evaluate", str(run)), 2)
+
+    def empty_data(self, command: str) -> str:
+        from tests.conftest import write_idx
+
+        import torch
+
+        data = write_mnist(self.work / f"empty-{command}")
+        prefix = "train" if command == "train" else "t10k"
+        write_idx(data / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", torch.zeros(0, 28, 28))
+        write_idx(data / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", torch.zeros(0))
+        if command == "train":
+            return clean(cli("train", "--data-dir", str(data), "--output-dir", str(self.work / "e"), *TINY), 1)
+        return clean(cli("report", str(self.run), "--data-dir", str(data), "--no-download"), 1)
+
+    def report_folder_in_the_way(self) -> str:
+        run = self.base.copy("rw")
+        (run / "samples.png").unlink()
+        (run / "samples.png").mkdir()
+        return clean(cli("report", str(run), "--data-dir", self.data, "--no-download"), 2)
+
+    def report_dev_full(self) -> str:
+        run = self.base.copy("rd")
+        (run / "mistakes.png").unlink()
+        (run / "mistakes.png").symlink_to("/dev/full")
+        problem = clean(cli("report", str(run), "--data-dir", self.data, "--no-download"), 0)
+        return problem or ("" if Path("/dev/full").is_char_device() and (run / "mistakes.png").is_file() else "not replaced")
+
+    def altered(self, how: str, every: bool = False) -> str:
+        from mnist_addition.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+        from safetensors.torch import load_file, save_file
+
+        import torch
+
+        self._altered += 1
+        run = self.base.unfinished(f"alt-{self._altered}")
+        found = list_checkpoints(run)
+        for checkpoint in (found if every else found[-1:]):
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            if how.startswith("MANIFEST"):
+                (checkpoint / MANIFEST).write_text("[]" if "list" in how else '{"model.safetensors": 3}')
+                continue
+            if how == "samples_per_process 1e30":
+                state["samples_per_process"] = 10**30
+            elif how == "history of non-objects":
+                state["history"] = [1] * len(state["history"]) or [1]
+            elif how == "world 0":
+                state["world"] = 0
+            elif how == "train_seconds -1e300":
+                state["train_seconds"] = -1e300
+            else:
+                tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+                tensors[next(k for k in tensors if k.endswith("exp_avg"))] = torch.zeros(3)
+                save_file(tensors, str(checkpoint / "optimizer.safetensors"))
+            (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+            (checkpoint / MANIFEST).write_text(json.dumps({str(p.relative_to(checkpoint)): {
+                "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(checkpoint)}))
+        if every:
+            return self.base.same(run, lambda r: cli("train", "--resume", str(r)), 2)
+        proc = cli("train", "--resume", str(run))
+        return clean(proc, 0) or ("" if f"warning: checkpoint {found[-1]}" in proc.stderr and
+                                  f"resuming from {found[-2].name}" in proc.stderr else "not reported, or not the one before")
+
+    def bad_setup(self, value: str, resume: bool = False) -> str:
+        self._altered += 1
+        name = f"setup-{self._altered}-{'resume' if resume else 'evaluate'}"
+        run = self.base.unfinished(name) if resume else self.base.copy(name)
+        config = json.loads((run / "config.json").read_text())
+        config["setup"] = json.loads(value)
+        (run / "config.json").write_text(json.dumps(config))
+        return self.base.same(run, lambda r: cli(*(["train", "--resume"] if resume else ["evaluate"]), str(r)), 2)
+
+    def interrupt_imports(self) -> str:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen([sys.executable, "-m", "mnist_addition", "evaluate", "nowhere"], stderr=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return clean(done, 130) or ("" if err.strip().endswith("interrupted") else "no 'interrupted' line")
+
+    def interrupted(self, inject: str, *args: str) -> str:
+        proc = cli(*args, inject=inject)
+        return clean(proc, 130) or ("" if proc.stderr.strip().endswith("interrupted") else "no 'interrupted' line")
+
+    def sparse_idx(self) -> str:
+        data = write_mnist(self.work / "sparse")
+        path = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+        n = 4_000_000  # 3.1 GB promised by a header that matches the file's size, all holes
+        with path.open("wb") as f:
+            f.write(bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+            f.truncate(16 + n * 784)
+        return self.quick(lambda: clean(cli("train", "--data-dir", str(data), "--output-dir", str(self.work / "sp"),
+                                            *TINY), 1), seconds=15)
+
+    def long_value(self) -> str:
+        path = self.text("huge.json", '{"lr": [' + ",".join(["0"] * 3_000_000) + "]}")
+        proc = cli("train", "--config", str(path))
+        line = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+        return clean(proc, 2) or ("" if len(line) < 300 else f"an error line of {len(line):,} characters")
+
+    def int8(self, command: str) -> str:
+        from safetensors.torch import load_file, save_file
+
+        import torch
+
+        run = self.base.copy(f"int8-{command}")
+        weights = {k: v.to(torch.int8) if v.is_floating_point() else v
+                   for k, v in load_file(str(run / "model.safetensors")).items()}
+        save_file(weights, str(run / "model.safetensors"))
+        args = [str(run)] if command == "evaluate" else [str(run), self.base.image(), "3"]
+        return clean(cli(command, *args), 2)
+
+    def same_prediction(self, kind: str) -> str:
+        import numpy as np
+        from PIL import Image
+
+        eight = np.zeros((28, 28), dtype=np.uint8)
+        eight[6:22, 10:16] = 255
+        Image.fromarray(eight).save(self.work / "p8.png")
+        if kind == "i32":
+            Image.fromarray(eight.astype(np.int32), mode="I").save(self.work / "p.tiff")
+        else:
+            values = eight.astype(np.float32) / 255
+            values[0, 0] = np.nan
+            Image.fromarray(values, mode="F").save(self.work / "p.tiff")
+        a = cli("predict", str(self.run), str(self.work / "p8.png"), "3", "--json")
+        b = cli("predict", str(self.run), str(self.work / "p.tiff"), "3", "--json")
+        if a.returncode or b.returncode:
+            return f"exit {a.returncode}/{b.returncode}: {b.stderr.strip()[-120:]}"
+        return "" if json.loads(a.stdout)["digit"] == json.loads(b.stdout)["digit"] else "reads differently"
+
+    def eval_limit(self) -> str:
+        run = self.work / "limited"
+        if clean(cli("train", "--data-dir", self.data, "--output-dir", str(run), *TINY, "--eval-limit", "50"), 0):
+            return "could not train"
+        proc = cli("evaluate", str(run), "--json")
+        want = json.loads((run / "metrics.json").read_text())["test"]
+        return clean(proc, 0) or ("" if json.loads(proc.stdout)["test"]["n"] == want["n"] == 50 else "other pairs")
+
+
+BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n'
+MANY = "search:\n  width: {choice: [%s]}\n  eval_batch_size: {choice: [%s]}\n" % (
+    ", ".join(str(8 + i) for i in range(3000)), ", ".join(str(8 + i) for i in range(3000)))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run only the cases whose name holds this text")
+    only = parser.parse_args().only
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["XDG_CONFIG_HOME"] = str(Path(tmp) / "config")  # the sweep signing key of this run only
         cases = Cases(Path(tmp))
         results = {}
+        start = time.perf_counter()
         for name, case in cases.all().items():
-            results[name] = case()
-            print(f"{'clean' if not results[name] else 'NOT CLEAN: ' + results[name]:<40} {name}", flush=True)
+            if only not in name:
+                continue
+            try:
+                results[name] = case()
+            except Exception as e:  # a case that cannot even be set up is not clean either
+                results[name] = f"case failed: {type(e).__name__}: {e}"
+            print(f"{'clean' if not results[name] else 'NOT CLEAN: ' + results[name][:200]:<40} {name}", flush=True)
     good = sum(1 for problem in results.values() if not problem)
-    print(f"\n{good} of {len(results)} bad inputs and faults answered cleanly")
+    print(f"\n{good} of {len(results)} bad inputs and faults answered cleanly ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

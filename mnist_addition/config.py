@@ -250,23 +250,29 @@ def check_model_fits(config: TrainConfig, params: int, free_bytes: int, where: s
                           f"free on {where}: {fix}")
 
 
-def read_json_file(path: Path, what: str, fix: str) -> Any:
-    """A small JSON file, every way it can fail as one line: missing, unreadable (a link loop, a name
-    too long, below a file), not a regular file, too large, not JSON, nested too deeply."""
+def read_small_file(path: Path, what: str, limit: int, fix: str, error: type[ConfigError] = None) -> str:
+    """The text of a small file the user named, every way it can fail as one ``error``: missing,
+    unreadable (a link loop, a name too long, below a file), not a regular file, over ``limit``
+    bytes (refused before it is read), not UTF-8."""
+    error = error or ConfigError
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):  # a folder, device or pipe is never read
-            raise ConfigError(f"{what} {path} is not a regular file: pass a JSON file such as a run's config.json")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{what} {path} is {info.st_size:,} bytes, too large for a config (at most "
-                              f"{MAX_CONFIG_BYTES:,}): pass a JSON file such as a run's config.json")
-        text = path.read_bytes().decode()
+            raise error(f"{what} {path} is not a regular file: {fix}")
+        if info.st_size > limit:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, too large for a {what} (at most {limit:,}): {fix}")
+        return path.read_bytes().decode()
     except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist: {fix}") from None
+        raise error(f"{what} {path} does not exist: {fix}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{what} {path} is not valid JSON (not UTF-8 text): fix or regenerate it") from None
+        raise error(f"{what} {path} is not a text file (not UTF-8): {fix}") from None
     except OSError as e:
-        raise ConfigError(f"cannot read {what} {shown(str(path))} ({e.strerror or e}): {fix}") from None
+        raise error(f"cannot read {what} {shown(str(path))} ({e.strerror or e}): {fix}") from None
+
+
+def read_json_file(path: Path, what: str, fix: str) -> Any:
+    """A small JSON file (``read_small_file``), or one line saying why it is not JSON."""
+    text = read_small_file(path, what, MAX_CONFIG_BYTES, fix)
     try:
         return json.loads(text)
     except RecursionError:

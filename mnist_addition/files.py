@@ -42,18 +42,11 @@ def _create(path: Path) -> tuple[int, Path]:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically, never following a link at ``path``. OSError (disk
     full, read-only, ``path`` a folder) propagates after the temporary file is removed."""
-    path = Path(path)
-    fd, tmp = _create(path)
-    try:
+    def fill(fd: int, tmp: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _named(e, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    _replace(Path(path), fill)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -63,12 +56,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_via(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """For libraries that want a file name: ``write(tmp)`` fills a new temporary file that this
     process created, which then replaces ``path`` as in ``write_bytes``."""
-    path = Path(path)
-    fd, tmp = _create(path)
-    os.close(fd)
-    try:
+    def fill(fd: int, tmp: Path) -> None:
+        os.close(fd)
         write(tmp)
-        os.replace(tmp, path)
+
+    _replace(Path(path), fill)
+
+
+def _replace(path: Path, fill: Callable[[int, Path], None]) -> None:
+    fd, tmp = _create(path)
+    try:
+        fill(fd, tmp)
+        os.replace(tmp, path)  # a rename: a link at ``path`` is replaced, not followed
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _named(e, path) from None

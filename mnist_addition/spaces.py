@@ -22,13 +22,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names
+from .config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names, read_small_file
 from .errors import shown
 
 # The sweep sets these for every trial (from its own flags): a space may not.
@@ -209,21 +207,8 @@ def load_space(path: str | Path) -> Space:
     import yaml
 
     path = Path(path)
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):  # a folder, device or pipe is never read
-            raise SpaceError(f"search space {path} is not a regular file: pass a .yaml file such as tune/default.yaml")
-        if info.st_size > MAX_SPACE_BYTES:
-            raise SpaceError(f"search space {path} is {info.st_size:,} bytes, more than a search space needs "
-                             f"(at most {MAX_SPACE_BYTES:,}): pass a .yaml file such as tune/default.yaml")
-        text = path.read_bytes().decode()
-    except FileNotFoundError:
-        raise SpaceError(f"search space {path} does not exist: pass e.g. --space tune/default.yaml") from None
-    except UnicodeDecodeError:
-        raise SpaceError(f"search space {path} is not a text file: pass a .yaml file such as tune/default.yaml") from None
-    except OSError as e:  # a link loop, a name too long, below a file
-        raise SpaceError(f"cannot read search space {shown(str(path))} ({e.strerror or e}): pass e.g. "
-                         "--space tune/default.yaml") from None
+    text = read_small_file(path, "search space", MAX_SPACE_BYTES, "pass e.g. --space tune/default.yaml",
+                           SpaceError)
     try:
         data = yaml.load(text, Loader=_plain_loader())  # noqa: S506 (a SafeLoader without aliases)
         return parse_space(data, str(path))

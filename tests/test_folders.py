@@ -262,3 +262,19 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_so_training
     assert run.exists() == precreated and (not precreated or os.listdir(run) in ([], [".lock"]))
     monkeypatch.setattr(train_module, "train_epoch", real)
     assert main(args) == 0  # "start again" works: nothing was left to refuse it
+
+
+def test_export_and_predict_csv_replace_a_link_at_their_output(finished, tmp_path):
+    from PIL import Image
+
+    run = _copy(finished, tmp_path / "run")
+    victims = _plant(run, tmp_path / "outside", ["model.onnx"])
+    victims |= _plant(tmp_path, tmp_path / "outside2", ["out.csv"])
+    image = tmp_path / "digit.png"
+    ink = Image.new("L", (28, 28), 0)
+    ink.paste(255, (10, 6, 16, 22))
+    ink.save(image)
+    assert main(["export", str(run), "--overwrite"]) == 0
+    assert main(["predict", str(run), str(image), "3", "--csv", str(tmp_path / "out.csv"), "--overwrite"]) == 0
+    _untouched(victims)
+    assert files.is_real_file(run / "model.onnx") and (tmp_path / "out.csv").read_text().startswith("file,number")
