@@ -315,7 +315,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         with _training_precision(setup, "cpu"):
             summary = write_report(model, test, args.run_dir, config.eval_batch_size)
     except OSError as e:
-        raise write_failed(e, "run folder (report writes into the run)") from None
+        raise write_failed(e, "") from None  # the pictures belong in the run folder: nothing else to choose
     Console().print(f"wrote {', '.join(REPORT_FILES)} to {args.run_dir} "
                     f"({summary['mistakes']} of {summary['n']} test pairs wrong)")
     return 0

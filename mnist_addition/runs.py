@@ -143,13 +143,15 @@ def replace_file(path: Path, write: Callable[[Path], None], flag: str) -> None:
 
 
 def write_failed(error: OSError, flag: str, where: Path | None = None) -> RunError:
-    """A write that failed (disk full, read-only, a folder where the file goes) as one line."""
+    """A write that failed (disk full, read-only, a folder where the file goes) as one line; ``flag``
+    is what the user can choose instead (e.g. ``--csv``), or ``""`` when there is nothing to choose."""
     path = error.filename or where or "the output"
+    instead = f", or choose another {flag}" if flag else ""
     if error.errno == errno.ENAMETOOLONG:
-        return RunError(f"cannot write {shown(str(path))}: the name is too long for the filesystem; choose another {flag}")
+        return RunError(f"cannot write {shown(str(path))}: the name is too long for the filesystem{instead}")
     if error.errno == errno.EISDIR:
-        return RunError(f"cannot write {path}: a folder of that name is in the way; remove it, or choose another {flag}")
-    return RunError(f"cannot write {path} ({error.strerror or error}): free some space or choose another {flag}")
+        return RunError(f"cannot write {path}: a folder of that name is in the way; remove it{instead}")
+    return RunError(f"cannot write {path} ({error.strerror or error}): free some space{instead}")
 
 
 # ------------------------------------------------------------------------------------------------
