@@ -339,13 +339,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import csv
-
     import torch
     from rich.console import Console
     from rich.table import Table
 
-    from .predict import ImageError, image_files, load_image, load_model, predict
+    from .predict import ImageError, image_files, load_image, load_model, predict, write_csv
     from .runs import check_output_file, replace_file, run_files
 
     try:
@@ -377,15 +375,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = load_model(args.run_dir)
     rows = [{"file": str(f), **r} for f, r in zip(files, predict(model, images, numbers))]
     if args.csv is not None:
-        def write_csv(tmp: Path) -> None:
-            with tmp.open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["file", "number", "digit", "sum", "digit_prob", "sum_prob"])
-                for r in rows:
-                    writer.writerow([r["file"], r["number"], r["digit"], r["sum"], f"{r['digit_prob']:.6f}",
-                                     f"{r['sum_prob']:.6f}"])
-
-        replace_file(args.csv, write_csv, "--csv")
+        replace_file(args.csv, lambda tmp: write_csv(rows, tmp), "--csv")
     if args.json:
         print(json.dumps(rows if folder else rows[0]))
         return 0

@@ -167,6 +167,17 @@ def predict(model: nn.Module, images: torch.Tensor, numbers: torch.Tensor | list
     return out
 
 
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """``predict``'s rows as CSV: file, number, digit, sum and both heads' probabilities."""
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "number", "digit", "sum", "digit_prob", "sum_prob"])
+        for r in rows:
+            writer.writerow([r["file"], r["number"], r["digit"], r["sum"], f"{r['digit_prob']:.6f}", f"{r['sum_prob']:.6f}"])
+
+
 def image_files(folder: Path) -> list[Path]:
     """The image files directly in ``folder``, sorted by name."""
     try:
