@@ -134,14 +134,15 @@ def load_training_state(checkpoint: Path, model: torch.nn.Module, optimizer: tor
         name = OPTIMIZER_GROUPS
         groups = json.loads((checkpoint / OPTIMIZER_GROUPS).read_text())
         name = OPTIMIZER_TENSORS
-        per_param = _optimizer_state(load_file(str(checkpoint / OPTIMIZER_TENSORS)), groups, optimizer)
+        fresh = optimizer.state_dict()["param_groups"]  # this run's own groups (indices and hyperparameters)
+        per_param = _optimizer_state(load_file(str(checkpoint / OPTIMIZER_TENSORS)), groups, optimizer, fresh)
     except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError, RecursionError) as e:
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise CheckpointError(f"{checkpoint / name} cannot be loaded ({reason})") from None
     model.load_state_dict(weights)
     # The hyperparameters are the run's own (config.json cannot change on resume; the lr is set every
     # step): only the per-parameter state comes from the file.
-    optimizer.load_state_dict({"state": per_param, "param_groups": optimizer.state_dict()["param_groups"]})
+    optimizer.load_state_dict({"state": per_param, "param_groups": fresh})
 
 
 def _check_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
@@ -155,12 +156,11 @@ def _check_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) 
             raise ValueError(f"{key} holds NaN or infinite values")
 
 
-def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any,
-                     optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
+def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any, optimizer: torch.optim.Optimizer,
+                     fresh: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """The per-parameter state of ``optimizer.json`` + ``optimizer.safetensors``, checked against the
     optimizer's parameters (every moment has its parameter's shape and dtype, and is finite)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    fresh = optimizer.state_dict()["param_groups"]
     if not isinstance(groups, dict) or not isinstance(groups.get("param_groups"), list) or \
             [g.get("params") if isinstance(g, dict) else None for g in groups["param_groups"]] != \
             [g["params"] for g in fresh] or not isinstance(groups.get("scalars"), dict):

@@ -250,7 +250,7 @@ def check_model_fits(config: TrainConfig, params: int, free_bytes: int, where: s
                           f"free on {where}: {fix}")
 
 
-def read_small_file(path: Path, what: str, limit: int, fix: str, error: type[ConfigError] = None) -> str:
+def read_small_file(path: Path, what: str, limit: int, fix: str, error: type[ConfigError] | None = None) -> str:
     """The text of a small file the user named, every way it can fail as one ``error``: missing,
     unreadable (a link loop, a name too long, below a file), not a regular file, over ``limit``
     bytes (refused before it is read), not UTF-8."""

@@ -93,10 +93,6 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
     raise FileExistsError(errno.EEXIST, "no free temporary folder name", str(parent))
 
 
-def is_link(path: Path) -> bool:
-    return os.path.islink(path)
-
-
 def is_real_dir(path: Path) -> bool:
     """A folder itself, not a link to one."""
     try:

@@ -41,7 +41,7 @@ def _kind(folder: Path, name: str) -> str | None:
     """None if ``name`` in a run folder is something a run of ours holds (of the right kind), else
     what it is instead."""
     path = folder / name
-    if files.is_link(path):
+    if os.path.islink(path):
         return f"a link to {os.readlink(path)}"
     if name in (*RUN_FILES, *EXTRA_FILES, LOCK, OLD_OWNER) or (name.startswith(".") and name.endswith(".tmp")):
         return None if files.is_real_file(path) else "not a regular file"

@@ -101,9 +101,10 @@ def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[P
             os.lstat(path)  # a name too long, a link loop, a file where a folder should be: said here
         except FileNotFoundError:
             pass
+        real, exists = os.path.realpath(path), os.path.exists(path)
         for other in protected:
-            if os.path.lexists(other) and (os.path.realpath(other) == os.path.realpath(path) or
-                                           (os.path.exists(path) and os.path.samefile(other, path))):
+            if os.path.lexists(other) and (os.path.realpath(other) == real or
+                                           (exists and os.path.samefile(other, path))):
                 raise RunError(f"{path} is {other}, which this command reads: it is never replaced; "
                                f"choose another {flag}")
         if os.path.lexists(path):

@@ -108,10 +108,6 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _field_kind(name: str) -> type:
-    return field_kinds()[name][0]
-
-
 def parse_space(data: Any, path: str) -> Space:
     """Check a loaded YAML document and return a Space; raises SpaceError naming the key."""
     where = f"search space {path}"
@@ -166,7 +162,7 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
         raise SpaceError(f"{where}: {key}: {kind} lists {len(values):,} values, at most {MAX_CHOICES}: search a range, "
                          "or fewer choices")
     values = [_number(v) for v in values]
-    field_kind = _field_kind(key)
+    field_kind = field_kinds()[key][0]
     if kind == "choice":
         if len(set(map(repr, values))) != len(values):
             raise SpaceError(f"{where}: {key}: choice lists a value twice: list each option once")
