@@ -268,7 +268,7 @@ class Cases:
     def diverges(self) -> str:
         # --lr 1e30 made it diverge before --lr had a range; a NaN learning rate from step 5 does now
         out = self.work / "nan"
-        poison = ("import mnist_addition.train as t\n_real = t.lr_schedule\n"
+        poison = ("import mnist_addition.step as t\n_real = t.lr_schedule\n"
                   "t.lr_schedule = lambda c, n: (lambda f: lambda s: float('nan') if s >= 5 else f(s))(_real(c, n))\n")
         proc = cli("train", "--data-dir", str(self.data), "--output-dir", str(out), *TINY, "--checkpoint-every", "3",
                    inject=poison)
@@ -541,7 +541,7 @@ class Issue15:
     def interrupt_in_pictures(self) -> str:
         run = self.work / "pictures"
         proc = cli("train", "--data-dir", self.data, "--output-dir", str(run), *TINY,
-                   inject=interrupt_in("mnist_addition.train", "write_report"))
+                   inject=interrupt_in("mnist_addition.pictures", "write_pictures"))
         problem = clean(proc, 130) or ("" if f"resume with  mnist-addition train --resume {run}" in proc.stderr
                                        else "did not say how to resume")
         return problem or clean(cli("train", "--resume", str(run)), 0) or \
@@ -557,7 +557,7 @@ class Issue15:
 
     def failed_then_again(self) -> str:
         run = self.work / "again"
-        poison = ("import mnist_addition.train as t\n_real = t.lr_schedule\n"
+        poison = ("import mnist_addition.step as t\n_real = t.lr_schedule\n"
                   "t.lr_schedule = lambda c, n: (lambda f: lambda s: float('nan') if s >= 2 else f(s))(_real(c, n))\n")
         args = ("train", "--data-dir", self.data, "--output-dir", str(run), *TINY)
         return clean(cli(*args, inject=poison), 1) or clean(cli(*args), 0)

@@ -1,3 +1,5 @@
+"""``python -m mnist_addition``: the command line (``cli.main``), Ctrl-C while it loads included."""
+
 import sys
 
 try:

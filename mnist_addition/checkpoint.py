@@ -5,7 +5,7 @@ A checkpoint is ``RUN/checkpoints/step-00000123/``:
 * ``model.safetensors`` - the model's state_dict (parameters and BatchNorm statistics);
 * ``optimizer.safetensors`` + ``optimizer.json`` - the optimizer's per-parameter tensors (moments,
   step counts) and its hyperparameter groups;
-* ``trainer_state.json`` - epoch, step, running loss, history so far (``state.TrainState``);
+* ``trainer_state.json`` - epoch, step, running loss, history so far (``state.TrainState.state_dict``);
 * ``MANIFEST.json`` - every file's size and SHA-256, written last.
 
 Nothing else is needed to resume bit for bit: the learning rate is a pure function of the step and
@@ -18,7 +18,7 @@ still matches fails the checks of what it holds (types, ranges, shapes, dtypes, 
 against the run): either way it is reported in one line and the previous one is used. Links are
 never followed: a checkpoint is the files in its own folder.
 
-No Accelerate import here: the accelerator is passed in.
+No Accelerate here: ``checkpointer.Checkpointer`` decides when to save and which process writes.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 
 from . import files
 from .errors import UserError, shown
+from .state import SAVED_FIELDS
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -69,34 +70,36 @@ def checkpoint_dir(run_dir: str | os.PathLike, global_step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"{PREFIX}{global_step:08d}"
 
 
-def save_checkpoint(accelerator: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path,
-                    global_step: int, state: dict[str, Any], keep: int) -> Path:
-    """Save the full training state for ``global_step``; every process must call this (the main
-    process writes: data-parallel processes hold the same weights and optimizer state)."""
+def write_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path, global_step: int,
+                     state: dict[str, Any]) -> Path:
+    """Save the full training state (``model`` unwrapped) as the checkpoint of ``global_step``. The
+    main process writes (data-parallel processes hold the same weights and optimizer state)."""
     final = checkpoint_dir(run_dir, global_step)
     root = final.parent
-    if accelerator.is_main_process:
-        if not files.is_real_dir(root):
-            root.mkdir()  # a link at checkpoints/ fails here (FileExistsError), never written through
-        tmp = files.make_temp_dir(root, f".tmp-{final.name}-")  # fresh: nothing in it can be a planted link
-        write_training_state(tmp, accelerator.unwrap_model(model), optimizer, state)
-        manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
-        _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-        if files.is_real_dir(final):  # the same step saved again after a resume
-            shutil.rmtree(final)
-        elif os.path.lexists(final):
-            final.unlink()
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    if not files.is_real_dir(root):
+        root.mkdir()  # a link at checkpoints/ fails here (FileExistsError), never written through
+    tmp = files.make_temp_dir(root, f".tmp-{final.name}-")  # fresh: nothing in it can be a planted link
+    write_training_state(tmp, model, optimizer, state)
+    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
+    _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    if files.is_real_dir(final):  # the same step saved again after a resume
+        shutil.rmtree(final)
+    elif os.path.lexists(final):
+        final.unlink()
+    os.replace(tmp, final)
     return final
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (main process)."""
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict[str, Any]) -> None:
     """Model and optimizer as safetensors + JSON, the trainer state as JSON: no pickle anywhere.
-    ``folder`` is new (``save_checkpoint`` made it), so plain writes cannot meet a planted link."""
+    ``folder`` is new (``write_checkpoint`` made it), so plain writes cannot meet a planted link."""
     from safetensors.torch import save
 
     _write(folder / MODEL_FILE, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
@@ -184,10 +187,6 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any, optimizer: t
     return per_param
 
 
-# What trainer_state.json must hold, and of which types (see state.TrainState.to_dict).
-STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "epoch": int, "step": int, "global_step": int, "loss_sum": (int, float), "train_seconds": (int, float),
-    "history": list, "preset": str, "width": int, "world": int, "samples_per_process": int}
 # The plot and the reports read these of every history row; every value of a row is a finite number.
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_digit_acc", "val_sum_acc", "val_both_acc")
 MAX_COUNT = 2**62  # epochs, steps, samples: any larger is an altered file (and would overflow int64)
@@ -203,7 +202,7 @@ def read_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is nested too deeply to be a trainer state") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not readable JSON ({type(e).__name__})") from None
-    for name, kind in STATE_FIELDS.items():
+    for name, kind in SAVED_FIELDS.items():
         value = state.get(name) if isinstance(state, dict) else None
         if not isinstance(value, kind) or isinstance(value, bool):
             raise CheckpointError(f"{path} has no valid {name!r} (got {shown(value)})")
@@ -231,7 +230,7 @@ def _out_of_range(state: dict[str, Any]) -> str | None:
 
 
 def restore_into(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """Copy a checkpoint folder written by ``save_checkpoint`` (e.g. one handed back by Ray Tune)
+    """Copy a checkpoint folder written by ``write_checkpoint`` (e.g. one handed back by Ray Tune)
     into ``run_dir``, where ``fit(..., resume=True)`` finds it; returns its trainer state."""
     state = read_state(checkpoint)
     # links are copied as links: the checks that read the copy refuse them rather than follow them

@@ -30,8 +30,26 @@ class ConfigError(UserError, ValueError):
     """A config value is out of range or unknown; the message names the flag and the fix."""
 
 
-def _f(default: Any, help: str, choices: tuple | None = None, infra: bool = False) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "infra": infra})
+_UNSET = object()
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, *, infra: bool = False, resumable: bool = False,
+       sweep: str | None = None, smoke: Any = _UNSET, sweep_smoke: Any = _UNSET) -> Any:
+    """A TrainConfig field and its roles, declared once (read by the CLI, resume, spaces and smoke modes):
+
+    * ``infra``: plumbing, not maths (how and where it runs): the CLI lists it apart;
+    * ``resumable``: may change when a run resumes (``resume.py``): where things are, how often to
+      log or save; everything else is the run's, fixed by its config.json;
+    * ``sweep``: set by ``mnist-addition tune`` for every trial, from the flag named here; a search
+      space may not set it;
+    * ``smoke``: its value under ``train --smoke``; ``sweep_smoke`` under ``tune --smoke`` (the
+      smoke value unless given).
+    """
+    meta = {"help": help, "choices": choices, "infra": infra or resumable, "resumable": resumable, "sweep": sweep}
+    if smoke is not _UNSET:
+        meta["smoke"] = smoke
+        meta["sweep_smoke"] = smoke if sweep_smoke is _UNSET else sweep_smoke
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -42,8 +60,8 @@ class TrainConfig:
     preset: str = _f("fast", "model and recipe preset: 'fast' (our default) or 'seed' (the 6.4M reference)", PRESETS)
     width: int = _f(16, "channels of the first conv layer; later layers use 2x and 4x (fast only; seed is fixed at 32)")
     # --- optimisation ------------------------------------------------------------------------
-    epochs: int = _f(2, "passes over the 55,000 training images")
-    batch_size: int = _f(256, "images per optimizer step (global, summed over processes)")
+    epochs: int = _f(2, "passes over the 55,000 training images", smoke=1, sweep_smoke=2)
+    batch_size: int = _f(256, "images per optimizer step (global, summed over processes)", smoke=128)
     lr: float = _f(8e-3, "peak learning rate")
     optimizer: str = _f("adamw", "optimizer", ("adamw", "sgd"))
     momentum: float = _f(0.9, "SGD momentum (AdamW beta1)")
@@ -56,8 +74,8 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation, data order, training numbers and augmentation")
     # --- data sizes --------------------------------------------------------------------------
     val_size: int = _f(5000, "images held out of the official training set for validation")
-    train_limit: int = _f(0, "use only the first N training images (0 = all); for smoke tests")
-    eval_limit: int = _f(0, "evaluate on only the first N validation/test images (0 = all)")
+    train_limit: int = _f(0, "use only the first N training images (0 = all); for smoke tests", smoke=10_000)
+    eval_limit: int = _f(0, "evaluate on only the first N validation/test images (0 = all)", smoke=1000)
     # --- infrastructure (do not change the maths) ---------------------------------------------
     cpu: bool = _f(False, "train on the CPU even where a GPU exists (also set by accelerate launch's use_cpu)", infra=True)
     deterministic: bool = _f(False, "bit-identical reruns and resumes on a GPU (deterministic kernels, no autotuning; "
@@ -66,14 +84,18 @@ class TrainConfig:
                               "so it pays off on GPUs, not on a small CPU", infra=True)
     mixed_precision: str = _f("auto", "'auto' = bf16 where the hardware runs it natively, else 'no'", MIXED_PRECISION, infra=True)
     gradient_accumulation_steps: int = _f(1, "split each batch into K micro-batches", infra=True)
-    eval_batch_size: int = _f(1000, "images per evaluation forward pass", infra=True)
-    log_every: int = _f(20, "refresh progress (one CPU-GPU sync) every N steps", infra=True)
+    eval_batch_size: int = _f(1000, "images per evaluation forward pass", resumable=True)
+    log_every: int = _f(20, "refresh progress (one CPU-GPU sync) every N steps", resumable=True)
     log_with: str = _f("none", "experiment tracker: 'tensorboard' writes RUN/tensorboard (see `tensorboard --logdir runs`)",
                        ("none", "tensorboard"), infra=True)
-    checkpoint_every: int = _f(0, "also save the full training state every N steps (0 = at epoch ends only)", infra=True)
-    keep_checkpoints: int = _f(2, "keep the newest N checkpoints in the run folder", infra=True)
-    data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte (default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)", infra=True)
-    output_dir: str | None = _f(None, "run folder (default: runs/<timestamp>)", infra=True)
+    checkpoint_every: int = _f(0, "also save the full training state every N steps (0 = at epoch ends only)",
+                               resumable=True)
+    keep_checkpoints: int = _f(2, "keep the newest N checkpoints in the run folder", resumable=True)
+    data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte (default: $MNIST_ADDITION_DATA or "
+                                    "~/.cache/mnist-addition)", resumable=True, sweep="--data-dir")
+    # the run folder itself: a resumed run keeps its own (resume.py), a trial's is the sweep's
+    output_dir: str | None = _f(None, "run folder (default: runs/<timestamp>)", infra=True,
+                                sweep="--storage-path/--name")
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -106,6 +128,16 @@ class TrainConfig:
         if "config" in data and isinstance(data["config"], dict):  # a run folder's config.json
             data = data["config"]
         return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def resolve(cls, config_file: str | os.PathLike | None = None, smoke: bool = False,
+                flags: dict[str, Any] | None = None) -> "TrainConfig":
+        """A new run's config: preset defaults < ``config_file`` < ``smoke`` < ``flags`` (what was typed)."""
+        values: dict[str, Any] = cls.load(config_file).to_dict() if config_file else {}
+        if smoke:
+            values.update(smoke_overrides())
+        values.update(flags or {})
+        return cls.from_dict(values, source="the command line")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,8 +229,21 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 # Written next to the config in a run folder's config.json; ignored when a config is read back.
 BOOKKEEPING_KEYS = frozenset({"versions", "git_commit", "setup", "created"})
 
-# What --smoke sets (explicit flags still win): a small subset and one short epoch.
-SMOKE_OVERRIDES: dict[str, Any] = dict(epochs=1, train_limit=10_000, batch_size=128, eval_limit=1000)
+def smoke_overrides(sweep: bool = False) -> dict[str, Any]:
+    """What ``train --smoke`` (or, ``sweep``, ``tune --smoke``) sets: a small subset, short training.
+    Explicit flags still win."""
+    key = "sweep_smoke" if sweep else "smoke"
+    return {f.name: f.metadata[key] for f in dataclasses.fields(TrainConfig) if key in f.metadata}
+
+
+def resumable_fields() -> frozenset[str]:
+    """The fields a resumed run may change (where things are, how often to log or save)."""
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
+
+
+def sweep_owned() -> dict[str, str]:
+    """The fields a sweep sets for every trial, and the ``tune`` flag that sets each."""
+    return {f.name: f.metadata["sweep"] for f in dataclasses.fields(TrainConfig) if f.metadata["sweep"]}
 
 
 def field_names() -> list[str]:

@@ -1,12 +1,18 @@
-"""Evaluation on a split, with fixed numbers or with all ten numbers per image. Pure torch."""
+"""Evaluation: counts on a split (fixed numbers, or all ten numbers per image), and a saved run
+re-scored as it was trained (``evaluate_run``, behind ``mnist-addition evaluate``). Pure torch."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import torch
 from torch import nn
 
-from .data import Split, eval_batches
-from .metrics import COUNT_KEYS, batch_counts
+from .backends import numerics
+from .config import TrainConfig
+from .data import Split, eval_batches, load_mnist, make_splits
+from .metrics import COUNT_KEYS, batch_counts, summarize
 
 
 @torch.no_grad()
@@ -49,3 +55,37 @@ def predictions(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple
         sum_pred.append(sum_logits.argmax(1).cpu())
     model.train(was_training)
     return torch.cat(digit_pred), torch.cat(sum_pred)
+
+
+def run_test_split(config: TrainConfig, data_dir: str | os.PathLike | None = None, download: bool = True) -> Split:
+    """The test pairs a run was scored on: its data folder (unless ``data_dir``) and its
+    --eval-limit (a --smoke run scored 1,000 pairs), so the figures match its metrics.json."""
+    folder = data_dir if data_dir is not None else config.data_dir
+    return make_splits(load_mnist(folder, download=download), config.val_size, eval_limit=config.eval_limit).test
+
+
+def training_device(setup: dict[str, Any]) -> str:
+    """Where the run trained, if this machine has it: the same kernels give the same figures as
+    metrics.json. A GPU run is scored on the CPU where there is no GPU."""
+    return "cuda" if str(setup.get("device", "cpu")).startswith("cuda") and torch.cuda.is_available() else "cpu"
+
+
+def training_precision(setup: dict[str, Any], device: str) -> torch.autocast:
+    """Autocast as in training (bf16 or not), so re-scored figures match the run's metrics.json."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=setup.get("mixed_precision") == "bf16")
+
+
+def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, all_numbers: bool = False,
+                 download: bool = True) -> dict[str, Any]:
+    """A saved run's test metrics, on its training device and precision where this machine has
+    them; ``all_numbers`` pairs every test image with all ten numbers (100,000 pairs)."""
+    from .runs import load_run
+
+    config, model, setup = load_run(run_dir)
+    device = training_device(setup)
+    model.to(device)
+    test = run_test_split(config, data_dir, download).to(device)
+    with numerics(cuda=device == "cuda", deterministic=False), training_precision(setup, device):
+        counts = (evaluate_all_numbers if all_numbers else evaluate_counts)(
+            model, test, config.eval_batch_size, config.sum_weight)
+    return summarize(counts)

@@ -13,9 +13,25 @@ from pathlib import Path
 
 import torch
 
-from .runs import RunError, load_run, replace_file
+from .errors import shown
+from .runs import RunError, check_output_file, load_run, replace_file, run_files
 
 FORMATS = ("onnx",)
+
+
+def export(run_dir: str | os.PathLike, format: str = "onnx", output: str | os.PathLike | None = None,
+           overwrite: bool = False) -> Path:
+    """``mnist-addition export``: the run's model in ``format`` at ``output`` (default
+    RUN_DIR/model.FORMAT), never over a file of the run; an existing file only with ``overwrite``."""
+    import contextlib
+    import io
+
+    if format not in FORMATS:
+        raise RunError(f"unknown export format {shown(format)}: use --format {' or '.join(FORMATS)}")
+    path = check_output_file(Path(output) if output else Path(run_dir) / f"model.{format}", overwrite, "--output",
+                             protected=run_files(Path(run_dir)))
+    with contextlib.redirect_stdout(io.StringIO()):  # torch's exporter narrates every stage
+        return export_onnx(run_dir, path)
 
 
 def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike) -> Path:

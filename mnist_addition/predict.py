@@ -184,3 +184,50 @@ def image_files(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     except OSError as e:
         raise ImageError(f"cannot list {folder} ({e.strerror or e}): check the folder") from None
+
+
+def inputs(image: Path, number: int | None = None, numbers: list[int] | None = None, random_numbers: bool = False,
+           seed: int = 0) -> tuple[list[Path], list[int]]:
+    """The image files and their numbers for ``predict IMAGE [NUMBER]``: one image and NUMBER, or a
+    folder's images (sorted by name) with one of ``numbers`` (one per image) or ``random_numbers``
+    (seeded). Every mistake in the combination is one line naming what to give instead."""
+    try:
+        folder = image.is_dir()
+    except OSError as e:  # a name too long for the filesystem, a link loop
+        raise ImageError(f"{shown(str(image))} cannot be opened ({e.strerror or e}): check the path") from None
+    if not folder:
+        if numbers is not None or random_numbers:
+            raise ImageError("--numbers and --random-numbers are for a folder of images: for one image give NUMBER")
+        if number is None:
+            raise ImageError("missing NUMBER: give a number from 0 to 9 after the image")
+        return [image], [number]
+    if number is not None:
+        raise ImageError(f"{image} is a folder: give --numbers or --random-numbers instead of NUMBER")
+    if (numbers is None) == (not random_numbers):
+        raise ImageError(f"{image} is a folder: pass exactly one of --numbers 3,7,... or --random-numbers")
+    found = image_files(image)
+    if not found:
+        raise ImageError(f"{image} holds no image files (png, jpg, bmp, ...)")
+    if numbers is not None and len(numbers) != len(found):
+        raise ImageError(f"--numbers has {len(numbers)} values for {len(found)} images in {image}: "
+                         "give one per image, in sorted file order")
+    if numbers is None:
+        numbers = torch.randint(0, 10, (len(found),), generator=torch.Generator().manual_seed(seed)).tolist()
+    return found, numbers
+
+
+def predict_files(run_dir: Path, images: list[Path], numbers: list[int], csv: Path | None = None,
+                  overwrite: bool = False) -> list[dict[str, Any]]:
+    """``predict``'s rows (with their ``file``) for image files and numbers, using the model of
+    ``run_dir``; with ``csv``, also written there (never over a file of the run or an input
+    image; an existing file only with ``overwrite``). Every file is checked before any output."""
+    from .runs import check_output_file, replace_file, run_files
+
+    if csv is not None:
+        check_output_file(csv, overwrite, "--csv", protected=(*run_files(run_dir), *images))
+    batch = torch.stack([load_image(f) for f in images])
+    model = load_model(run_dir)
+    rows = [{"file": str(f), **r} for f, r in zip(images, predict(model, batch, numbers))]
+    if csv is not None:
+        replace_file(csv, lambda tmp: write_csv(rows, tmp), "--csv")
+    return rows

@@ -10,7 +10,7 @@ The rules, checked before anything is created and again under the lock:
   kinds: no links), and moves it aside until the new run has its first checkpoint;
 * **a resumed run** needs an unfinished run (checkpoints, no metrics.json) whose folders
   (checkpoints/, tensorboard/) are folders, not links out of it; the command line reads its
-  config.json (``runs.read_run_config``), a sweep trial passes its config.
+  config.json (``resume.resumed_config``), and ``fit`` checks its config against it (``resume.py``).
 
 The folder is named by its real path (``SOMEWHERE/../RUN`` and links resolved) for every
 operation, so no spelling creates another folder or reaches around the lock.
@@ -24,7 +24,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import files
 from .checkpoint import CHECKPOINTS, list_checkpoints
@@ -135,10 +135,12 @@ class RunFolder:
 
     LOCK, ASIDE = LOCK, ASIDE
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                 also: Callable[[Path], None] | None = None) -> None:
         self.named = Path(path)
         self.path = Path(os.path.realpath(self.named))
         self.resume, self.overwrite = resume, overwrite
+        self.also = also  # the caller's own check of the folder, under the lock (fit: the resume rules)
         self._lock = files.FolderLock(self.path / LOCK)
         self._created: list[Path] = []
         self.outcome = ""  # after close(ok=False): "restored", "nothing", "resumable" or "finished"
@@ -161,6 +163,8 @@ class RunFolder:
             raise RunError(f"cannot write the run folder {self.named} ({e.strerror}): choose another --output-dir") from None
         try:
             self._check()  # again under the lock: another process may have finished a run here meanwhile
+            if self.also is not None:
+                self.also(self.path)
             (self.path / OLD_OWNER).unlink(missing_ok=True)
             self._remove_stale_temporaries()
             if self.overwrite and not self.resume:

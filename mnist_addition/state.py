@@ -1,5 +1,5 @@
 """What a training run holds: ``Run`` (built once by ``train.setup``) and ``TrainState`` (where
-training stands, saved in every checkpoint as JSON)."""
+training stands; saved in every checkpoint as ``trainer_state.json``, JSON, no pickle)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,21 @@ from .config import TrainConfig
 from .data import Split
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """Everything one fit() works with, built once by ``setup``."""
+    """Everything one fit() works with, built once by ``train.setup``."""
 
     config: TrainConfig
     accelerator: Any  # accelerate.Accelerator (not imported here)
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loss_of: Callable[..., torch.Tensor]  # (images, numbers, digits, sums) -> loss; maybe compiled
-    lr_at: Callable[[int], float]
+    lr_at: Callable[[int], float]  # the learning rate of a 0-based global step
     train: Split
     val: Split
     test: Split
     steps: int  # optimizer steps per epoch
-    setup: dict[str, Any]
+    setup: dict[str, Any]  # device, precision, processes, batch sizes: config.json's "setup"
     run_dir: Path | None
 
     @property
@@ -42,20 +42,56 @@ class Run:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records of the run that wrote it (checked when it is loaded)."""
+        return {"preset": self.config.preset, "width": self.config.width, "world": self.world}
+
+
+# What trainer_state.json holds, and of which types: TrainState's saved fields, the global step,
+# and the writing run's identity (``Run.identity``).
+SAVED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "step": int, "global_step": int, "loss_sum": (int, float), "train_seconds": (int, float),
+    "history": list, "preset": str, "width": int, "world": int, "samples_per_process": int}
+
 
 @dataclass
 class TrainState:
-    """Where training stands; what every checkpoint's trainer_state.json holds (JSON, no pickle)."""
+    """Where training stands."""
 
+    steps: int  # optimizer steps per epoch (follows from the config and the data: not saved)
     epoch: int = 1  # the epoch in progress (1-based)
     step: int = 0  # steps done in that epoch
     loss_sum: float = 0.0  # summed training loss of those steps (mean over processes)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # of finished epochs (the epoch in progress adds its own)
     samples_per_process: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per finished epoch
 
-    def to_dict(self, run: Run) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "global_step": (self.epoch - 1) * run.steps + self.step,
-                "loss_sum": self.loss_sum, "train_seconds": self.train_seconds, "history": self.history,
-                "preset": run.config.preset, "width": run.config.width, "world": run.world,
-                "samples_per_process": self.samples_per_process}
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps done since the start of the run."""
+        return (self.epoch - 1) * self.steps + self.step
+
+    def advance(self, samples: int) -> None:
+        """One optimizer step done on ``samples`` images of this process."""
+        self.step += 1
+        self.samples_per_process += samples
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step, self.loss_sum = self.epoch + 1, 0, 0.0
+
+    def state_dict(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """``trainer_state.json``: the fields, the global step and the run's ``identity``."""
+        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step, "loss_sum": self.loss_sum,
+                "train_seconds": self.train_seconds, "history": self.history,
+                "samples_per_process": self.samples_per_process, **identity}
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], steps: int, world: int) -> "TrainState":
+        """The state a saved ``state_dict`` describes, for ``world`` processes (the images seen are
+        shared out again; the global batch, and so the maths, is the same)."""
+        return cls(steps, saved["epoch"], saved["step"], saved["loss_sum"], saved["train_seconds"],
+                   saved["samples_per_process"] * saved["world"] // world, list(saved["history"]))

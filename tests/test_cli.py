@@ -68,10 +68,9 @@ def test_evaluate_all_numbers_pairs_every_image_with_every_number(run_dir, capsy
 
 
 def test_smoke_sets_small_run_and_flags_still_win(mnist_dir, tmp_path):
-    from mnist_addition.cli import build_parser, config_from_args
+    from mnist_addition.config import TrainConfig
 
-    args = build_parser().parse_args(["train", "--smoke", "--epochs", "2"])
-    config = config_from_args(args)
+    config = TrainConfig.resolve(smoke=True, flags={"epochs": 2})
     assert config.epochs == 2 and config.train_limit == 10_000 and config.batch_size == 128 and config.eval_limit == 1000
 
 
@@ -144,7 +143,7 @@ def test_every_expected_failure_shares_one_base_with_an_exit_code():
     from mnist_addition.errors import UserError
     from mnist_addition.predict import ImageError
     from mnist_addition.runs import RunError
-    from mnist_addition.spaces import SpaceError
+    from mnist_addition.sweep.spaces import SpaceError
     from mnist_addition.sweep import NoUsableTrial, SweepError
 
     codes = {cls: cls.exit_code for cls in (ConfigError, RunError, CheckpointError, ImageError, SpaceError,
@@ -240,13 +239,13 @@ def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(run_dir
     shutil.copytree(run_dir, run)
     old = _files(run)
     seen_at_first_checkpoint = []
-    real = ck.save_checkpoint
+    real = ck.write_checkpoint
 
     def save_and_look(*args, **kwargs):
         seen_at_first_checkpoint.append((run / ".replaced" / "model.safetensors").is_file())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ck, "save_checkpoint", save_and_look)
+    monkeypatch.setattr(ck, "write_checkpoint", save_and_look)
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--seed", "1",
                  "--overwrite"]) == 0
     assert seen_at_first_checkpoint[0] is True  # the old run was still there, set aside
@@ -261,7 +260,7 @@ def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back
                                                                               monkeypatch, capsys):
     import shutil
 
-    import mnist_addition.train as train_module
+    import mnist_addition.step as step
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -270,7 +269,7 @@ def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C during the first epoch
 
-    monkeypatch.setattr(train_module, "train_epoch", crash)
+    monkeypatch.setattr(step, "train_step", crash)
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--overwrite"]) == 130
     assert _files(run) == old and not (run / ".replaced").exists()
     assert f"before the first checkpoint: the run that was in {run} is back, unchanged" in \
@@ -330,9 +329,9 @@ def test_val_size_leaving_no_training_images_is_a_usage_error(mnist_dir, tmp_pat
 
 
 def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.train as train_module
+    import mnist_addition.backends as backends
 
-    monkeypatch.setattr(train_module, "free_memory", lambda device: 10 * 2**20)  # 10 MiB free
+    monkeypatch.setattr(backends, "free_memory", lambda device: 10 * 2**20)  # 10 MiB free
     code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY, "--width", "200"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "--width 200 makes" in err and "more than the 0.0 GiB free" in err and "smaller --width" in err
@@ -342,24 +341,24 @@ def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(mnis
 def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
     import torch
 
-    import mnist_addition.train as train_module
+    import mnist_addition.step as step
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(train_module, "train_epoch", out_of_memory)
+    monkeypatch.setattr(step, "train_step", out_of_memory)
     code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "out of memory on cpu with --batch-size 32 and --width 8: lower --batch-size" in err
 
 
 def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.train as train_module
+    import mnist_addition.step as step
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train_epoch", interrupt)
+    monkeypatch.setattr(step, "train_step", interrupt)
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY]) == 130
     err = capsys.readouterr().err.replace("\n", "")
     assert "before the first checkpoint: nothing to resume" in err and "--resume" not in err

@@ -87,3 +87,25 @@ def test_missing_config_file(tmp_path):
 def test_a_config_that_is_not_a_regular_file_is_never_read(path):
     with pytest.raises(ConfigError, match=f"config file {path} is not a regular file"):
         TrainConfig.load(path)
+
+
+def test_each_fields_role_is_declared_once_on_the_field():
+    """Resume, the sweep, both smoke modes and the CLI's grouping read the roles from TrainConfig."""
+    import dataclasses
+
+    from mnist_addition.config import resumable_fields, smoke_overrides, sweep_owned
+
+    assert resumable_fields() == {"data_dir", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"}
+    assert smoke_overrides() == {"epochs": 1, "batch_size": 128, "train_limit": 10_000, "eval_limit": 1000}
+    assert smoke_overrides(sweep=True) == {**smoke_overrides(), "epochs": 2}  # ASHA needs two epochs to decide
+    assert sweep_owned() == {"data_dir": "--data-dir", "output_dir": "--storage-path/--name"}
+    infra = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["infra"]}
+    assert resumable_fields() <= infra and "lr" not in infra and {"cpu", "mixed_precision"} <= infra
+
+
+def test_a_new_runs_config_is_preset_then_file_then_smoke_then_flags(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epochs": 5, "lr": 0.02, "width": 12}))
+    config = TrainConfig.resolve(path, smoke=True, flags={"lr": 0.03})
+    assert (config.epochs, config.lr, config.width, config.train_limit) == (1, 0.03, 12, 10_000)
+    assert TrainConfig.resolve() == TrainConfig()

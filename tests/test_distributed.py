@@ -153,14 +153,13 @@ KILL_AFTER_SAVES = 5  # checkpoints at steps 4, 8, 12, 15 (end of epoch 1), 16: 
 CRASHING_RUN = textwrap.dedent("""
     import os, signal, sys
     import mnist_addition.checkpoint as ck
-    real, saves = ck.save_checkpoint, []
-    def save_then_maybe_die(*args, **kwargs):
-        path = real(*args, **kwargs)
-        saves.append(path)
+    real, saves = ck.prune, []
+    def prune_then_maybe_die(*args, **kwargs):  # called once each checkpoint is written
+        real(*args, **kwargs)
+        saves.append(args)
         if len(saves) == {kill}:
             os.kill(os.getpid(), signal.SIGKILL)  # as hard as a power cut: no cleanup runs
-        return path
-    ck.save_checkpoint = save_then_maybe_die
+    ck.prune = prune_then_maybe_die
     from mnist_addition.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -281,6 +280,33 @@ def test_bad_resume_is_one_line_and_changes_nothing(case, match, crashed, uninte
     error = err.splitlines()[-1]  # the error is one line (a header line may come before it)
     assert error.startswith("mnist-addition train: error: ") and match in error and "Traceback" not in err
     assert _contents(run) == before
+
+
+def test_the_same_command_with_resume_is_accepted_and_resumes_bit_identically(crashed, uninterrupted, mnist_dir,
+                                                                              tmp_path, capsys):
+    """Flags given with the values the run already has (--cpu, --lr, --width ...) are not changes."""
+    run = _copy(crashed, tmp_path / "run")
+    assert main(["train", *_resume_args(mnist_dir), "--resume", str(run), "--output-dir", str(run)]) == 0
+    _assert_resumed_like_uninterrupted(run, uninterrupted, capsys.readouterr().err)
+
+
+def test_fit_itself_enforces_the_resume_rules(crashed, uninterrupted, tmp_path):
+    """The Python API refuses what the command line refuses, and accepts what it accepts."""
+    from mnist_addition.config import ConfigError, TrainConfig
+    from mnist_addition.train import fit
+
+    run = _copy(crashed, tmp_path / "run")
+    own = TrainConfig.load(run / "config.json").replace(output_dir=str(run))
+    before = _contents(run)
+    with pytest.raises(ConfigError, match=r"--lr cannot change when resuming \(.*config.json has 0.01, not 0.5\)"):
+        fit(own.replace(lr=0.5), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="--cpu cannot change when resuming"):
+        fit(own.replace(cpu=False, mixed_precision="no"), resume=True, progress=False)
+    assert _contents(run) == before
+    fit(own.replace(log_every=3, keep_checkpoints=1), resume=True, progress=False)  # where and how often: allowed
+    a, b = _weights(run), _weights(uninterrupted)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(list_checkpoints(run)) == 1
 
 
 def _contents(run: Path) -> dict[Path, bytes]:

@@ -208,19 +208,19 @@ def test_a_refused_writer_leaves_the_lock_and_the_folder_alone(finished, mnist_d
 
 def test_an_interrupt_while_the_pictures_are_drawn_leaves_a_run_resume_finishes(mnist_dir, tmp_path, monkeypatch,
                                                                               capsys):
-    import mnist_addition.train as train_module
+    import mnist_addition.pictures as pictures
 
     run = tmp_path / "run"
-    real = train_module.write_report
+    real = pictures.write_pictures
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "write_report", interrupt)
+    monkeypatch.setattr(pictures, "write_pictures", interrupt)
     code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY])
     line = _one_line_error(capsys, 130, code, f"interrupted: resume with  mnist-addition train --resume {run}")
     assert "back, unchanged" not in line and not (run / "metrics.json").exists()
-    monkeypatch.setattr(train_module, "write_report", real)
+    monkeypatch.setattr(pictures, "write_pictures", real)
     assert main(["train", "--resume", str(run)]) == 0
     assert (run / "metrics.json").is_file() and all((run / name).is_file() for name in REPORT_FILES)
 
@@ -246,21 +246,21 @@ def test_an_interrupt_after_the_run_finished_says_it_is_complete(mnist_dir, tmp_
 @pytest.mark.parametrize("precreated", [False, True])
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_so_training_again_works(
         precreated, mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.train as train_module
+    import mnist_addition.step as step
 
     run = tmp_path / "run"
     if precreated:
         run.mkdir()
-    real = train_module.train_epoch
+    real = step.train_step
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train_epoch", interrupt)
+    monkeypatch.setattr(step, "train_step", interrupt)
     args = ["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY]
     _one_line_error(capsys, 130, main(args), "before the first checkpoint: nothing to resume; start again to train")
     assert run.exists() == precreated and (not precreated or os.listdir(run) in ([], [".lock"]))
-    monkeypatch.setattr(train_module, "train_epoch", real)
+    monkeypatch.setattr(step, "train_step", real)
     assert main(args) == 0  # "start again" works: nothing was left to refuse it
 
 

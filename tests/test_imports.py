@@ -15,7 +15,7 @@ def _loaded_after(statement: str) -> set[str]:
 def test_core_imports_neither_accelerate_nor_ray():
     loaded = _loaded_after("import mnist_addition, mnist_addition.data, mnist_addition.model, "
                            "mnist_addition.metrics, mnist_addition.evaluate, mnist_addition.runs, mnist_addition.cli, "
-                           "mnist_addition.spaces, mnist_addition.sweep; mnist_addition.cli.build_parser()")
+                           "mnist_addition.sweep.spaces, mnist_addition.sweep; mnist_addition.cli.build_parser()")
     assert "torch" in loaded
     assert "accelerate" not in loaded and "ray" not in loaded
 

@@ -45,7 +45,7 @@ def test_the_wheel_ships_the_search_spaces_and_tune_finds_them_by_name(tmp_path)
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = ("import mnist_addition, mnist_addition.sweep as s, mnist_addition.spaces as sp; "
+    code = ("import mnist_addition, mnist_addition.sweep as s, mnist_addition.sweep.spaces as sp; "
             "path = s.find_space('default'); sp.load_space(path); print(mnist_addition.__file__); print(path)")
     found = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, timeout=120,
                            env={**os.environ, "PYTHONPATH": str(site)})

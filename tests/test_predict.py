@@ -159,7 +159,7 @@ BAD = [
     ("1x1 image", "is only 1x1 pixels"),
     ("all white", "is blank"),
     ("all black", "is blank"),
-    ("-1", "NUMBER must be a whole number from 0 to 9, got '-1'"),
+    ("-1", "NUMBER must be a whole number in 0..9, got '-1'"),
     ("10", "got '10'"),
     ("3.5", "got '3.5'"),
     ("seven", "got 'seven'"),

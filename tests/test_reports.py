@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mnist_addition.cli import main
-from mnist_addition.report import REPORT_FILES
+from mnist_addition.runs import REPORT_FILES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HAS_TB = importlib.util.find_spec("tensorboard") is not None

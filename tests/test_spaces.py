@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mnist_addition.config import TrainConfig
-from mnist_addition.spaces import SpaceError, load_space, parse_space
+from mnist_addition.sweep.spaces import SpaceError, load_space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def test_extremes_cover_every_combination_of_bounds_and_choices(tmp_path):
 
 
 def test_many_keys_are_checked_in_pairs(tmp_path, monkeypatch):
-    import mnist_addition.spaces as spaces
+    import mnist_addition.sweep.spaces as spaces
 
     monkeypatch.setattr(spaces, "MAX_COMBINATIONS", 4)
     space = load_space(_space(tmp_path, {"search": {"lr": {"uniform": [0.001, 0.01]},

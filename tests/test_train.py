@@ -146,7 +146,7 @@ def test_test_every_epoch_reports_the_final_test_metrics(mnist_dir):
 def test_lr_schedule_is_torchs_onecycle_step_for_step(total, warmup):
     """The learning rate is a pure function of the step (nothing to checkpoint), and the same floats
     as the OneCycleLR scheduler it replaced: the CPU's results did not move."""
-    from mnist_addition.train import lr_schedule
+    from mnist_addition.step import lr_schedule
 
     config = TrainConfig.from_preset("fast", lr=0.008, warmup=warmup)
     lr_at = lr_schedule(config, total)
@@ -179,13 +179,15 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weigh
     import mnist_addition.train as train_module
     from mnist_addition.checkpoint import list_checkpoints, read_state
 
-    real = train_module.lr_schedule
+    import mnist_addition.step as step
+
+    real = step.lr_schedule
 
     def poisoned(config, total):
         lr = real(config, total)
         return lambda step: float("nan") if step >= 20 else lr(step)
 
-    monkeypatch.setattr(train_module, "lr_schedule", poisoned)
+    monkeypatch.setattr(step, "lr_schedule", poisoned)
     run = tmp_path / "run"
     run.mkdir()
     config = tiny_config(mnist_dir, cpu=True, output_dir=str(run), checkpoint_every=4, keep_checkpoints=10)
@@ -195,3 +197,42 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weigh
     assert [p.name for p in list_checkpoints(run)][-3:] == ["step-00000015", "step-00000016", "step-00000020"]
     assert all(torch.isfinite(torch.tensor(read_state(p)["loss_sum"])) for p in list_checkpoints(run))
     assert not (run / "model.safetensors").exists()
+
+
+def test_train_state_knows_its_global_step_and_round_trips_through_its_state_dict():
+    from mnist_addition.state import SAVED_FIELDS, TrainState
+
+    state = TrainState(steps=15, epoch=3, step=4, loss_sum=1.5, train_seconds=2.0, samples_per_process=512,
+                       history=[{"epoch": 1}, {"epoch": 2}])
+    assert state.global_step == 2 * 15 + 4
+    saved = state.state_dict({"preset": "fast", "width": 8, "world": 2})
+    assert set(saved) == set(SAVED_FIELDS) and saved["global_step"] == 34
+    again = TrainState.from_saved(saved, steps=15, world=1)  # one process takes over two processes' images
+    assert (again.epoch, again.step, again.global_step, again.samples_per_process) == (3, 4, 34, 1024)
+    again.advance(32)
+    assert (again.step, again.samples_per_process) == (5, 1056)
+    again.next_epoch()
+    assert (again.epoch, again.step, again.loss_sum, again.global_step) == (4, 0, 0.0, 45)
+
+
+@pytest.mark.parametrize("every,run_dir,due", [
+    (4, "run", [4, 8, 12, 16, 20, 24, 28]),  # global steps; not 15 or 30: epoch ends save anyway
+    (0, "run", []),
+    (4, None, []),  # no run folder, no checkpoints
+])
+def test_the_checkpointer_owns_the_interval(every, run_dir, due):
+    from types import SimpleNamespace
+
+    from mnist_addition.checkpointer import Checkpointer
+    from mnist_addition.state import TrainState
+
+    run = SimpleNamespace(config=SimpleNamespace(checkpoint_every=every), run_dir=run_dir)
+    checkpointer = Checkpointer(run, folder=None)
+    state, seen = TrainState(steps=15), []
+    while state.epoch <= 2:
+        for _ in range(15):
+            state.advance(32)
+            if checkpointer.due(state):
+                seen.append(state.global_step)
+        state.next_epoch()
+    assert seen == due

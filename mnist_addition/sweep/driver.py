@@ -12,19 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import SMOKE_OVERRIDES, ConfigError, TrainConfig, check_batch
+from ..config import ConfigError, TrainConfig, check_batch, smoke_overrides
 from ..errors import shown
-from ..spaces import Space, load_space, parse_space
+from .spaces import Space, load_space, parse_space
 from . import trial
 from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
 from .results import trial_rows, write_results
 from .storage import Store, absolute, experiment_uri
 from .trust import Signer
-
-# What --smoke does to every trial (the space's own searched keys still win): little data, 2 epochs
-# so that ASHA has something to decide.
-TUNE_SMOKE = {**SMOKE_OVERRIDES, "epochs": 2}
-
 
 def require_ray() -> None:
     import importlib.util
@@ -33,7 +28,7 @@ def require_ray() -> None:
         raise SweepError('Ray Tune is not installed: pip install -e ".[tune]" (or pip install "ray[tune]")')
 
 
-def resolve(options: SweepOptions) -> tuple[SweepOptions, Space, Store]:
+def open_sweep(options: SweepOptions) -> tuple[SweepOptions, Space, Store, Signer]:
     """Fill in defaults, load and check the space (or the saved sweep on --resume). No Ray yet."""
     options = dataclasses.replace(options)
     options.storage_path = absolute(options.storage_path)
@@ -107,8 +102,10 @@ def check_against_data(space: Space, base: dict[str, Any], train_file_images: in
 def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     """Run (or resume) a sweep; write the results files; return the summary."""
     require_ray()
-    options, space, store, signer = resolve(options)
-    base = space.base(TUNE_SMOKE if options.smoke else None)  # every trial's config but the sampled keys
+    options, space, store, signer = open_sweep(options)
+    # --smoke (TrainConfig's sweep_smoke values: little data, 2 epochs so that ASHA has something to
+    # decide); the space's own searched keys still win
+    base = space.base(smoke_overrides(sweep=True) if options.smoke else None)  # every trial's config but the sampled keys
     _load_and_check_data(options, space, base)
     base_epochs = TrainConfig.from_dict(base).epochs
     max_epochs = space.largest("epochs", base_epochs)

@@ -7,7 +7,8 @@ start-up.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +23,7 @@ SWEEP_FILE, CSV_FILE, BEST_FILE, PLOT_FILE, SUMMARY_FILE = (
 DRIVER_CPUS = 0.1  # a multi-worker trial's own process only waits on its TorchTrainer
 # Ray schedules fractional GPUs in steps of 1/10,000; a share is rounded down to that.
 GPU_GRAIN = 10_000
+SMOKE_SAMPLES = 4  # trials of `tune --smoke` unless --num-samples
 
 
 class SweepError(ConfigError):
@@ -34,36 +36,74 @@ class NoUsableTrial(SweepError):
     exit_code = EXIT_FAILED
 
 
+def _o(default: Any, help: str, group: str = "", choices: tuple | None = None) -> Any:
+    """A SweepOptions field and its ``tune`` flag: the help (``(default: ...)`` added unless it says
+    its own default) and the help group ("" for the first, "where it runs", "how it searches")."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
+WHERE, HOW = "where it runs", "how it searches"
+
+
 @dataclass
 class SweepOptions:
-    """What ``mnist-addition tune`` was asked to do (saved as ``sweep.json`` for --resume)."""
+    """What ``mnist-addition tune`` was asked to do (saved as ``sweep.json`` for --resume); each field
+    is a ``tune`` flag (``cli.add_tune_flags``)."""
 
-    space: str = "default"
-    num_samples: int = 8
-    data_dir: str | None = None
-    storage_path: str = "runs/sweeps"
-    name: str | None = None
-    address: str | None = None
-    resume: bool = False
-    cpus_per_trial: float = 2.0
-    gpus_per_trial: float | None = None  # None: fill the cluster's GPUs (none: CPU trials); see gpu_share
-    workers_per_trial: int = 0  # 0 = one per GPU when gpus_per_trial > 1, else 1
-    max_concurrent: int = 0  # 0 = as many as the cluster's resources allow
-    scheduler: str = "asha"
-    grace_epochs: int = 1  # ASHA: epochs every trial trains before it may be stopped
-    search: str = "random"
-    metric: str = "val_both_acc"
-    mode: str | None = None
-    seed: int = 0
-    max_failures: int = 2
-    smoke: bool = False
-    download: bool = True
-    dashboard: bool = False
-    top: int = 10
+    space: str = _o("default", "YAML search space, or the name of a shipped one (tune/): default, smoke, wide "
+                               "(default: default; smoke with --smoke)")
+    num_samples: int = _o(8, "trials to sample (default: 8; 4 with --smoke)")
+    data_dir: str | None = _o(None, "folder with MNIST/raw/*-ubyte, the same path on every node "
+                                    "(default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)")
+    smoke: bool = _o(False, "tiny trials: 10,000 training images, 2 epochs")
+    download: bool = _o(True, "never try to download MNIST")  # the flag is --no-download
+    address: str | None = _o(None, "an existing Ray cluster, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, else start "
+                                   "a local Ray on this machine's CPUs)", WHERE)
+    storage_path: str = _o("runs/sweeps", "folder or s3://... URI for sweeps", WHERE)
+    name: str | None = _o(None, "sweep name: a folder in --storage-path (default: tune-<timestamp>)", WHERE)
+    resume: bool = _o(False, "continue the interrupted sweep --name; finished trials are kept, unfinished ones "
+                             "resume from checkpoints", WHERE)
+    cpus_per_trial: float = _o(2.0, "CPUs per trial", WHERE)
+    # None: fill the cluster's GPUs (none: CPU trials); see gpu_share
+    gpus_per_trial: float | None = _o(None, "GPUs per trial: a fraction shares a GPU (0.25: 4 trials per GPU); above "
+                                            "1 the trial is data-parallel with one Ray Train worker per GPU (default: "
+                                            "the cluster's GPUs shared evenly by as many trials as the CPUs fit; 0 "
+                                            "without GPUs)", WHERE)
+    workers_per_trial: int = _o(0, "data-parallel workers per trial (Ray Train + Accelerate); CPUs and GPUs are split "
+                                   "between them (default: one per GPU above 1 GPU, else 1)", WHERE)
+    max_concurrent: int = _o(0, "trials at once (default: as many as resources allow)", WHERE)
+    max_failures: int = _o(2, "retries of a crashed trial, each from its last checkpoint", WHERE)
+    dashboard: bool = _o(False, "start the Ray dashboard on 127.0.0.1 (local Ray only)", WHERE)
+    scheduler: str = _o("asha", "asha stops bad trials early", HOW, SCHEDULERS)
+    grace_epochs: int = _o(1, "asha: epochs every trial trains before it may be stopped; its rungs are at 1, 2, "
+                              "4... times this", HOW)
+    search: str = _o("random", "random sampling or Optuna's TPE", HOW, SEARCHERS)
+    metric: str = _o("val_both_acc", "validation metric to select on", HOW, tuple(METRICS))
+    mode: str | None = _o(None, "max for accuracies, min for val_loss (default: follows --metric)", HOW, ("max", "min"))
+    seed: int = _o(0, "seed of the sampler (every trial trains with the space's seed, default 0, so configs are "
+                      "compared on equal terms)", HOW)
+    top: int = _o(10, "rows in the results table", HOW)
 
     # Fixed by the first run of a sweep; --resume takes them from sweep.json.
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
                       "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke")
+
+    @classmethod
+    def from_flags(cls, given: dict[str, Any]) -> "SweepOptions":
+        """The options of ``tune`` from the flags typed (``given``: only those). A new sweep gets its
+        space (``--space``, else ``smoke`` with --smoke, else ``default``) and, with --smoke, 4
+        trials; ``--resume`` refuses every sweep-defining flag (sweep.json fixes them)."""
+        given = dict(given)
+        if given.get("resume"):
+            changed = [k for k in cls.SWEEP_DEFINING if k in given]
+            if changed:
+                raise SweepError(f"{flag(changed[0])} cannot change when resuming (the sweep's sweep.json fixes it): "
+                                 "drop the flag, or start a new sweep under another --name")
+        else:
+            given["space"] = str(find_space(given.get("space") or ("smoke" if given.get("smoke") else "default")))
+            if given.get("smoke"):
+                given.setdefault("num_samples", SMOKE_SAMPLES)
+        return cls(**given)
 
     def workers(self) -> int:
         if self.workers_per_trial:

@@ -72,11 +72,11 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
 
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
-    state = process_state(config.cpu)  # under Ray Train: joins the process group Ray Train set up
-    resumed_from = _prepare_run_dir(run_dir, restored, state)
+    process = process_state(config.cpu)  # under Ray Train: joins the process group Ray Train set up
+    resumed_from = _prepare_run_dir(run_dir, restored, process)
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
-    store = Store(settings.experiment_uri) if state.is_main_process else None
-    facts = {"processes": state.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
+    store = Store(settings.experiment_uri) if process.is_main_process else None
+    facts = {"processes": process.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
              "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     written: list[Path] = []
@@ -101,15 +101,15 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     send(final["history"][-1])
 
 
-def _prepare_run_dir(run_dir: Path, restored: Any, state: Any) -> int:
+def _prepare_run_dir(run_dir: Path, restored: Any, process: Any) -> int:
     """A fresh run folder holding the checkpoint Ray handed back, if any; returns its epoch (0: none)."""
     with restored.as_directory() if restored is not None else contextlib.nullcontext() as src:
-        if state.is_local_main_process:  # one copy per node
+        if process.is_local_main_process:  # one copy per node
             shutil.rmtree(run_dir, ignore_errors=True)  # a previous attempt's leftovers: the reported checkpoint rules
             run_dir.mkdir(parents=True)
             if src:
                 restore_into(run_dir, src)
-        state.wait_for_everyone()
+        process.wait_for_everyone()
         return read_state(src)["epoch"] if src else 0
 
 

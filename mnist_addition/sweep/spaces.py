@@ -1,7 +1,9 @@
 """Search spaces for sweeps: small YAML files keyed by TrainConfig field names.
 
 No Ray here: a space is read and checked before Ray starts, so a typo costs a second, not a
-cluster start-up. ``sweep.py`` turns a checked ``Space`` into Ray Tune's sampling objects.
+cluster start-up. ``driver.py`` turns a checked ``Space`` into Ray Tune's sampling objects. The
+fields the sweep sets itself (declared ``sweep=`` on TrainConfig: the data and run folders) are
+refused in a space.
 
     fixed:                 # the same for every trial (any TrainConfig field)
       epochs: 6
@@ -26,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names, read_small_file
-from .errors import shown
+from ..config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names, read_small_file, sweep_owned
+from ..errors import shown
 
-# The sweep sets these for every trial (from its own flags): a space may not.
-SWEEP_OWNED = {"data_dir": "--data-dir", "output_dir": "--storage-path/--name"}
 KINDS = ("uniform", "loguniform", "randint", "choice")
 # Above this many combinations of extremes, every pair of keys is checked instead: each cross-field
 # check of TrainConfig involves two fields.
@@ -123,11 +123,11 @@ def parse_space(data: Any, path: str) -> Space:
             raise SpaceError(f"{where}: '{name}:' must be a mapping of TrainConfig fields")
     if not search_raw:
         raise SpaceError(f"{where} searches nothing: add at least one key under 'search:' (e.g. lr)")
-    known = set(field_names())
+    known, owned = set(field_names()), sweep_owned()
     for key in [*fixed, *search_raw]:
-        if key in SWEEP_OWNED:
+        if key in owned:
             raise SpaceError(f"{where}: {key!r} is set by the sweep, not the space: remove it and use "
-                             f"{SWEEP_OWNED[key]}")
+                             f"{owned[key]}")
         if key not in known:
             raise SpaceError(f"{where}: unknown key {key!r}{did_you_mean(key)}: keys are TrainConfig fields "
                              "(see mnist-addition train --help)")

@@ -1,0 +1,58 @@
+"""What the command line prints (rich): training's lines, a run's results, predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def start_line(config: Any, resume: bool, processes: int) -> str:
+    """``train``'s first line: what trains, where to."""
+    return (f"[bold]{'resuming' if resume else 'training'}[/] preset={config.preset} width={config.width} "
+            f"epochs={config.epochs} batch={config.batch_size} lr={config.lr:g} seed={config.seed} "
+            f"processes={processes} -> {config.output_dir}")
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """One line per epoch of ``train``: loss, validation accuracies, speed."""
+    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  "
+            f"val digit {100 * row['val_digit_acc']:.2f}%  sum {100 * row['val_sum_acc']:.2f}%  "
+            f"{row['images_per_s']:,.0f} img/s")
+
+
+def results(final: dict[str, Any], run_dir: str | Path | None) -> list[Any]:
+    """What ``train`` and ``evaluate`` print: accuracies and loss per split, then (after training)
+    the parameters, training time, speed and precision."""
+    table = Table(title="Results" + (f" - {run_dir}" if run_dir else ""))
+    table.add_column("split")
+    for col in ("digit acc", "sum acc", "both acc", "sum right, digit wrong", "loss", "images"):
+        table.add_column(col, justify="right")
+    for split in ("val", "test"):
+        m = final.get(split)
+        if m:
+            table.add_row(split, f"{100 * m['digit_acc']:.2f}%", f"{100 * m['sum_acc']:.2f}%",
+                          f"{100 * m['both_acc']:.2f}%", str(m["sum_right_digit_wrong"]), f"{m['loss']:.4f}",
+                          f"{m['n']:,}")
+    if "params" not in final:
+        return [table]
+    return [table, f"{final['params']:,} parameters, {final['train_seconds']:.1f} s of training "
+                   f"({final['images_per_s']:,.0f} img/s, {final['setup']['mixed_precision']} precision)"]
+
+
+def _top(probs: list[float]) -> str:
+    """The three likeliest classes, e.g. ``7:98% 1:1% 9:0%``."""
+    return " ".join(f"{i}:{100 * p:.0f}%" for p, i in sorted(((p, i) for i, p in enumerate(probs)), reverse=True)[:3])
+
+
+def predictions_table(rows: list[dict[str, Any]], run_dir: str | Path) -> Table:
+    """``predict``'s rows: file, number, digit, sum and each head's three likeliest classes."""
+    table = Table(title=f"Predictions - {run_dir}")
+    for col in ("file", "number", "digit", "sum", "top digits", "top sums"):
+        table.add_column(col, justify="left" if col.startswith(("file", "top")) else "right",
+                         no_wrap=col.startswith("top"))
+    for r in rows:
+        table.add_row(Path(r["file"]).name, str(r["number"]), str(r["digit"]), str(r["sum"]),
+                      _top(r["digit_probs"]), _top(r["sum_probs"]))
+    return table
