@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-download", action="store_true", help="never try to download MNIST")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue an interrupted run from its newest valid checkpoint")
+    train.add_argument("--auto-resume", action="store_true", help="with --output-dir: start the run there, or continue "
+                       "it, or (finished) do nothing; one command for the first start and every restart")
     add_config_flags(train)
 
     ev = _run_command(sub, "evaluate", "re-evaluate a saved model on the test set")
@@ -149,12 +151,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     typed = {k: v for k, v in vars(args).items() if k in field_kinds()}
     config = resumed_config(args.resume, typed, {k: getattr(args, k) for k in NEW_RUN_OPTIONS}) if args.resume \
         else TrainConfig.resolve(args.config, args.smoke, typed)
-    resume = bool(args.resume)
-    config, process, data = prepare(config, resume=resume, overwrite=args.overwrite, download=not args.no_download)
+    config, process, data, mode = prepare(config, resume=bool(args.resume), overwrite=args.overwrite,
+                                          download=not args.no_download, auto_resume=args.auto_resume)
     console = Console(stderr=True, quiet=not process.is_main_process, soft_wrap=True)  # one line per message
-    console.print(start_line(config, resume, process.num_processes))
-    final = fit(config, report=lambda row: console.print(epoch_line(row, config.epochs)), data=data, resume=resume,
-                overwrite=args.overwrite, warn=lambda line: console.print(line, markup=False, highlight=False))
+    if mode == "finished":
+        console.print(f"{config.output_dir} already holds this run, finished (metrics.json): nothing to do")
+        return 0
+    console.print(start_line(config, mode == "resume", process.num_processes))
+    final = fit(config, report=lambda row: console.print(epoch_line(row, config.epochs)), data=data,
+                resume=mode == "resume", overwrite=mode == "overwrite",
+                warn=lambda line: console.print(line, markup=False, highlight=False))
     out = Console(quiet=not process.is_main_process)
     for item in results(final, config.output_dir):
         out.print(item)

@@ -91,6 +91,11 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "also save the full training state every N steps (0 = at epoch ends only)",
                                resumable=True)
     keep_checkpoints: int = _f(2, "keep the newest N checkpoints in the run folder", resumable=True)
+    # 5 minutes: far above any wait of a healthy run (a checkpoint, an evaluation, a slow machine reading
+    # or downloading MNIST's 11 MB before the first collective), far below torch's 30 min (gloo) / 10 min
+    # (NCCL) for which a lost machine would hold every other one's GPUs. See docs/distributed.md.
+    dist_timeout: int = _f(300, "seconds a process waits for the others in a collective before it stops, saying a "
+                                "peer stopped answering (data-parallel runs)", resumable=True)
     data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte (default: $MNIST_ADDITION_DATA or "
                                     "~/.cache/mnist-addition)", resumable=True, sweep="--data-dir")
     # the run folder itself: a resumed run keeps its own (resume.py), a trial's is the sweep's
@@ -208,7 +213,7 @@ INT_RANGES: dict[str, tuple[int, int, int]] = {
     "train_limit": (0, 1_000_000_000, 0), "eval_limit": (0, 1_000_000_000, 0),
     "gradient_accumulation_steps": (1, 1_000_000, 1), "eval_batch_size": (1, 1_000_000, 1000),
     "log_every": (1, 1_000_000_000, 20), "checkpoint_every": (0, 1_000_000_000, 0),
-    "keep_checkpoints": (1, 1_000_000, 2),
+    "keep_checkpoints": (1, 1_000_000, 2), "dist_timeout": (1, 86_400, 300),
 }
 # Float hyperparameters go into float32 tensors: --lr 1e308 overflows there. Far above any useful value.
 MAX_LR = 1000.0

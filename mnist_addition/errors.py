@@ -12,6 +12,7 @@ from typing import Any
 EXIT_USAGE = 2  # a bad flag, value, file or folder the user named
 EXIT_FAILED = 1  # the input was fine but the job could not be done (data missing, training diverged)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+EXIT_PREEMPTED = 75  # stopped by SIGTERM after a checkpoint: resumable (sysexits' EX_TEMPFAIL, "try again")
 
 
 class UserError(Exception):

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, flag, resumable_fields
-from .runfolder import check_resumable
+from .checkpoint import list_checkpoints
+from .runfolder import check_resumable, check_run_dir
 from .runs import read_run_config
 
-# Options of `train` that start a new run: never combined with --resume.
-NEW_RUN_OPTIONS = ("config", "smoke", "overwrite")
+# Options of `train` that start (or decide) a run: never combined with --resume.
+NEW_RUN_OPTIONS = ("config", "smoke", "overwrite", "auto_resume")
 
 
 def changed_fields(saved: TrainConfig, config: TrainConfig | dict[str, Any]) -> list[str]:
@@ -48,7 +49,7 @@ def resumed_config(run_dir: str | os.PathLike, given: dict[str, Any] | None = No
     ``options``: the new-run options typed (``config``, ``smoke``, ``overwrite``), all refused."""
     for option, value in (options or {}).items():
         if value:
-            raise ConfigError(f"--{option} cannot be combined with --resume: a resumed run keeps its own config")
+            raise ConfigError(f"{flag(option)} cannot be combined with --resume: a resumed run keeps its own config")
     given = dict(given or {})
     output_dir = given.pop("output_dir", None)
     if output_dir is not None and os.path.realpath(output_dir) != os.path.realpath(run_dir):
@@ -66,3 +67,29 @@ def check_resume(run_dir: Path, config: TrainConfig) -> None:
     fresh folder) is checked against the checkpoint itself when it is loaded."""
     if (run_dir / "config.json").exists():
         check_unchanged(run_dir, read_run_config(run_dir)[0], config)
+
+
+def auto_resume_mode(run_dir: str | os.PathLike, config: TrainConfig) -> str:
+    """What ``train --auto-resume`` does with ``run_dir`` for ``config`` (the command's own config),
+    so that one command serves the first start and every restart (torchrun --max-restarts, SLURM
+    --requeue, a Kubernetes restart policy): ``"new"`` for a missing or empty folder, ``"resume"``
+    for this run's checkpoints, ``"finished"`` for this run finished (nothing to do), ``"overwrite"``
+    for this run stopped before its first checkpoint (it starts again; the old files are kept until
+    the new run's first checkpoint). A folder holding another config's run, or anything else, is
+    refused in one line."""
+    from .runfolder import FINISHED, holds_run
+
+    if not holds_run(run_dir):
+        check_run_dir(run_dir)  # missing or empty (or refused: not a run folder)
+        return "new"
+    check_run_dir(run_dir, overwrite=True)  # a run folder of ours, not in use by another process
+    saved = read_run_config(run_dir)[0]
+    changed = changed_fields(saved, config)
+    if changed:
+        name = changed[0]
+        raise ConfigError(f"--auto-resume: {run_dir} holds another run ({flag(name)} is {getattr(saved, name)!r} "
+                          f"there, {getattr(config, name)!r} here): choose another --output-dir, or give the "
+                          "flags of that run to continue it")
+    if (Path(run_dir) / FINISHED).is_file():
+        return "finished"
+    return "resume" if list_checkpoints(Path(run_dir)) else "overwrite"

@@ -55,6 +55,12 @@ def _run_entries(folder: Path) -> list[str]:
     return [name for name in (*RUN_FILES, *RUN_DIRS, *EXTRA_FILES) if os.path.lexists(folder / name)]
 
 
+def holds_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding (part of) a run: anything a run writes, the lock aside."""
+    real = Path(os.path.realpath(path))
+    return real.is_dir() and bool(_run_entries(real))
+
+
 def holder(folder: Path) -> str:
     """Who holds the folder's lock, as the note in the lock file says."""
     try:

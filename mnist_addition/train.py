@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import time
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 
 from . import backends, checkpoint, pictures, runs, step
 from .backends import is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
@@ -42,7 +43,8 @@ from .evaluate import evaluate_counts
 from .metrics import summarize
 from .model import build_model, count_parameters, parameter_count
 from .progress import Progress
-from .resume import check_resume
+from .faults import Preempted, StopSignal, join_restarted_group, peers_explained
+from .resume import auto_resume_mode, check_resume
 from .runfolder import FINISHED, RunFolder, check_run_dir, describe
 from .state import Run, TrainState
 
@@ -54,29 +56,64 @@ Report = Callable[[dict[str, Any]], None]
 # ------------------------------------------------------------------------------------------------
 # Set-up
 # ------------------------------------------------------------------------------------------------
-def process_state(cpu: bool = False) -> PartialState:
+def process_state(cpu: bool = False, timeout: int | None = None) -> PartialState:
     """This process's place in the launch (joins the process group under ``accelerate launch``).
 
     On the CPU (asked for, or no GPU) every process must say so before the group forms: otherwise
-    several CPU processes would each train alone, or take the GPU path on a GPU machine.
+    several CPU processes would each train alone, or take the GPU path on a GPU machine. ``timeout``
+    (seconds, ``--dist-timeout``) bounds every collective's wait; the first caller's group is kept.
     """
-    return PartialState(cpu=use_cpu(cpu))
+    join_restarted_group(use_cpu(cpu), timeout)
+    group = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout)).to_kwargs() if timeout else {}
+    return PartialState(cpu=use_cpu(cpu), **group)
 
 
-def prepare(config: TrainConfig, resume: bool = False, overwrite: bool = False,
-            download: bool = True) -> tuple[TrainConfig, PartialState, PairedMnist]:
+def prepare(config: TrainConfig, resume: bool = False, overwrite: bool = False, download: bool = True,
+            auto_resume: bool = False) -> Prepared:
     """What ``train`` does before ``fit``: deterministic kernels asked for before CUDA starts, the
     process group joined, one run folder for every process (the main process names the default
     ``runs/<timestamp>``) checked before the data is read (``fit`` checks again under its lock),
-    and the data read (a missing MNIST is said before anything else)."""
+    and the data read (a missing MNIST is said before anything else). ``auto_resume``: the main
+    process decides whether the folder starts, continues or already finished this run
+    (``resume.auto_resume_mode``) and tells the others."""
+    if auto_resume and (resume or overwrite or not config.output_dir):
+        raise ConfigError("--auto-resume needs --output-dir (the folder every restart continues) and neither "
+                          "--resume nor --overwrite")
     if config.deterministic:
         backends.set_deterministic_env()
-    process = process_state(config.cpu)
-    run_dir = broadcast_object_list([str(config.output_dir or runs.default_run_dir())])[0]
-    if not resume:
-        check_run_dir(run_dir, overwrite=overwrite)
-    data = make_splits(load_mnist(config.data_dir, download=download), config.val_size)
-    return config.replace(output_dir=run_dir), process, data
+    process = process_state(config.cpu, config.dist_timeout)
+    with peers_explained(process.process_index, process.num_processes, config.dist_timeout):
+        run_dir = broadcast_object_list([str(config.output_dir or runs.default_run_dir())])[0]
+        config = config.replace(output_dir=run_dir)
+        mode = "resume" if resume else "overwrite" if overwrite else "new"
+        if auto_resume:
+            mode = _main_decides(process, lambda: auto_resume_mode(run_dir, config))
+        elif not resume:
+            check_run_dir(run_dir, overwrite=overwrite)
+        data = None if mode == "finished" else make_splits(load_mnist(config.data_dir, download=download),
+                                                           config.val_size)
+    return Prepared(config, process, data, mode)
+
+
+class Prepared(NamedTuple):
+    config: TrainConfig  # with its run folder
+    process: PartialState
+    data: PairedMnist | None  # None for a finished run
+    mode: str  # "new", "overwrite" (replace the run there), "resume" or "finished" (nothing to do)
+
+
+def _main_decides(process: PartialState, decide: Callable[[], str]) -> str:
+    """``decide()`` on the main process, its answer (or its refusal) on every process."""
+    answer: Any = None
+    if process.is_main_process:
+        try:
+            answer = decide()
+        except UserError as e:
+            answer = e
+    answer = broadcast_object_list([answer])[0] if process.num_processes > 1 else answer
+    if isinstance(answer, UserError):
+        raise answer
+    return answer
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -87,7 +124,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     cpu = use_cpu(config.cpu)
-    process = process_state(config.cpu)  # the same process group whoever asks first
+    process = process_state(config.cpu, config.dist_timeout)  # the same process group whoever asks first
     if cpu and process.device.type != "cpu":
         raise ConfigError("--cpu was given after this process had already started on the GPU: "
                           "pass --cpu to every run of the process (or set ACCELERATE_USE_CPU=1)")
@@ -99,6 +136,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
                           f"pip install -e \".[{config.log_with}]\"")
     cuda = process.device.type == "cuda"
     return Accelerator(cpu=cpu, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist_timeout))],
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        log_with=config.log_with if tracking else None,
                        project_dir=config.output_dir if tracking else None)
@@ -218,7 +256,9 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
     selection); ``score_test=False`` never scores it (sweep trials). ``on_checkpoint(path)`` runs on
     every process after each checkpoint (an epoch's comes just before its ``report``).
     """
-    with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision:
+    process = process_state(config.cpu, config.dist_timeout)
+    with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision, \
+            StopSignal() as stop, peers_explained(process.process_index, process.num_processes, config.dist_timeout):
         run = setup(config, data, precision, download)
         folder = open_run_folder(run, resume, overwrite)
         with _failures_explained(run, folder):
@@ -241,8 +281,13 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
                             # .item() is a device sync: only at log intervals, only where a bar is drawn
                             bar.update(state.step, loss_sum.item() / state.step,
                                        (state.step - first) * config.batch_size / (time.perf_counter() - start))
-                        if checkpointer.due(state):
+                        # SIGTERM: all processes agree at log intervals, save this step and stop
+                        stopping = state.step % config.log_every == 0 and state.step < run.steps and \
+                            stop.agreed(run.world, run.device, run.accelerator.reduce)
+                        if stopping or checkpointer.due(state):
                             checkpointer.save(state, loss_sum, state.train_seconds + time.perf_counter() - start)
+                        if stopping:
+                            raise preempted(run, state)
                     synchronize(run.device)  # the clock must include the GPU work still queued
                     seconds = time.perf_counter() - start
                     checkpointer.check_finite(state, loss_sum)
@@ -254,8 +299,20 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
                     log_to_trackers(run, row, state.epoch)
                     if report is not None:
                         report(row)
+                    if state.epoch < config.epochs and stop.agreed(run.world, run.device, run.accelerator.reduce):
+                        raise preempted(run, state)  # the epoch's checkpoint is written
                     state.next_epoch()
             return finish(run, state, test_every_epoch, score_test)
+
+
+def preempted(run: Run, state: TrainState) -> Preempted:
+    """The line of a run stopped by SIGTERM (after the checkpoint of ``state``, if it has a folder)."""
+    who = f"rank {run.rank}: " if run.world > 1 else ""
+    where = f"epoch {state.epoch}, step {state.step}/{run.steps}"
+    if run.run_dir is None:
+        return Preempted(f"{who}stopped by SIGTERM at {where}; no run folder, so nothing to resume")
+    return Preempted(f"{who}stopped by SIGTERM at {where}, checkpoint {checkpoint.checkpoint_dir(run.run_dir, state.global_step).name} "
+                     f"written: run the same command with --auto-resume (or mnist-addition train --resume {run.run_dir})")
 
 
 @contextlib.contextmanager
