@@ -161,9 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     final = fit(config, report=lambda row: console.print(epoch_line(row, config.epochs)), data=data,
                 resume=mode == "resume", overwrite=mode == "overwrite",
                 warn=lambda line: console.print(line, markup=False, highlight=False))
-    out = Console(quiet=not process.is_main_process)
-    for item in results(final, config.output_dir):
-        out.print(item)
+    Console(quiet=not process.is_main_process).print(*results(final, config.output_dir), sep="\n")
     return 0
 
 
@@ -177,8 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"test": metrics, "all_numbers": args.all_numbers}))
         return 0
-    for item in results({"test": metrics}, None):
-        Console().print(item)
+    Console().print(*results({"test": metrics}, None), sep="\n")
     pairs = "every test image x all 10 numbers" if args.all_numbers else "official test set, fixed numbers"
     Console().print(f"{pairs}: {metrics['n']:,} pairs")
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -58,12 +58,13 @@ class StopSignal:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.requested = True  # acted on at the next agreed step: never in the middle of one
 
-    def agreed(self, world: int, device: torch.device, reduce: Callable[..., torch.Tensor]) -> bool:
-        """Whether any process was asked to stop. Every process must call this at the same steps."""
-        if world == 1:
+    def agreed(self, run: Any) -> bool:
+        """Whether any process of ``run`` (a ``state.Run``) was asked to stop. Every process must
+        call this at the same steps."""
+        if run.world == 1:
             return self.requested
-        flag = torch.tensor(float(self.requested), device=device)
-        return bool(reduce(flag, reduction="sum").item() > 0)  # a sync: only at agreed steps
+        flag = torch.tensor(float(self.requested), device=run.device)
+        return bool(run.accelerator.reduce(flag, reduction="sum").item() > 0)  # a sync: only at agreed steps
 
 
 # What gloo and NCCL say when a peer is gone (its sockets closed) or silent (the timeout ran out).

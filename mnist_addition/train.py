@@ -249,12 +249,10 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
         on_checkpoint: Callable[[Path], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
-    ``data`` skips reading MNIST (tests and benchmarks pass their own). With ``config.output_dir``
-    the main process holds that run folder (``runfolder.RunFolder``) and ``resume`` continues from
-    its newest valid checkpoint (the resume rules of ``resume.py`` enforced); ``overwrite`` replaces
-    a run there. ``test_every_epoch`` scores the test set each epoch (benchmarks; never for
-    selection); ``score_test=False`` never scores it (sweep trials). ``on_checkpoint(path)`` runs on
-    every process after each checkpoint (an epoch's comes just before its ``report``).
+    ``data``: MNIST already read. With ``config.output_dir`` the main process holds that run folder;
+    ``resume`` continues from its newest valid checkpoint (``resume.py``'s rules), ``overwrite``
+    replaces a run there. ``test_every_epoch`` scores the test set each epoch (benchmarks, never for
+    selection), ``score_test=False`` never (sweep trials). ``on_checkpoint(path)``: after each checkpoint.
     """
     process = process_state(config.cpu, config.dist_timeout)
     with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision, \
@@ -282,8 +280,7 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
                             bar.update(state.step, loss_sum.item() / state.step,
                                        (state.step - first) * config.batch_size / (time.perf_counter() - start))
                         # SIGTERM: all processes agree at log intervals, save this step and stop
-                        stopping = state.step % config.log_every == 0 and state.step < run.steps and \
-                            stop.agreed(run.world, run.device, run.accelerator.reduce)
+                        stopping = state.step % config.log_every == 0 and state.step < run.steps and stop.agreed(run)
                         if stopping or checkpointer.due(state):
                             checkpointer.save(state, loss_sum, state.train_seconds + time.perf_counter() - start)
                         if stopping:
@@ -299,7 +296,7 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
                     log_to_trackers(run, row, state.epoch)
                     if report is not None:
                         report(row)
-                    if state.epoch < config.epochs and stop.agreed(run.world, run.device, run.accelerator.reduce):
+                    if state.epoch < config.epochs and stop.agreed(run):
                         raise preempted(run, state)  # the epoch's checkpoint is written
                     state.next_epoch()
             return finish(run, state, test_every_epoch, score_test)
