@@ -290,6 +290,72 @@ def test_a_multi_worker_trial_trains_data_parallel_with_world_size_2_and_survive
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def slow_reports(seconds: float):
+    """A trial function whose trial pauses after every report: time for a test to act mid-trial."""
+    def run_trial(params, settings):
+        import ray.tune
+
+        real = ray.tune.report
+
+        def slow(metrics, checkpoint=None):
+            real(metrics, checkpoint=checkpoint)
+            time.sleep(seconds)
+
+        ray.tune.report = slow
+        return trial_module.run_trial(params, settings)
+
+    return run_trial
+
+
+@pytest.fixture
+def lossy_cluster():
+    """A head that runs no trial (0 CPUs) and two 1-CPU nodes, one of which a test may remove."""
+    from ray.cluster_utils import Cluster
+
+    node = dict(num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2)
+    c = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0, "include_dashboard": False})
+    workers = [c.add_node(**node) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, workers
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+def test_a_trial_whose_node_is_lost_goes_on_on_another_node(tmp_path, mnist_dir, lossy_cluster, monkeypatch):
+    """The node of a running trial removed after the trial reported epoch 1: Ray retries it on the
+    other node from that checkpoint; trials.csv says where it ran before."""
+    import threading
+
+    c, workers = lossy_cluster
+    monkeypatch.setattr(trial_module, "run_trial", slow_reports(4.0))
+    sweep, removed = tmp_path / "lossy", []
+
+    def remove_the_trials_node() -> None:  # once epoch 1 is reported, from the trial's result.json
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not removed:
+            for result in sweep.glob("trial-*/result.json"):
+                rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+                node = next((r["node_id"] for r in rows if r.get("epoch") == 1), None)
+                victim = next((w for w in workers if w.node_id == node), None)
+                if victim is not None:
+                    c.remove_node(victim)
+                    removed.append(node)
+                    return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=remove_the_trials_node, daemon=True)
+    watcher.start()
+    assert main(tune_args(tiny_space(tmp_path, epochs=3), mnist_dir, tmp_path, "lossy", "--num-samples", "1",
+                          "--scheduler", "fifo", "--address", c.address, "--max-failures", "2")) == 0
+    watcher.join(timeout=10)
+    assert removed, "the trial's node was never removed"
+    (trial,) = read_trials(sweep)
+    assert trial["status"] == "finished" and trial["epochs_run"] == "3"
+    assert int(trial["resumed_from_epoch"]) >= 1  # from a reported checkpoint, not from scratch
+    assert trial["moved_from"] == removed[0] and trial["node_id"] not in ("", removed[0])
+
+
 @pytest.mark.parametrize("scheduler", ["asha", "fifo"])
 def test_searched_epochs_set_the_budget_and_a_cut_trial_is_never_finished(tmp_path, mnist_dir, cluster, capsys,
                                                                           scheduler):

@@ -108,3 +108,13 @@ def test_a_sweep_without_a_usable_trial_writes_no_best_config(tmp_path):
     assert not (folder / "best_config.json").exists()
     assert json.loads((folder / "summary.json").read_text())["best_trial"] is None
     assert len((folder / "trials.csv").read_text().splitlines()) == 3  # the failures are still listed
+
+
+def test_earlier_nodes_name_where_a_moved_trial_ran_before():
+    import pandas as pd
+
+    from mnist_addition.sweep.results import earlier_nodes
+
+    assert earlier_nodes(pd.DataFrame({"node_id": ["a", "a", "b", "b"]})) == ["a"]
+    assert earlier_nodes(pd.DataFrame({"node_id": ["a", "a"]})) == []
+    assert earlier_nodes(pd.DataFrame({"epoch": [1]})) == [] and earlier_nodes(None) == []

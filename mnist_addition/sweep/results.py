@@ -63,8 +63,19 @@ def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int,
         status = trial_status(statuses.get(trial_id, "TERMINATED"), bool(result.error), epochs_run, budget)
         rows.append({"trial_id": trial_id, **{k: result.config.get(k) for k in keys}, "status": status,
                      "epochs_run": epochs_run, "budget_epochs": budget, **{k: m.get(k) for k in METRIC_COLUMNS},
-                     "trial_seconds": m.get("time_total_s"), "curve": curve})
+                     "trial_seconds": m.get("time_total_s"), "moved_from": " ".join(earlier_nodes(history)),
+                     "curve": curve})
     return rows
+
+
+def earlier_nodes(history: Any) -> list[str]:
+    """The nodes a trial reported from before the one it ended on, in order (a retry that Ray
+    placed elsewhere, e.g. after its node was lost); empty for a trial that never moved."""
+    if history is None or "node_id" not in history:
+        return []
+    nodes = list(dict.fromkeys(str(n) for n in history["node_id"].dropna()))
+    last = str(history["node_id"].dropna().iloc[-1]) if len(nodes) else None
+    return [n for n in nodes if n != last]
 
 
 def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: list[str], base: dict[str, Any],
@@ -87,7 +98,7 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
         "unfinished": options.num_samples - counts[FINISHED] - counts[STOPPED] - counts[ERROR],
         "best_trial": None, "best": None, "best_config": None}
     columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6], "trial_seconds",
-               *METRIC_COLUMNS[6:]]
+               *METRIC_COLUMNS[6:], "moved_from"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
