@@ -76,6 +76,20 @@ def _wait_for_checkpoint(run: Path, step: int, proc: subprocess.Popen, limit: fl
     raise AssertionError(f"no checkpoint {step} within {limit} s")
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen, limit: float = 120) -> None:
+    """Until machine 0's launcher listens on ``port`` (a hang guard, not a measurement)."""
+    import socket
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.poll() is None, f"machine 0 ended (exit {proc.returncode}) before it listened on {port}"
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listened on {port} within {limit} s")
+
+
 def _workers(launcher: int) -> list[int]:
     """The training processes below a launcher (torchrun's children running mnist_addition), by rank."""
     children: dict[int, list[int]] = {}
@@ -268,28 +282,34 @@ def test_a_frozen_machine_stops_the_other_within_the_timeout_and_auto_resume_con
         return _start(_launcher(mnist_dir, run, *launch, extra=("--dist-timeout", "10")), env, log)
 
     slow, logs = _slow_env(tmp_path), [tmp_path / "machine0.log", tmp_path / "machine1.log"]
-    first, second = machine(0, slow, logs[0]), machine(1, slow, logs[1])
+    first, second = machine(0, slow, logs[0]), None
     try:
+        _wait_for_port(port, first)
+        second = machine(1, slow, logs[1])
         _wait_for_checkpoint(run, 8, first)
         frozen = _workers(second.pid)
         assert len(frozen) == 1
         os.kill(frozen[0], signal.SIGSTOP)  # a hung machine, or a network partition
         err = _finish(first, logs[0], 120)  # a hang guard: without the timeout it waits 30 minutes
     finally:
-        _stop(first)
-        _stop(second)
+        for proc in (first, second):
+            if proc is not None:
+                _stop(proc)
     lines = _our_lines(err)
     assert first.returncode != 0 and len(lines) == 1, err[-3000:]
     assert "rank 0: another process of the run stopped answering" in lines[0] and "--dist-timeout 10" in lines[0]
     latest_valid(run, warn=pytest.fail)
     assert not (run / "model.safetensors").exists()
     port = _free_port()  # both machines back: the same commands continue the run
-    first, second = machine(0, _env(), logs[0]), machine(1, _env(), logs[1])
+    first, second = machine(0, _env(), logs[0]), None
     try:
+        _wait_for_port(port, first)
+        second = machine(1, _env(), logs[1])
         assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0, logs[0].read_text()[-3000:]
     finally:
-        _stop(first)
-        _stop(second)
+        for proc in (first, second):
+            if proc is not None:
+                _stop(proc)
     assert (run / "metrics.json").is_file()
 
 
@@ -325,8 +345,10 @@ def test_two_machines_train_the_same_model_as_one_process(how, seed_one_process,
 
     run, port = tmp_path / "run", _free_port()
     logs = [tmp_path / "machine0.log", tmp_path / "machine1.log"]
-    machines = [_start(_machine_command(how, rank, port, mnist_dir, run), _env(), logs[rank]) for rank in (0, 1)]
+    machines = [_start(_machine_command(how, 0, port, mnist_dir, run), _env(), logs[0])]
     try:
+        _wait_for_port(port, machines[0])  # machine 0 hosts the rendezvous: on one host both could claim it
+        machines.append(_start(_machine_command(how, 1, port, mnist_dir, run), _env(), logs[1]))
         codes = [m.wait(timeout=600) for m in machines]
     finally:
         for m in machines:
