@@ -141,6 +141,23 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
     return log.read_text()
 
 
+def _signal_two_workers(launch: list[str], run: Path, tmp_path: Path, signals: dict[int, int],
+                        timeout: float) -> tuple[subprocess.Popen, str]:
+    """Launch (slowed), send ``signals`` by rank once checkpoint 8 is written, wait for the end;
+    the launcher and its stderr."""
+    log = tmp_path / "launcher.log"
+    proc = _start(launch, _slow_env(tmp_path), log)
+    try:
+        _wait_for_checkpoint(run, 8, proc)
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        for rank, sig in signals.items():
+            os.kill(workers[rank], sig)
+        return proc, _finish(proc, log, timeout)
+    finally:
+        _stop(proc)
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
 
@@ -223,17 +240,8 @@ def test_sigterm_stops_one_process_after_a_checkpoint_and_auto_resume_is_bit_ide
 def test_sigterm_stops_two_processes_together_and_auto_resume_is_bit_identical(two_process_run, mnist_dir, tmp_path):
     run = tmp_path / "run"
     launch = _launcher(mnist_dir, run, *_two_processes(_free_port()))
-    log = tmp_path / "launcher.log"
-    proc = _start(launch, _slow_env(tmp_path), log)
-    try:
-        _wait_for_checkpoint(run, 8, proc)
-        workers = _workers(proc.pid)
-        assert len(workers) == 2
-        for pid in workers:  # as SLURM and Kubernetes do: every process of the job gets SIGTERM
-            os.kill(pid, signal.SIGTERM)
-        err = _finish(proc, log, 120)
-    finally:
-        _stop(proc)
+    # as SLURM and Kubernetes do: every process of the job gets SIGTERM
+    _, err = _signal_two_workers(launch, run, tmp_path, {0: signal.SIGTERM, 1: signal.SIGTERM}, 120)
     lines = _our_lines(err)
     assert sorted(line.split(": ")[1] for line in lines) == ["rank 0", "rank 1"], err[-3000:]
     assert all("stopped by SIGTERM" in line for line in lines) and "Traceback (most recent call last)" not in \
@@ -250,19 +258,10 @@ def test_sigterm_stops_two_processes_together_and_auto_resume_is_bit_identical(t
 def test_a_killed_worker_is_restarted_by_max_restarts_and_the_run_ends_bit_identical(two_process_run, mnist_dir,
                                                                                      tmp_path):
     run = tmp_path / "run"
-    # the c10d rendezvous: a restarted group meets afresh (static keeps the first round's addresses)
+    # the c10d rendezvous, as docs/distributed.md says to use with --max_restarts
     launch = _launcher(mnist_dir, run, *_two_processes(_free_port()), "--rdzv_backend", "c10d", "--max_restarts", "1",
                        "--monitor_interval", "1")
-    log = tmp_path / "launcher.log"
-    proc = _start(launch, _slow_env(tmp_path), log)
-    try:
-        _wait_for_checkpoint(run, 8, proc)
-        workers = _workers(proc.pid)
-        assert len(workers) == 2
-        os.kill(workers[1], signal.SIGKILL)  # rank 1, as hard as a lost machine
-        err = _finish(proc, log, 300)
-    finally:
-        _stop(proc)
+    proc, err = _signal_two_workers(launch, run, tmp_path, {1: signal.SIGKILL}, 300)  # rank 1, as a lost machine
     assert proc.returncode == 0, err[-3000:]
     assert "resuming from step-" in err
     assert _same_weights(run, two_process_run)
