@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig, flag, resumable_fields
 from .checkpoint import list_checkpoints
-from .runfolder import check_resumable, check_run_dir
+from .runfolder import FINISHED, check_resumable, check_run_dir, holds_run
 from .runs import read_run_config
 
 # Options of `train` that start (or decide) a run: never combined with --resume.
@@ -25,7 +25,7 @@ NEW_RUN_OPTIONS = ("config", "smoke", "overwrite", "auto_resume")
 
 def changed_fields(saved: TrainConfig, config: TrainConfig | dict[str, Any]) -> list[str]:
     """The fields of ``config`` (a config, or the values typed) that differ from the run's own and
-    may not change on resume (the run folder itself is checked by ``check_unchanged``)."""
+    may not change on resume (``output_dir``, the run folder itself, is ``resumed_config``'s to check)."""
     values = config.to_dict() if isinstance(config, TrainConfig) else config
     allowed = resumable_fields() | {"output_dir"}
     return sorted(k for k, v in values.items() if k not in allowed and v != getattr(saved, k))
@@ -77,8 +77,6 @@ def auto_resume_mode(run_dir: str | os.PathLike, config: TrainConfig) -> str:
     for this run stopped before its first checkpoint (it starts again; the old files are kept until
     the new run's first checkpoint). A folder holding another config's run, or anything else, is
     refused in one line."""
-    from .runfolder import FINISHED, holds_run
-
     if not holds_run(run_dir):
         check_run_dir(run_dir)  # missing or empty (or refused: not a run folder)
         return "new"
