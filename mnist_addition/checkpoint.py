@@ -35,9 +35,9 @@ import torch
 
 from . import files
 from .errors import UserError, shown
+from .layout import CHECKPOINTS
 from .state import SAVED_FIELDS
 
-CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"

@@ -1,4 +1,4 @@
-"""The command line, ``mnist-addition train|evaluate|report|export|predict|tune``: it parses flags,
+"""The command line, ``mnist-addition train|evaluate|report|export|predict|tune|runs|compare``: it parses flags,
 calls the package and prints. Every rule lives in the module that owns it (``resume.py``,
 ``evaluate.py``, ``predict.py``, ``sweep/options.py``), so the Python API obeys the same ones. Flags
 come from TrainConfig's and SweepOptions' fields. Only the standard library and the config module
@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from .catalog import NUMERIC_DESCENDING, SORT_KEYS
 from .config import INT_RANGES, TrainConfig, field_kinds, flag, smoke_overrides
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError, shown
 
@@ -66,7 +67,9 @@ def _metavar(name: str, meta: Any) -> str | None:
     return None if meta["choices"] else name.split("_")[-1].upper()  # --batch-size SIZE
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(tune_flags: bool = True) -> argparse.ArgumentParser:
+    """Every command; ``tune_flags=False`` leaves out tune's flags, which load the sweep package and
+    torch (``runs`` must not wait seconds for torch)."""
     parser = _Parser(prog="mnist-addition", description="Digit and digit+number classification on MNIST.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -107,11 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    add_tune_flags(sub.add_parser(
+    rs = sub.add_parser("runs", help="one table of the runs and sweeps under folders (JSON files only: fast)",
+                        description="List every run folder (config.json) and sweep (sweep.json) under FOLDERs: status "
+                                    "(running, finished, or why it stopped and whether it resumes), recipe, validation "
+                                    "and test accuracy, training time, date.")
+    rs.add_argument("folders", nargs="*", type=Path, default=[Path("runs")], metavar="FOLDER",
+                    help="folders to look in, 4 levels deep (default: runs)")
+    rs.add_argument("--sort", choices=SORT_KEYS, default="date",
+                    help=f"order of the rows ({', '.join(NUMERIC_DESCENDING)}: highest first; default: date)")
+    rs.add_argument("--json", action="store_true", help="print the rows as JSON")
+    cp = sub.add_parser("compare", help="runs side by side: the config keys that differ, final metrics, curves",
+                        description="Compare two or more run folders: the config keys whose values differ, the final "
+                                    "validation and test metrics, and one picture of every run's validation curves.")
+    cp.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help=RUN_DIR_HELP + " (two or more)")
+    cp.add_argument("--output", type=Path, default=Path("compare.png"), help="the picture (default: compare.png)")
+    cp.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    tune = sub.add_parser(
         "tune", help="hyperparameter sweep with Ray Tune (ASHA early stopping; selects on validation)",
         description="Sample training configs from a search space, train each with the same fit() as 'train', "
                     "report validation accuracy every epoch, stop bad trials early, and write the best config "
-                    "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS))
+                    "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS)
+    if tune_flags:
+        add_tune_flags(tune)
     return parser
 
 
@@ -224,15 +246,48 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary.get("unfinished") else 0
 
 
+def _wide_console() -> Any:
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)  # a pipe or a log gets the whole table
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .catalog import catalog
+    from .tables import runs_table
+
+    rows = catalog(args.folders, args.sort)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    where = ", ".join(str(f) for f in args.folders)
+    _wide_console().print(runs_table(rows, f"runs and sweeps under {where}: {len(rows)} (sorted by {args.sort})"))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .catalog import compare
+    from .tables import compare_tables
+
+    result = compare(args.run_dirs, args.output, args.overwrite)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    _wide_console().print(*compare_tables(result), sep="\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)  # the tune flags load the sweep package (and torch)
+        words = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(tune_flags="tune" in words).parse_args(argv)  # tune's flags load torch
     except KeyboardInterrupt:
         print("mnist-addition: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report,
-                "export": cmd_export, "predict": cmd_predict, "tune": cmd_tune}[args.command](args)
+                "export": cmd_export, "predict": cmd_predict, "tune": cmd_tune, "runs": cmd_runs,
+                "compare": cmd_compare}[args.command](args)
     except Interrupted as e:  # Ctrl-C in training: what is left, and the command that goes on
         print(f"mnist-addition {args.command}: {e}", file=sys.stderr)
         return e.exit_code

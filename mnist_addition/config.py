@@ -24,6 +24,9 @@ from .errors import UserError, shown
 
 PRESETS = ("fast", "seed")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+# The experiment trackers Accelerate speaks to (its LoggerType names); `--log-with` takes any of them,
+# comma-separated. Each is an extra of the same name: pip install -e ".[mlflow]".
+TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
 
 
 class ConfigError(UserError, ValueError):
@@ -86,8 +89,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(1, "split each batch into K micro-batches", infra=True)
     eval_batch_size: int = _f(1000, "images per evaluation forward pass", resumable=True)
     log_every: int = _f(20, "refresh progress (one CPU-GPU sync) every N steps", resumable=True)
-    log_with: str = _f("none", "experiment tracker: 'tensorboard' writes RUN/tensorboard (see `tensorboard --logdir runs`)",
-                       ("none", "tensorboard"), infra=True)
+    log_with: str = _f("none", "experiment trackers, comma-separated: " + ", ".join(TRACKERS) + " (each an extra "
+                               "of that name; see docs/tracking.md); 'none' logs only to the run folder",
+                       resumable=True, sweep="--log-with")
     checkpoint_every: int = _f(0, "also save the full training state every N steps (0 = at epoch ends only)",
                                resumable=True)
     keep_checkpoints: int = _f(2, "keep the newest N checkpoints in the run folder", resumable=True)
@@ -154,6 +158,11 @@ class TrainConfig:
         check_keys(changes, "replace")
         return dataclasses.replace(self, **changes)
 
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """``--log-with`` as tracker names (none for 'none')."""
+        return () if self.log_with == "none" else tuple(name.strip() for name in self.log_with.split(","))
+
     # -- checks ---------------------------------------------------------------------------------
     def _coerce_types(self) -> None:
         for f in dataclasses.fields(self):
@@ -199,6 +208,10 @@ class TrainConfig:
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", "use 0 to turn it off")
         need(self.batch_size % self.gradient_accumulation_steps == 0, "gradient_accumulation_steps",
              f"must divide --batch-size {self.batch_size}", "pick a divisor of the batch size")
+        unknown = [name for name in self.trackers if name not in TRACKERS]
+        need(self.log_with == "none" or (self.trackers and not unknown and len(set(self.trackers)) == len(self.trackers)),
+             "log_with", f"is not a list of trackers{f' ({unknown[0]!r} is unknown)' if unknown else ''}",
+             "use 'none' or comma-separated names of " + ", ".join(TRACKERS) + ", e.g. --log-with mlflow,tensorboard")
         for name in ("data_dir", "output_dir"):
             value = getattr(self, name)
             need(value is None or bool(value.strip()), name, "is empty", f"name a folder, or leave {flag(name)} out")

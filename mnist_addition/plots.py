@@ -158,3 +158,20 @@ def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epoch
         axis.grid(alpha=0.3)
     fig.tight_layout()
     return png_bytes(fig, dpi=110)
+
+
+def plot_compare(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
+    """Every run's validation digit and sum accuracy per epoch, one colour per run (``compare``)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True, sharey=True)
+    for (name, history), colour in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
+        rows = [r for r in history if isinstance(r.get("epoch"), (int, float))]
+        for ax, key in zip(axes, ("val_digit_acc", "val_sum_acc")):
+            points = [(r["epoch"], 100 * r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), marker="o", color=colour, label=name)
+    for ax, what in zip(axes, ("digit", "sum")):
+        ax.set(title=f"validation {what} accuracy", xlabel="epoch", ylabel="%")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    path.write_bytes(png_bytes(fig, 110))

@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import files
-from .checkpoint import CHECKPOINTS, list_checkpoints
-from .runs import RUN_FILES, RunError
+from .checkpoint import list_checkpoints
+from .layout import CHECKPOINTS, FINISHED, LOCK, RUN_DIRS, RUN_FILES
+from .runs import RunError
 
-RUN_DIRS = (CHECKPOINTS, "tensorboard")
-LOCK, ASIDE = ".lock", ".replaced"
+ASIDE = ".replaced"
 OLD_OWNER = ".lock-owner.json"  # where earlier versions noted the holder (now in the lock file itself)
-FINISHED = "metrics.json"  # written last: a run without it has not finished (resume finishes it)
 EXTRA_FILES = ("model.onnx",)  # written into a run folder by `export`
 
 

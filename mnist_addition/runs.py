@@ -24,10 +24,9 @@ from . import files
 from .backends import free_memory
 from .config import MIXED_PRECISION, ConfigError, TrainConfig, check_model_fits, read_json_file
 from .errors import UserError, shown
+from .layout import REPORT_FILES, RUN_DIRS, RUN_FILES  # noqa: F401 (REPORT_FILES re-exported)
 from .model import build_model, count_parameters
 
-REPORT_FILES = ("confusion_digit.png", "confusion_sum.png", "samples.png", "mistakes.png")
-RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *REPORT_FILES)
 
 
 class RunError(UserError):
@@ -127,7 +126,7 @@ def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[P
 def run_files(run_dir: Path) -> tuple[Path, ...]:
     """Every file a run folder holds (what ``export`` and ``predict --csv`` must never replace)."""
     found = [run_dir / name for name in RUN_FILES]
-    for sub in ("checkpoints", "tensorboard"):
+    for sub in RUN_DIRS:
         if files.is_real_dir(run_dir / sub):
             found += [p for p in (run_dir / sub).rglob("*") if not p.is_dir()]
     return tuple(found)

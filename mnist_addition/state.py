@@ -29,6 +29,8 @@ class Run:
     steps: int  # optimizer steps per epoch
     setup: dict[str, Any]  # device, precision, processes, batch sizes: config.json's "setup"
     run_dir: Path | None
+    tracker_ids: dict[str, dict[str, str]] = field(default_factory=dict)  # trackers.json of a resumed run
+    began: bool = False  # training began (train.begin): a failure from here on is the run's (status.json)
 
     @property
     def world(self) -> int:

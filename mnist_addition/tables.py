@@ -56,3 +56,58 @@ def predictions_table(rows: list[dict[str, Any]], run_dir: str | Path) -> Table:
         table.add_row(Path(r["file"]).name, str(r["number"]), str(r["digit"]), str(r["sum"]),
                       _top(r["digit_probs"]), _top(r["sum_probs"]))
     return table
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def runs_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """``mnist-addition runs``: one line per run or sweep."""
+    table = Table(title=title)
+    for col in ("name", "status", "preset", "width", "epochs", "val digit", "val sum", "test digit", "test sum",
+                "train s", "date"):
+        table.add_column(col, justify="left" if col in ("name", "status", "preset", "date") else "right")
+    for r in rows:
+        kind = f" [dim](sweep, {r['trials']} trials)[/]" if r["kind"] == "sweep" and r.get("trials") else \
+            " [dim](sweep)[/]" if r["kind"] == "sweep" else ""
+        done = r["epochs"] if r["status"] == "finished" or r["kind"] == "sweep" else f"{r['epochs_done']}/{r['epochs']}"
+        table.add_row(r["name"] + kind, r["status"], r["preset"] or "-", str(r["width"] or "-"), str(done or "-"),
+                      _pct(r["val_digit"]), _pct(r["val_sum"]), _pct(r["test_digit"]), _pct(r["test_sum"]),
+                      "-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}", (r["date"] or "-")[:16])
+    return table
+
+
+def compare_tables(result: dict[str, Any]) -> list[Any]:
+    """``mnist-addition compare``: the config keys that differ, then the final metrics, run by run."""
+    out: list[Any] = []
+    if result["differ"]:
+        config = Table(title="config keys that differ")
+        config.add_column("key")
+        for name in result["runs"]:
+            config.add_column(name, justify="right")
+        for key, values in result["differ"].items():
+            config.add_row(key, *(json_value(v) for v in values))
+        out.append(config)
+    else:
+        out.append("the runs' configs are the same (where they are aside)")
+    metrics = Table(title="final metrics (validation; test where the run scored it)")
+    metrics.add_column("")
+    for name in result["runs"]:
+        metrics.add_column(name, justify="right")
+    rows = result["metrics"]
+    metrics.add_row("status", *(r["status"] for r in rows))
+    metrics.add_row("epochs", *(f"{r['epochs_done']}/{r['epochs']}" for r in rows))
+    for key in ("val_digit", "val_sum", "test_digit", "test_sum"):
+        metrics.add_row(key.replace("_", " "), *(_pct(r[key]) for r in rows))
+    metrics.add_row("train seconds", *("-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}" for r in rows))
+    out.append(metrics)
+    if result["picture"]:
+        out.append(f"wrote {result['picture']} (validation curves of every run)")
+    return out
+
+
+def json_value(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)

@@ -22,7 +22,7 @@ modules (``step.train_step``, ``step.lr_schedule``, ``backends.free_memory``,
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 
-from . import backends, checkpoint, pictures, runs, step
+from . import backends, checkpoint, pictures, runs, step, tracking
 from .backends import is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
 from .checkpointer import Checkpointer, TrainingDiverged
 from .config import ConfigError, TrainConfig, check_batch, check_model_fits
@@ -43,7 +43,8 @@ from .evaluate import evaluate_counts
 from .metrics import summarize
 from .model import build_model, count_parameters, parameter_count
 from .progress import Progress
-from .faults import Preempted, StopSignal, join_restarted_group, peers_explained
+from .faults import PeerLost, Preempted, StopSignal, join_restarted_group, peers_explained
+from .layout import STATUS
 from .resume import auto_resume_mode, check_resume
 from .runfolder import FINISHED, RunFolder, check_run_dir, describe
 from .state import Run, TrainState
@@ -79,6 +80,7 @@ def prepare(config: TrainConfig, resume: bool = False, overwrite: bool = False, 
     if auto_resume and (resume or overwrite or not config.output_dir):
         raise ConfigError("--auto-resume needs --output-dir (the folder every restart continues) and neither "
                           "--resume nor --overwrite")
+    tracking.check_trackers(config.trackers)  # a tracker not installed: said before anything starts
     if config.deterministic:
         backends.set_deterministic_env()
     process = process_state(config.cpu, config.dist_timeout)
@@ -128,18 +130,13 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     if cpu and process.device.type != "cpu":
         raise ConfigError("--cpu was given after this process had already started on the GPU: "
                           "pass --cpu to every run of the process (or set ACCELERATE_USE_CPU=1)")
-    tracking = config.log_with != "none"
-    if tracking and not config.output_dir:
+    if config.trackers and not config.output_dir:
         raise ConfigError(f"--log-with {config.log_with} needs a run folder: pass --output-dir")
-    if tracking and importlib.util.find_spec(config.log_with) is None:
-        raise ConfigError(f"--log-with {config.log_with} needs the {config.log_with} package: "
-                          f"pip install -e \".[{config.log_with}]\"")
+    tracking.check_trackers(config.trackers)  # before the data goes to the device: a missing package is one line
     cuda = process.device.type == "cuda"
     return Accelerator(cpu=cpu, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist_timeout))],
-                       gradient_accumulation_steps=config.gradient_accumulation_steps,
-                       log_with=config.log_with if tracking else None,
-                       project_dir=config.output_dir if tracking else None)
+                       gradient_accumulation_steps=config.gradient_accumulation_steps)
 
 
 def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, str], download: bool = True) -> Run:
@@ -182,8 +179,12 @@ def open_run_folder(run: Run, resume: bool, overwrite: bool) -> RunFolder | None
         if resume:
             raise ConfigError("resuming needs the run folder: pass --resume RUN_DIR")
         return None
-    also = (lambda path: check_resume(path, run.config)) if resume else None
-    folder, refusal = RunFolder(run.run_dir, resume, overwrite, also=also), None
+
+    def also(path: Path) -> None:  # under the lock: the resume rules, and the tracker runs to continue
+        check_resume(path, run.config)
+        run.tracker_ids = tracking.resumed_ids(path, run.config)
+
+    folder, refusal = RunFolder(run.run_dir, resume, overwrite, also=also if resume else None), None
     if run.main:
         try:
             folder.open()
@@ -293,7 +294,7 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
                     row = epoch_row(run, state, seconds, first, test_every_epoch)
                     record(run, state, row)
                     checkpointer.save(state)
-                    log_to_trackers(run, row, state.epoch)
+                    tracking.log_epoch(run, row, state.global_step)
                     if report is not None:
                         report(row)
                     if state.epoch < config.epochs and stop.agreed(run):
@@ -333,23 +334,36 @@ def _failures_explained(run: Run, folder: RunFolder | None) -> Iterator[None]:
                           f"--width {config.width}: lower --batch-size (or use --gradient-accumulation-steps), "
                           "--eval-batch-size or --width") from None
     finally:
+        stopped = None if ok else "interrupted" if interrupted else stop_reason(sys.exc_info()[1])
+        tracking.end(run, "FINISHED" if ok else "KILLED" if stopped in ("interrupted", "preempted") else "FAILED")
         if folder is not None:
+            if stopped and run.began and run.run_dir and checkpoint.list_checkpoints(run.run_dir) \
+                    and not (run.run_dir / FINISHED).exists():
+                runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                       "message": str(sys.exc_info()[1] or "interrupted (Ctrl-C)")})
             folder.close(ok)
     if interrupted:
         raise Interrupted(describe(folder.outcome if folder else "", run.run_dir))
 
 
+def stop_reason(error: BaseException | None) -> str:
+    """What ``runs`` shows of an unfinished run (status.json): why it stopped."""
+    kinds = ((TrainingDiverged, "diverged"), (Preempted, "preempted"), (Interrupted, "interrupted"),
+             (PeerLost, "peer lost"))
+    return next((name for kind, name in kinds if isinstance(error, kind)), "failed")
+
+
 def begin(run: Run, state: TrainState, resume: bool) -> None:
     """Before the first step: compile, config.json (and on resume metrics.jsonl as the checkpoint
     knows it), trackers."""
+    run.began = True
     run.setup["compile_seconds"] = step.warm_up(run)  # not counted as training time
     if run.run_dir and run.main:
         runs.write_config(run.run_dir, run.config, run.setup)
+        (run.run_dir / STATUS).unlink(missing_ok=True)  # why it stopped last time: it is running now
         if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
             runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
-    if run.config.log_with != "none":  # trackers take scalars only; the run folder's config.json has the rest
-        run.accelerator.init_trackers(run.config.log_with, config={
-            k: v for k, v in run.config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+    tracking.start(run, state.history, resume)
 
 
 def score(run: Run, split: Split) -> dict[str, Any]:
@@ -376,11 +390,6 @@ def record(run: Run, state: TrainState, row: dict[str, Any]) -> None:
         runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
 
 
-def log_to_trackers(run: Run, row: dict[str, Any], epoch: int) -> None:
-    if run.config.log_with != "none":
-        run.accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-
-
 def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool) -> dict[str, Any]:
     """Score the test set once, write weights, metrics, curves and pictures; return the final metrics."""
     config, history = run.config, state.history
@@ -402,8 +411,7 @@ def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool
         if score_test:
             pictures.write_pictures(unwrapped, run.test, run.run_dir, config.eval_batch_size)
         runs.write_json(run.run_dir / FINISHED, final)  # last: a run without it is resumed, not called finished
-    if config.log_with != "none":
-        run.accelerator.end_training()
+    tracking.log_final(run, final, state.global_step)  # closed by _failures_explained, however the run ends
     run.accelerator.wait_for_everyone()
     final["history"] = history
     return final

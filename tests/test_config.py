@@ -96,10 +96,10 @@ def test_each_fields_role_is_declared_once_on_the_field():
     from mnist_addition.config import resumable_fields, smoke_overrides, sweep_owned
 
     assert resumable_fields() == {"data_dir", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-                                  "dist_timeout"}
+                                  "dist_timeout", "log_with"}
     assert smoke_overrides() == {"epochs": 1, "batch_size": 128, "train_limit": 10_000, "eval_limit": 1000}
     assert smoke_overrides(sweep=True) == {**smoke_overrides(), "epochs": 2}  # ASHA needs two epochs to decide
-    assert sweep_owned() == {"data_dir": "--data-dir", "output_dir": "--storage-path/--name"}
+    assert sweep_owned() == {"data_dir": "--data-dir", "output_dir": "--storage-path/--name", "log_with": "--log-with"}
     infra = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["infra"]}
     assert resumable_fields() <= infra and "lr" not in infra and {"cpu", "mixed_precision"} <= infra
 

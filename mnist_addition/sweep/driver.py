@@ -15,7 +15,7 @@ from typing import Any
 from ..config import ConfigError, TrainConfig, check_batch, smoke_overrides
 from ..errors import shown
 from .spaces import Space, load_space, parse_space
-from . import trial
+from . import trackers, trial
 from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
 from .results import trial_rows, write_results
 from .storage import Store, absolute, experiment_uri
@@ -68,8 +68,8 @@ def _restore_options(options: SweepOptions, store: Store) -> Space:
     where = store.where(SWEEP_FILE)
     try:
         saved = json.loads(store.read(SWEEP_FILE))
-        for key in SweepOptions.SWEEP_DEFINING:
-            setattr(options, key, saved["options"][key])
+        for key in SweepOptions.SWEEP_DEFINING:  # (sweeps from before --log-with logged nowhere)
+            setattr(options, key, saved["options"].get(key, "none") if key == "log_with" else saved["options"][key])
         if options.data_dir is None:
             options.data_dir = saved["options"]["data_dir"]
         space_doc, space_path = saved["space"], str(saved["options"]["space"])
@@ -180,7 +180,7 @@ def _tuner(options: SweepOptions, space: Space, base: dict[str, Any], store: Sto
         signer.sign(SWEEP_FILE, sweep)
         tuner = tune.Tuner(trainable, param_space=_param_space(space),
                            tune_config=_tune_config(options, max_epochs, concurrent),
-                           run_config=_run_config(options))
+                           run_config=_run_config(options, store.uri))
         signer.sign_stored()  # tuner.pkl, which Ray wrote straight into the storage
         signer.save()
         return tuner
@@ -355,7 +355,7 @@ def _trial_dir(t: Any) -> str:
     return trial.trial_dirname(t.trial_id)
 
 
-def _run_config(options: SweepOptions) -> Any:
+def _run_config(options: SweepOptions, store_uri: str) -> Any:
     from ray import tune
 
     from .signing import SignState
@@ -364,4 +364,4 @@ def _run_config(options: SweepOptions) -> Any:
         name=options.name, storage_path=options.storage_path, verbose=0,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[_printer(options.num_samples), SignState()])
+        callbacks=[_printer(options.num_samples), SignState(), *trackers.callbacks(options.log_with, options.name, store_uri)])

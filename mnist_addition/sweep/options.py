@@ -14,12 +14,11 @@ from pathlib import Path
 
 from ..errors import EXIT_FAILED
 from ..config import ConfigError, flag
+from ..layout import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, SWEEP_FILE  # noqa: F401 (re-exported)
 
 METRICS = {"val_both_acc": "max", "val_digit_acc": "max", "val_sum_acc": "max", "val_loss": "min"}
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("random", "optuna")
-SWEEP_FILE, CSV_FILE, BEST_FILE, PLOT_FILE, SUMMARY_FILE = (
-    "sweep.json", "trials.csv", "best_config.json", "sweep.png", "summary.json")
 DRIVER_CPUS = 0.1  # a multi-worker trial's own process only waits on its TorchTrainer
 # Ray schedules fractional GPUs in steps of 1/10,000; a share is rounded down to that.
 GPU_GRAIN = 10_000
@@ -74,6 +73,9 @@ class SweepOptions:
     max_concurrent: int = _o(0, "trials at once (default: as many as resources allow)", WHERE)
     max_failures: int = _o(2, "retries of a crashed trial, each from its last checkpoint", WHERE)
     dashboard: bool = _o(False, "start the Ray dashboard on 127.0.0.1 (local Ray only)", WHERE)
+    log_with: str = _o("none", "trackers that log each trial as a run of one experiment named --name, comma-separated: "
+                               "mlflow, tensorboard, wandb, aim, comet_ml; logged by this machine (the driver), "
+                               "so only it needs the tracking store (see docs/tracking.md)", WHERE)
     scheduler: str = _o("asha", "asha stops bad trials early", HOW, SCHEDULERS)
     grace_epochs: int = _o(1, "asha: epochs every trial trains before it may be stopped; its rungs are at 1, 2, "
                               "4... times this", HOW)
@@ -86,7 +88,8 @@ class SweepOptions:
 
     # Fixed by the first run of a sweep; --resume takes them from sweep.json.
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
-                      "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke")
+                      "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke",
+                      "log_with")  # the trackers' callbacks are restored with the sweep's state
 
     @classmethod
     def from_flags(cls, given: dict[str, Any]) -> "SweepOptions":
@@ -139,6 +142,9 @@ class SweepOptions:
         need(self.search in SEARCHERS, "search", f"must be one of {', '.join(SEARCHERS)}")
         need(self.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)} (got {self.metric!r})")
         need(self.mode in (None, "max", "min"), "mode", f"must be max or min (got {self.mode!r})")
+        from .trackers import check
+
+        check(self.log_with)
         if self.mode is not None and self.mode != METRICS[self.metric]:
             raise SweepError(f"--mode {self.mode} with --metric {self.metric} would pick the worst trial: "
                              f"use --mode {METRICS[self.metric]} (or leave --mode out)")

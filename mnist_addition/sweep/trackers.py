@@ -1,0 +1,113 @@
+"""``tune --log-with mlflow,tensorboard``: every trial a run of one experiment named after the sweep.
+
+Ray Tune's own logger callbacks do it (MLflow, TensorBoard through tensorboardX, W&B, Aim, Comet),
+and they run on the **driver**: trials on any node report their metrics to the driver, which logs
+them, so only the machine that runs ``mnist-addition tune`` needs to reach the tracking store (a
+sqlite file or a folder on a laptop; a tracking server on a cluster). Each trial's run holds its
+sampled values as parameters and its per-epoch validation metrics at each epoch; at its end it is
+tagged with how it ended (finished, stopped early by the scheduler, error) and its budget.
+
+* MLflow: the store is ``MLFLOW_TRACKING_URI`` (MLflow's default: ``./mlflow.db``), resolved when
+  the sweep starts, so ``--resume`` logs to the same store; the experiment is ``--name``.
+* TensorBoard: event files in each trial's folder of the sweep; ``tensorboard --logdir
+  STORAGE/NAME`` shows the trials side by side, and its HParams tab the sampled values against
+  the last metrics, status and budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from .options import SweepError
+
+# tracker -> (the module it needs, the extra that installs it)
+SWEEP_TRACKERS = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX", "tune"),
+                  "wandb": ("wandb", "wandb"), "aim": ("aim", "aim"), "comet_ml": ("comet_ml", "comet_ml")}
+
+
+def names(log_with: str) -> tuple[str, ...]:
+    return () if log_with == "none" else tuple(name.strip() for name in log_with.split(","))
+
+
+def check(log_with: str) -> None:
+    """Known names, each installed: else one line with the install command."""
+    given = names(log_with)
+    unknown = [n for n in given if n not in SWEEP_TRACKERS]
+    if unknown or len(set(given)) != len(given) or (log_with != "none" and not given):
+        raise SweepError(f"--log-with {log_with!r} is not a list of sweep trackers: use 'none' or comma-separated "
+                         f"names of {', '.join(SWEEP_TRACKERS)}, e.g. --log-with mlflow,tensorboard")
+    for name in given:
+        module, extra = SWEEP_TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise SweepError(f"tune --log-with {name} needs the {module} package: pip install -e \".[{extra}]\"")
+
+
+def outcome(trial: Any, failed: bool) -> dict[str, Any]:
+    """How a trial ended, from its last report: status, epochs run, budget."""
+    last = trial.last_result or {}
+    epoch, budget = last.get("epoch", 0), last.get("budget_epochs", 0)
+    status = "error" if failed else "finished" if epoch >= budget else "stopped early"
+    return {"status": status, "epochs_run": epoch, "budget_epochs": budget}
+
+
+def callbacks(log_with: str, sweep_name: str, storage_uri: str) -> list[Any]:
+    """Ray Tune logger callbacks for ``log_with`` (they are pickled with the sweep's state, so a
+    resumed sweep logs to the same places)."""
+    made = []
+    for name in names(log_with):
+        if name == "mlflow":
+            made.append(_mlflow(sweep_name, storage_uri))
+        elif name == "tensorboard":
+            made.append(_tensorboard())
+        elif name == "wandb":
+            import os
+
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            made.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", sweep_name), group=sweep_name))
+        elif name == "aim":
+            from ray.tune.logger.aim import AimLoggerCallback
+
+            made.append(AimLoggerCallback(experiment_name=sweep_name))  # repo: the sweep's folder
+        elif name == "comet_ml":
+            from ray.air.integrations.comet import CometLoggerCallback
+
+            made.append(CometLoggerCallback(project_name=sweep_name))
+    return made
+
+
+def _mlflow(sweep_name: str, storage_uri: str) -> Any:
+    import mlflow
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class SweepMLflow(MLflowLoggerCallback):
+        """Ray's MLflow callback, and at each trial's end our status and budget as tags."""
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            run_id = self._trial_runs.get(trial)
+            if run_id is not None:
+                client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+                for key, value in outcome(trial, failed).items():
+                    client.set_tag(run_id, key, str(value))
+            super().log_trial_end(trial, failed)
+
+    return SweepMLflow(tracking_uri=mlflow.get_tracking_uri(), experiment_name=sweep_name,
+                       tags={"sweep": sweep_name, "sweep_storage": storage_uri})
+
+
+def _tensorboard() -> Any:
+    from ray.tune.logger import TBXLoggerCallback
+
+    class SweepTensorBoard(TBXLoggerCallback):
+        """Ray's TensorBoard callback; the HParams row of a trial also says how it ended."""
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            if self._trial_result.get(trial):  # the last result, which becomes the trial's HParams metrics
+                ended = outcome(trial, failed)
+                self._trial_result[trial] = {**self._trial_result[trial], "finished": float(ended["status"] == "finished"),
+                                             "stopped_early": float(ended["status"] == "stopped early"),
+                                             "error": float(failed)}
+            super().log_trial_end(trial, failed)
+
+    return SweepTensorBoard()
