@@ -143,10 +143,13 @@ def node_ids(cluster) -> set[str]:
 # -- the laptop path: the CLI starts (and stops) its own local Ray ------------------------------
 
 def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
+    """The laptop path, logging every trial to MLflow (a sqlite store) and TensorBoard; then `runs`
+    and `train --config best_config.json`."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = subprocess.run([sys.executable, "-m", "mnist_addition", *tune_args(
-        tiny_space(tmp_path), mnist_dir, tmp_path / "sweeps", "smoke", "--num-samples", "3")],
-        capture_output=True, text=True, env=env, timeout=600)
+        tiny_space(tmp_path), mnist_dir, tmp_path / "sweeps", "smoke", "--num-samples", "3",
+        "--log-with", "mlflow,tensorboard")], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp_path / "sweeps" / "smoke"
     trials = read_trials(sweep)
@@ -170,6 +173,8 @@ def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
         assert ("model.safetensors" in files) == (t["status"] == "finished")
     assert "Top trials by val_both_acc" in done.stderr
     assert not ray.is_initialized()
+    check_trials_in_mlflow(env["MLFLOW_TRACKING_URI"], "smoke", trials)
+    check_trials_in_tensorboard(sweep, trials)
 
     # ... and 'mnist-addition train --config best_config.json' takes it as it is
     run = tmp_path / "retrained"
@@ -177,6 +182,47 @@ def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
                  "--output-dir", str(run)]) == 0
     assert TrainConfig.load(run / "config.json") == best.replace(data_dir=str(mnist_dir), output_dir=str(run))
     assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 200  # the test set, scored after the sweep
+    listed = subprocess.run([sys.executable, "-m", "mnist_addition", "runs", str(tmp_path), "--json"],
+                            capture_output=True, text=True, check=True)
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {"sweeps/smoke", "retrained"} and rows["retrained"]["status"] == "finished"
+    assert rows["sweeps/smoke"]["kind"] == "sweep" and rows["sweeps/smoke"]["trials"] == 3
+    assert rows["sweeps/smoke"]["val_sum"] == pytest.approx(float(best_row["val_sum_acc"]))
+
+
+def check_trials_in_mlflow(uri: str, sweep: str, trials: list[dict[str, str]]) -> None:
+    """One MLflow run per trial in the experiment named after the sweep: the sampled values as
+    parameters, validation metrics at every epoch it ran, how it ended and its budget as tags."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = {r.data.tags["trial_name"]: r for r in client.search_runs([client.get_experiment_by_name(sweep).experiment_id])}
+    assert set(found) == {f"trial-{t['trial_id']}" for t in trials}
+    for t in trials:
+        run = found[f"trial-{t['trial_id']}"]
+        assert float(run.data.params["lr"]) == pytest.approx(float(t["lr"]))
+        assert float(run.data.params["sum_weight"]) == pytest.approx(float(t["sum_weight"]))
+        history = client.get_metric_history(run.info.run_id, "val_both_acc")
+        assert [m.step for m in history] == list(range(1, int(t["epochs_run"]) + 1))
+        assert history[-1].value == pytest.approx(float(t["val_both_acc"]))
+        assert run.data.tags["status"] == t["status"] and run.data.tags["budget_epochs"] == t["budget_epochs"]
+
+
+def check_trials_in_tensorboard(sweep: Path, trials: list[dict[str, str]]) -> None:
+    """Each trial's event file holds its validation curve and an HParams row with its sampled values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for t in trials:
+        (path,) = (sweep / f"trial-{t['trial_id']}").glob("events.out.tfevents.*")
+        events = EventAccumulator(str(path))
+        events.Reload()
+        scalars = {tag.split("/")[-1]: tag for tag in events.Tags()["scalars"]}
+        steps = [e.step for e in events.Scalars(scalars["val_both_acc"])]
+        assert len(steps) == int(t["epochs_run"])
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        assert hparams["lr"].number_value == pytest.approx(float(t["lr"]))
 
 
 # -- an existing cluster -----------------------------------------------------------------------
@@ -435,6 +481,8 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
         (["--space", str(space), "--data-dir", str(mnist_dir), "--grace-epochs", "3"],
          "--grace-epochs 3 is more than the 2 epochs a trial can get", 2),
         (["--space", str(space), "--resume"], "--space cannot change when resuming", 2),
+        (["--log-with", "mlflow", "--resume", "--name", "x"], "--log-with cannot change when resuming", 2),
+        (["--space", str(space), "--log-with", "mlfow"], "is not a list of sweep trackers", 2),
         (["--resume"], "--resume needs --name", 2),
         (["--resume", "--name", "never-ran"], "is not a sweep started by mnist-addition tune", 2),
         (["--space", str(space), "--data-dir", str(tmp_path / "nowhere"), "--no-download"], "MNIST not found", 1),
