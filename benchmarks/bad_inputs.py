@@ -1,4 +1,4 @@
-"""Feed the command line the bad inputs and faults of issues 11 and 15 and count the clean answers
+"""Feed the command line the bad inputs and faults of issues 11, 15 and 18 and count the clean answers
 (not a test).
 
 Each case runs ``mnist-addition`` in a fresh process on tiny synthetic MNIST (the tests' fixture
@@ -37,7 +37,7 @@ TINY = ["--width", "8", "--epochs", "1", "--batch-size", "32", "--val-size", "10
 
 
 def cli(*args: str, cwd: Path | None = None, inject: str = "", file_limit: int = 0,
-        config_home: str | None = None) -> subprocess.CompletedProcess:
+        config_home: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``mnist-addition ARGS`` in a fresh process. ``inject``: Python run at its start-up (a
     sitecustomize: how a case makes Ctrl-C land at a given moment); ``file_limit``: no file it
     writes may grow past this many bytes (a full disk)."""
@@ -46,7 +46,7 @@ def cli(*args: str, cwd: Path | None = None, inject: str = "", file_limit: int =
         site = Path(tempfile.mkdtemp(prefix="inject-"))
         (site / "sitecustomize.py").write_text(inject)
         path.insert(0, str(site))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **(env or {}))
     if config_home is not None:
         env["XDG_CONFIG_HOME"] = config_home
 
@@ -171,6 +171,7 @@ class Cases:
             "model.safetensors byte-identical for identical runs": self.bytes_identical,
             "a 16-bit image reads like its 8-bit version": self.sixteen_bit,
             **Issue15(self).all(),
+            **Issue18(self).all(),
         }
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -705,6 +706,76 @@ class Issue15:
         proc = cli("evaluate", str(run), "--json")
         want = json.loads((run / "metrics.json").read_text())["test"]
         return clean(proc, 0) or ("" if json.loads(proc.stdout)["test"]["n"] == want["n"] == 50 else "other pairs")
+
+
+class Issue18:
+    """The cases of issue 18: trackers, `runs` and `compare`."""
+
+    def __init__(self, base: Cases) -> None:
+        self.base, self.work, self.data = base, base.work / "i18", str(base.data)
+        self.work.mkdir()
+
+    def all(self) -> dict[str, Callable[[], str]]:
+        d, w, r = self.data, self.work, str(self.base.run)
+        train = ("train", "--data-dir", d, *TINY)
+        cases: dict[str, Callable[[], str]] = {
+            "train --log-with mlfow": lambda: clean(cli(*train, "--output-dir", str(w / "t1"), "--log-with", "mlfow"), 2),
+            "train --log-with mlflow,mlflow": lambda: clean(cli(*train, "--output-dir", str(w / "t2"), "--log-with",
+                                                                "mlflow,mlflow"), 2),
+            "train --log-with clearml (not installed)": lambda: clean(cli(*train, "--output-dir", str(w / "t3"),
+                                                                          "--log-with", "clearml"), 2),
+            "resume with trackers.json a list": lambda: self.resume_with_trackers("[1, 2]"),
+            "resume with trackers.json a link outside the run": lambda: self.resume_with_trackers(None),
+            "resume in another MLFLOW_TRACKING_URI": self.other_store,
+            "tune --log-with mlfow": lambda: clean(cli("tune", "--data-dir", d, "--storage-path", str(w / "sw"),
+                                                       "--log-with", "mlfow"), 2),
+            "runs of a missing folder": lambda: clean(cli("runs", str(w / "nowhere")), 2),
+            "runs of a folder holding no runs": lambda: clean(cli("runs", str(self.folder("empty"))), 2),
+            "runs --sort speed": lambda: clean(cli("runs", r, "--sort", "speed"), 2),
+            "runs of a folder with a garbage config.json and a link loop": self.garbage_runs,
+            "compare of one run": lambda: clean(cli("compare", r), 2),
+            "compare of a run and a folder that is no run": lambda: clean(cli("compare", r, str(self.folder("no"))), 2),
+            "compare --output RUN/curves.png --overwrite": lambda: self.base.same(self.base.copy("c1"), lambda c: cli(
+                "compare", str(c), r, "--output", str(c / "curves.png"), "--overwrite"), 2),
+        }
+        return {f"[18] {name}": case for name, case in cases.items()}
+
+    def folder(self, name: str) -> Path:
+        path = self.work / name
+        path.mkdir(exist_ok=True)
+        return path
+
+    def resume_with_trackers(self, text: str | None) -> str:
+        run = self.base.unfinished("tr-link" if text is None else "tr-text")
+        if text is None:
+            outside = self.work / "secret.json"
+            outside.write_text('{"mlflow": {"run_id": "x"}}')
+            os.symlink(outside, run / "trackers.json")
+        else:
+            (run / "trackers.json").write_text(text)
+        return self.base.same(run, lambda c: cli("train", "--resume", str(c), "--log-with", "tensorboard"), 2)
+
+    def other_store(self) -> str:
+        run = self.work / "mf"
+        first = cli("train", "--data-dir", self.data, "--output-dir", str(run), *TINY, "--checkpoint-every", "5",
+                    "--log-with", "mlflow", env={"MLFLOW_TRACKING_URI": f"sqlite:///{self.work / 'a.db'}"})
+        if first.returncode:
+            return f"could not train: {first.stderr.strip()[-200:]}"
+        (run / "metrics.json").unlink()  # as if killed after its last checkpoint: resumable
+        return self.base.same(run, lambda c: cli("train", "--resume", str(c), env={
+            "MLFLOW_TRACKING_URI": f"sqlite:///{self.work / 'b.db'}"}), 2)
+
+    def garbage_runs(self) -> str:
+        root = self.folder("garbage")
+        broken = root / "broken"
+        broken.mkdir()
+        (broken / "config.json").write_text("{not json")
+        (broken / "metrics.jsonl").write_text("")
+        os.symlink(root / "loop", root / "loop")
+        proc = cli("runs", str(root), "--json")
+        if clean(proc, 0):
+            return clean(proc, 0)
+        return "" if json.loads(proc.stdout)[0]["status"].startswith("broken") else "not listed as broken"
 
 
 BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -39,11 +40,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch_two(args: list[str]) -> subprocess.CompletedProcess:
+def _launch_two(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH / "cpu_2proc.yaml"),
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
            "-m", "mnist_addition", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=600)
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -93,7 +94,10 @@ def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path):
     trained alone on its half would miss both by orders of magnitude in the heads.
     """
     args = ["--preset", "seed", "--epochs", "2", "--lr", "0.01", "--data-dir", str(mnist_dir), *COMMON, *CPU]
-    two = _launch_two([*args, "--output-dir", str(tmp_path / "two")])
+    # the 2-process run also logs to MLflow (a tracker changes no maths): only the main process does
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = ["--log-with", "mlflow"] if importlib.util.find_spec("mlflow") else []
+    two = _launch_two([*args, "--output-dir", str(tmp_path / "two"), *tracked], env={"MLFLOW_TRACKING_URI": uri})
     assert two.returncode == 0, two.stderr[-2000:]
     assert main(["train", *args, "--output-dir", str(tmp_path / "one")]) == 0
 
@@ -112,6 +116,13 @@ def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path):
         assert (a[name] - b[name]).abs().max().item() <= 0.05 * update, name
     # only the main process prints: one results table
     assert two.stderr.count("Results") + two.stdout.count("Results") == 1
+    if tracked:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("mnist-addition").experiment_id])
+        assert run.data.params["setup/num_processes"] == "2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_digit_acc")] == [15, 30]
 
 
 def _initial_weights(preset: str, width: int) -> dict[str, torch.Tensor]:
