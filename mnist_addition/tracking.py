@@ -35,6 +35,7 @@ from .layout import CONFIG, CURVES, REPORT_FILES, TRACKERS as TRACKERS_FILE
 PROJECT = "mnist-addition"  # the MLflow experiment, W&B project and Aim experiment unless their variables say otherwise
 UPLOADED = (CURVES, *REPORT_FILES[:2], CONFIG)  # curves.png, the two confusion matrices, config.json
 _PACKAGES = {"comet_ml": "comet-ml"}  # where the pip name differs from the tracker's
+_ID_KEYS = {"mlflow": "run_id", "wandb": "id", "aim": "run_hash", "tensorboard": "logdir"}  # what trackers.json must hold
 
 
 class TrackerError(ConfigError):
@@ -63,8 +64,8 @@ def saved_ids(run_dir: Path) -> dict[str, dict[str, str]]:
         return {}
     path = runs.member(run_dir, TRACKERS_FILE, "")
     data = read_json_file(path, "tracker file", "restore it, or delete it to start new tracker runs")
-    if not (isinstance(data, dict) and all(k in TRACKERS and isinstance(v, dict) and
-                                           all(isinstance(x, str) for x in v.values()) for k, v in data.items())):
+    if not (isinstance(data, dict) and all(k in TRACKERS and isinstance(v, dict) and _ID_KEYS.get(k, "") in (*v, "")
+                                           and all(isinstance(x, str) for x in v.values()) for k, v in data.items())):
         raise TrackerError(f"{path} is not what training writes (tracker names mapping to ids): restore it, or "
                            "delete it to start new tracker runs")
     return data

@@ -335,15 +335,23 @@ def _failures_explained(run: Run, folder: RunFolder | None) -> Iterator[None]:
                           "--eval-batch-size or --width") from None
     finally:
         stopped = None if ok else "interrupted" if interrupted else stop_reason(sys.exc_info()[1])
-        tracking.end(run, "FINISHED" if ok else "KILLED" if stopped in ("interrupted", "preempted") else "FAILED")
-        if folder is not None:
-            if stopped and run.began and run.run_dir and checkpoint.list_checkpoints(run.run_dir) \
-                    and not (run.run_dir / FINISHED).exists():
-                runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                       "message": str(sys.exc_info()[1] or "interrupted (Ctrl-C)")})
-            folder.close(ok)
+        try:
+            if folder is not None:
+                if stopped:
+                    note_stop(run, stopped, sys.exc_info()[1])
+                folder.close(ok)
+        finally:  # the trackers are told how the run ended, whatever happened to the folder
+            tracking.end(run, "FINISHED" if ok else "KILLED" if stopped in ("interrupted", "preempted") else "FAILED")
     if interrupted:
         raise Interrupted(describe(folder.outcome if folder else "", run.run_dir))
+
+
+def note_stop(run: Run, stopped: str, error: BaseException | None) -> None:
+    """Why a run that began and can be resumed stopped (``status.json``, for ``mnist-addition runs``);
+    a refusal before training began changes nothing."""
+    if run.began and run.run_dir and checkpoint.list_checkpoints(run.run_dir) and not (run.run_dir / FINISHED).exists():
+        runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                               "message": str(error or "interrupted (Ctrl-C)")})
 
 
 def stop_reason(error: BaseException | None) -> str:

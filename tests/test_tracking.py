@@ -215,12 +215,13 @@ def test_a_tracker_not_installed_or_unknown_to_accelerate_names_the_install(mnis
     assert not (tmp_path / "r").exists()
 
 
-def test_a_tampered_trackers_file_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("content", [{"mlflow": {"run_id": 7}}, {"mlflow": {}}, [1, 2], {"neptune": {"id": "x"}}])
+def test_a_tampered_trackers_file_is_one_line(content, mnist_dir, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     _interrupt_in_epoch(monkeypatch, 2)
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY]) == 130
     monkeypatch.undo()
-    (run / "trackers.json").write_text(json.dumps({"mlflow": {"run_id": 7}}))
+    (run / "trackers.json").write_text(json.dumps(content))
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--log-with", "tensorboard"]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # the start line, then the error
