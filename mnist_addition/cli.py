@@ -55,6 +55,9 @@ def add_tune_flags(parser: argparse.ArgumentParser) -> None:
         meta = f.metadata
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         kind = next(a for a in (*typing.get_args(hints[f.name]), hints[f.name]) if a is not type(None))
+        if meta["repeat"]:  # --metric A --metric B
+            group.add_argument(flag(f.name), dest=f.name, action="append", choices=meta["choices"], help=meta["help"])
+            continue
         if kind is bool:
             name = "--no-download" if f.name == "download" else flag(f.name)
             group.add_argument(name, dest=f.name, action="store_false" if f.default else "store_true", help=meta["help"])

@@ -175,3 +175,30 @@ def plot_compare(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> No
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     path.write_bytes(png_bytes(fig, 110))
+
+
+def plot_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], metrics: tuple[str, ...], name: str) -> bytes:
+    """Every trial on two metrics (finished: dots, stopped early: crosses), the front as a step line."""
+    plt = pyplot()
+    x_key, y_key = metrics[1], metrics[0]  # the cost across, the accuracy up (as the metrics are given)
+
+    def shown(value: float, key: str) -> float:
+        return 100 * value if key.endswith("_acc") else value
+
+    def label(key: str) -> str:
+        return f"{key} (%)" if key.endswith("_acc") else f"{key} (s)" if key.endswith("seconds") else key
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    points = [t for t in trials if all(isinstance(t.get(k), (int, float)) and math.isfinite(t[k]) for k in metrics)]
+    for finished, marker, what in ((True, "o", "finished"), (False, "x", "stopped early")):
+        group = [t for t in points if (t["status"] == "finished") == finished]
+        if group:
+            ax.scatter([shown(t[x_key], x_key) for t in group], [shown(t[y_key], y_key) for t in group],
+                       marker=marker, s=40, color="tab:blue" if finished else "tab:gray", label=f"trials ({what})")
+    line = sorted(front, key=lambda t: t[x_key])
+    ax.step([shown(t[x_key], x_key) for t in line], [shown(t[y_key], y_key) for t in line], where="post",
+            color="tab:red", marker="o", ms=7, mfc="none", label="Pareto front")
+    ax.set(xlabel=label(x_key), ylabel=label(y_key), title=f"sweep {name}: {y_key} against {x_key}".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return png_bytes(fig, 110)

@@ -118,3 +118,88 @@ def test_earlier_nodes_name_where_a_moved_trial_ran_before():
     assert earlier_nodes(pd.DataFrame({"node_id": ["a", "a", "b", "b"]})) == ["a"]
     assert earlier_nodes(pd.DataFrame({"node_id": ["a", "a"]})) == []
     assert earlier_nodes(pd.DataFrame({"epoch": [1]})) == [] and earlier_nodes(None) == []
+
+
+# -- multi-objective sweeps: the Pareto front and --pick, as pure functions ---------------------
+
+def cost(trial_id: str, both: float, seconds: float, status: str = "finished", **extra) -> dict:
+    return row(trial_id, status, both, train_seconds=seconds, **extra)
+
+
+def test_the_pareto_front_is_the_trials_no_other_beats_on_both_metrics():
+    from mnist_addition.sweep.results import pareto_front
+
+    trials = [cost("fast", 0.980, 5.0), cost("best", 0.995, 20.0), cost("middle", 0.990, 10.0),
+              cost("dominated", 0.985, 12.0),  # slower and worse than middle
+              cost("tie", 0.990, 10.0),  # the same point as middle: neither dominates the other
+              cost("cut", 0.999, 1.0, status="stopped early", epochs_run=1),  # never trained to its end
+              cost("broken", math.nan, 1.0), cost("failed", 0.999, 1.0, status="error")]
+    front = pareto_front(trials, ("val_both_acc", "train_seconds"), ("max", "min"))
+    assert [t["trial_id"] for t in front] == ["best", "middle", "tie", "fast"]  # best first on the first metric
+    # only stopped trials: they are the pool (the best there is to show)
+    stopped = [cost("a", 0.98, 3.0, status="stopped early"), cost("b", 0.97, 4.0, status="stopped early")]
+    assert [t["trial_id"] for t in pareto_front(stopped, ("val_both_acc", "train_seconds"), ("max", "min"))] == ["a"]
+    # three metrics: a trial best on any one of them is on the front
+    three = [cost("x", 0.99, 9.0, val_loss=0.3), cost("y", 0.98, 9.5, val_loss=0.1), cost("z", 0.98, 9.6, val_loss=0.2)]
+    assert {t["trial_id"] for t in pareto_front(three, ("val_both_acc", "train_seconds", "val_loss"),
+                                                ("max", "min", "min"))} == {"x", "y"}
+
+
+def test_pick_takes_the_cheapest_trial_that_meets_the_rule_and_names_the_closest_when_none_does():
+    from mnist_addition.sweep.results import NoTrialMeetsRule, choose
+
+    trials = [cost("slow", 0.995, 20.0), cost("quick", 0.993, 8.0), cost("fastest", 0.980, 3.0),
+              cost("cut", 0.999, 2.0, status="stopped early", epochs_run=1)]
+    both = ("val_both_acc", "train_seconds")
+    assert choose(trials, SweepOptions(metric=both))["trial_id"] == "slow"  # no rule: the best on the first
+    assert choose(trials, SweepOptions(metric=both, pick="val_both_acc>=0.993"))["trial_id"] == "quick"
+    assert choose(trials, SweepOptions(metric=both, pick="train_seconds <= 10"))["trial_id"] == "quick"
+    with pytest.raises(NoTrialMeetsRule) as error:
+        choose(trials, SweepOptions(metric=both, pick="val_both_acc>=0.9999"))
+    assert error.value.exit_code == 1
+    assert "the closest is slow with val_both_acc 0.995 (train_seconds 20)" in str(error.value)  # finished first
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(metric=("val_both_acc", "val_both_acc")), "is given twice"),
+    (dict(metric=("val_both_acc", "train_seconds"), mode=("max",)), "once per --metric"),
+    (dict(metric=("val_both_acc", "train_seconds"), mode=("max", "max")), "--mode max with --metric train_seconds"),
+    (dict(metric=("val_both_acc", "train_seconds"), pick="val_both_acc > 0.99"), "is not a rule"),
+    (dict(metric=("val_both_acc", "train_seconds"), pick="speed>=3"), "is not a rule"),
+    (dict(metric=("val_both_acc", "train_seconds"), pick="val_both_acc>=high"), "is not a rule"),
+    (dict(pick="val_both_acc>=0.99"), "needs another --metric to pick the best by"),
+])
+def test_bad_metric_mode_and_pick_options_are_refused(changes, message):
+    with pytest.raises(SweepError, match=message):
+        SweepOptions(**changes).check()
+
+
+def test_a_multi_objective_sweep_writes_its_front_and_marks_it_in_trials_csv(tmp_path):
+    import csv
+
+    trials = [cost("slow", 0.995, 20.0), cost("quick", 0.993, 8.0), cost("worse", 0.990, 9.0)]
+    options = SweepOptions(name="s", metric=("val_both_acc", "train_seconds"), pick="val_both_acc>=0.993",
+                           num_samples=3)
+    summary = write_results(trials, options, ["lr"], {"width": 8}, 2, Store(str(tmp_path / "s")), 10.0,
+                            Console(file=open(tmp_path / "out.txt", "w")))
+    folder = tmp_path / "s"
+    assert summary["pareto"] == ["slow", "quick"] and summary["best_trial"] == "quick"
+    with (folder / "trials.csv").open() as f:
+        assert {r["trial_id"]: r["pareto"] for r in csv.DictReader(f)} == {"slow": "yes", "quick": "yes", "worse": ""}
+    with (folder / "pareto.csv").open() as f:
+        assert [r["trial_id"] for r in csv.DictReader(f)] == ["slow", "quick"]
+    assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / "best_config.json").read_text())["width"] == 8
+    # the same trials under a rule none meets: exit 1, the results files but no best_config.json
+    options.pick, options.name = "val_both_acc>=0.999", "t"
+    with pytest.raises(NoUsableTrial, match="no trial meets --pick val_both_acc>=0.999: the closest is slow"):
+        write_results(trials, options, ["lr"], {"width": 8}, 2, Store(str(tmp_path / "t")), 10.0,
+                      Console(file=open(tmp_path / "out.txt", "w")))
+    assert (tmp_path / "t" / "pareto.csv").exists() and not (tmp_path / "t" / "best_config.json").exists()
+
+
+def test_one_metric_sweeps_write_what_they_wrote_before(tmp_path):
+    summary = _write(tmp_path, [row("a", "finished", 0.9, epochs=2), row("b", "finished", 0.95, epochs=2)])
+    header = (tmp_path / "s" / "trials.csv").read_text().splitlines()[0]
+    assert "pareto" not in header and not (tmp_path / "s" / "pareto.csv").exists()
+    assert summary["best_trial"] == "b" and summary["metric"] == "val_both_acc"

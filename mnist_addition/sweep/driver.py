@@ -17,7 +17,7 @@ from ..errors import shown
 from .spaces import Space, load_space, parse_space
 from . import trackers, trial
 from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
-from .results import trial_rows, write_results
+from .results import score_metric, trial_rows, write_results
 from .storage import Store, absolute, experiment_uri
 from .trust import Signer
 
@@ -70,6 +70,7 @@ def _restore_options(options: SweepOptions, store: Store) -> Space:
         saved = json.loads(store.read(SWEEP_FILE))
         for key in SweepOptions.SWEEP_DEFINING:  # (sweeps from before --log-with logged nowhere)
             setattr(options, key, saved["options"].get(key, "none") if key == "log_with" else saved["options"][key])
+        options.__post_init__()  # a metric list from JSON (or one metric's string, from earlier versions) as a tuple
         if options.data_dir is None:
             options.data_dir = saved["options"]["data_dir"]
         space_doc, space_path = saved["space"], str(saved["options"]["space"])
@@ -133,7 +134,8 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
         tuner = _tuner(options, space, base, store, signer, max_epochs, concurrent, console)
         gpus = f", {options.gpus_per_trial:g} GPU" if options.gpus_per_trial else ""
         console.print(f"[bold]sweep[/] {options.num_samples} trials x up to {max_epochs} epochs, "
-                      f"{options.scheduler} + {options.search} search on {options.metric} "
+                      f"{options.scheduler} + {options.search} search on {' and '.join(options.metric)}"
+                      f"{f' ({options.scheduler} prunes on {options.primary})' if len(options.metric) > 1 and options.scheduler == 'asha' else ''} "
                       f"({concurrent} at a time, {options.workers()} worker(s) and {options.cpus_per_trial:g} CPU{gpus} "
                       f"each) -> {store.uri}")
         start = time.perf_counter()
@@ -144,7 +146,7 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
         # Tune returns normally after Ctrl-C; its trial states say whether everything ran.
         statuses = {t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
         keys = list(space.search)
-        rows = trial_rows(grid, options.metric, keys, base_epochs, statuses)
+        rows = trial_rows(grid, score_metric(options.metric), keys, base_epochs, statuses)
         summary = write_results(rows, options, keys, base, max_epochs, store, wall, console)
         if summary["unfinished"]:
             console.print(f"[red]interrupted[/]: {summary['unfinished']} of {options.num_samples} trials unfinished; "
@@ -328,25 +330,32 @@ def _tune_config(options: SweepOptions, max_epochs: int, concurrent: int) -> Any
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    single = len(options.metric) == 1
     if options.scheduler == "asha":
         # Rungs at g, 2g, 4g, ... epochs (g = --grace-epochs); the best half of each rung goes on.
         # max_t is the most epochs any trial can be given: one whose own (searched) epochs are
         # fewer ends by itself.
+        # Several metrics: ASHA compares trials on one number, the first --metric (it is told it
+        # itself; Tune's own metric stays unset, as a multi-objective searcher needs).
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=options.grace_epochs,
-                                  reduction_factor=2)
+                                  reduction_factor=2, **({} if single else {"metric": options.primary,
+                                                                            "mode": options.resolved_mode()}))
     else:
         scheduler = FIFOScheduler()
     if options.search == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
 
-            searcher = OptunaSearch(seed=options.seed)
+            # several metrics: Optuna's multi-objective sampling (metric and mode lists)
+            searcher = OptunaSearch(seed=options.seed) if single else \
+                OptunaSearch(seed=options.seed, metric=list(options.metric), mode=list(options.modes()))
         except (ImportError, AssertionError):
             raise SweepError('--search optuna needs optuna: pip install -e ".[tune]"') from None
         limit = concurrent  # Tune wraps a Searcher in a ConcurrencyLimiter
     else:
         searcher, limit = BasicVariantGenerator(random_state=options.seed, max_concurrent=concurrent), None
-    return tune.TuneConfig(metric=options.metric, mode=options.resolved_mode(), scheduler=scheduler,
+    metric, mode = (options.primary, options.resolved_mode()) if single else (None, None)
+    return tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                            search_alg=searcher, num_samples=options.num_samples, max_concurrent_trials=limit,
                            trial_name_creator=_trial_dir, trial_dirname_creator=_trial_dir)
 

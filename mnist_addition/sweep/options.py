@@ -16,7 +16,11 @@ from ..errors import EXIT_FAILED
 from ..config import ConfigError, flag
 from ..layout import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, SWEEP_FILE  # noqa: F401 (re-exported)
 
-METRICS = {"val_both_acc": "max", "val_digit_acc": "max", "val_sum_acc": "max", "val_loss": "min"}
+# What a sweep can select on, and which way is better. train_seconds: a trial's training time (its
+# cost); with an accuracy, a multi-objective sweep finds the accuracy each cost buys (pareto.csv).
+METRICS = {"val_both_acc": "max", "val_digit_acc": "max", "val_sum_acc": "max", "val_loss": "min",
+           "train_seconds": "min"}
+PICK_OPERATORS = (">=", "<=")
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("random", "optuna")
 DRIVER_CPUS = 0.1  # a multi-worker trial's own process only waits on its TorchTrainer
@@ -35,10 +39,11 @@ class NoUsableTrial(SweepError):
     exit_code = EXIT_FAILED
 
 
-def _o(default: Any, help: str, group: str = "", choices: tuple | None = None) -> Any:
+def _o(default: Any, help: str, group: str = "", choices: tuple | None = None, repeat: bool = False) -> Any:
     """A SweepOptions field and its ``tune`` flag: the help (``(default: ...)`` added unless it says
-    its own default) and the help group ("" for the first, "where it runs", "how it searches")."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+    its own default), the help group ("" for the first, "where it runs", "how it searches") and
+    ``repeat``: the flag may be given several times (a tuple of its values)."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "repeat": repeat})
 
 
 WHERE, HOW = "where it runs", "how it searches"
@@ -80,11 +85,27 @@ class SweepOptions:
     grace_epochs: int = _o(1, "asha: epochs every trial trains before it may be stopped; its rungs are at 1, 2, "
                               "4... times this", HOW)
     search: str = _o("random", "random sampling or Optuna's TPE", HOW, SEARCHERS)
-    metric: str = _o("val_both_acc", "validation metric to select on", HOW, tuple(METRICS))
-    mode: str | None = _o(None, "max for accuracies, min for val_loss (default: follows --metric)", HOW, ("max", "min"))
+    metric: tuple[str, ...] = _o(("val_both_acc",), "what to select on; repeat it for a multi-objective sweep, e.g. "
+                                                    "--metric val_both_acc --metric train_seconds (Pareto front; "
+                                                    "ASHA prunes on the first) (default: val_both_acc)", HOW,
+                                 tuple(METRICS), repeat=True)
+    mode: tuple[str, ...] | None = _o(None, "max or min, once per --metric (default: max for accuracies, min for "
+                                            "val_loss and train_seconds)", HOW, ("max", "min"), repeat=True)
+    pick: str | None = _o(None, "which trial best_config.json is, as a rule on one metric, e.g. "
+                                "\"val_both_acc>=0.993\": the best on the other --metric among the trials that meet "
+                                "it (the cheapest accurate-enough one) (default: the best on the first --metric)", HOW)
     seed: int = _o(0, "seed of the sampler (every trial trains with the space's seed, default 0, so configs are "
                       "compared on equal terms)", HOW)
     top: int = _o(10, "rows in the results table", HOW)
+
+    def __post_init__(self) -> None:
+        # one metric may be given as a string (the Python API, sweep.json of earlier versions)
+        if isinstance(self.metric, str):
+            self.metric = (self.metric,)
+        if isinstance(self.mode, str):
+            self.mode = (self.mode,)
+        self.metric = tuple(self.metric)
+        self.mode = None if self.mode is None else tuple(self.mode)
 
     # Fixed by the first run of a sweep; --resume takes them from sweep.json.
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
@@ -140,14 +161,10 @@ class SweepOptions:
         need(self.grace_epochs >= 1, "grace_epochs", f"must be at least 1 (got {self.grace_epochs})")
         need(self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
         need(self.search in SEARCHERS, "search", f"must be one of {', '.join(SEARCHERS)}")
-        need(self.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)} (got {self.metric!r})")
-        need(self.mode in (None, "max", "min"), "mode", f"must be max or min (got {self.mode!r})")
+        self._check_metrics()
         from .trackers import check
 
         check(self.log_with)
-        if self.mode is not None and self.mode != METRICS[self.metric]:
-            raise SweepError(f"--mode {self.mode} with --metric {self.metric} would pick the worst trial: "
-                             f"use --mode {METRICS[self.metric]} (or leave --mode out)")
         need(not gpus or gpus <= 1 or self.workers_per_trial in (0, int(gpus)), "workers_per_trial",
              f"must equal --gpus-per-trial {shown} (one worker per GPU) or be left out")
         need(not gpus or gpus >= 1 or self.workers_per_trial <= 1, "workers_per_trial",
@@ -157,8 +174,52 @@ class SweepOptions:
         need(self.cpus_per_trial / workers >= 0.1 or workers == 1, "cpus_per_trial",
              f"{self.cpus_per_trial:g} is too few for {workers} workers: give each at least 0.1 CPU")
 
+    def _check_metrics(self) -> None:
+        unknown = next((m for m in self.metric if m not in METRICS), None)
+        if unknown is not None or not self.metric:
+            raise SweepError(f"--metric must be one of {', '.join(METRICS)} (got {unknown!r})")
+        if len(set(self.metric)) != len(self.metric):
+            raise SweepError(f"--metric {next(m for m in self.metric if self.metric.count(m) > 1)} is given twice: "
+                             "give each metric once")
+        if self.mode is not None:
+            if len(self.mode) != len(self.metric) or any(m not in ("max", "min") for m in self.mode):
+                raise SweepError(f"--mode must be max or min, once per --metric ({len(self.metric)} of them; got "
+                                 f"{' '.join(self.mode)}); or leave --mode out")
+            for metric, mode in zip(self.metric, self.mode):
+                if mode != METRICS[metric]:
+                    raise SweepError(f"--mode {mode} with --metric {metric} would pick the worst trial: "
+                                     f"use --mode {METRICS[metric]} (or leave --mode out)")
+        if self.pick is not None:
+            self.pick_rule()
+
+    @property
+    def primary(self) -> str:
+        """The metric ASHA prunes on and trials are ranked by (the first --metric)."""
+        return self.metric[0]
+
+    def modes(self) -> tuple[str, ...]:
+        return self.mode or tuple(METRICS[m] for m in self.metric)
+
     def resolved_mode(self) -> str:
-        return self.mode or METRICS[self.metric]
+        return self.modes()[0]
+
+    def pick_rule(self) -> tuple[str, str, float, str]:
+        """``--pick`` as (metric, operator, threshold, the metric to pick the best by); SweepError if bad."""
+        rule = (self.pick or "").replace(" ", "")
+        op = next((o for o in PICK_OPERATORS if o in rule), None)
+        metric, _, text = rule.partition(op) if op else (rule, "", "")
+        try:
+            threshold = float(text)
+        except ValueError:
+            threshold = math.nan
+        if op is None or metric not in METRICS or not math.isfinite(threshold):
+            raise SweepError(f"--pick {self.pick!r} is not a rule: write METRIC>=VALUE or METRIC<=VALUE with a metric "
+                             f"of {', '.join(METRICS)}, e.g. --pick \"val_both_acc>=0.993\"")
+        by = next((m for m in self.metric if m != metric), None)
+        if by is None:
+            raise SweepError(f"--pick on {metric} needs another --metric to pick the best by: add e.g. "
+                             f"--metric train_seconds")
+        return metric, op, threshold, by
 
 
 def gpu_share(cluster_cpus: float, cluster_gpus: float, cpus_per_trial: float) -> float:

@@ -1,8 +1,9 @@
 """A finished (or interrupted) sweep's results: trial rows, ranking, and the files in ``STORAGE/NAME``.
 
-``trial_status`` and ``rank`` are pure functions of the rows, tested without Ray; ``trial_rows``
-reads Ray's ResultGrid into rows; ``write_results`` writes trials.csv, best_config.json, sweep.png
-and summary.json, and prints the table.
+``trial_status``, ``rank``, ``pareto_front`` and ``choose`` are pure functions of the rows, tested
+without Ray; ``trial_rows`` reads Ray's ResultGrid into rows; ``write_results`` writes trials.csv,
+best_config.json, sweep.png and summary.json (and, with several metrics, pareto.csv and
+pareto.png), and prints the table.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from ..config import TrainConfig
 from .options import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, NoUsableTrial, SweepOptions
+
+PARETO_CSV, PARETO_PLOT = "pareto.csv", "pareto.png"
 from .storage import Store
 
 FINISHED, STOPPED, ERROR, UNFINISHED = "finished", "stopped early", "error", "unfinished"
@@ -46,6 +49,58 @@ def rank(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str,
     sign = -1.0 if mode == "max" else 1.0
     return sorted((t for t in trials if usable(t, metric)),
                   key=lambda t: (t["status"] != FINISHED, sign * t[metric]))
+
+
+def score_metric(metrics: tuple[str, ...]) -> str:
+    """The accuracy a sweep's picture and curves show: the first accuracy among its metrics."""
+    return next((m for m in metrics if m.endswith("_acc")), "val_both_acc")
+
+
+def dominates(a: dict[str, Any], b: dict[str, Any], metrics: tuple[str, ...], modes: tuple[str, ...]) -> bool:
+    """``a`` is at least as good as ``b`` on every metric and better on one."""
+    signs = [1.0 if mode == "max" else -1.0 for mode in modes]
+    better = [s * a[m] > s * b[m] for m, s in zip(metrics, signs)]
+    worse = [s * a[m] < s * b[m] for m, s in zip(metrics, signs)]
+    return any(better) and not any(worse)
+
+
+def pareto_front(trials: list[dict[str, Any]], metrics: tuple[str, ...], modes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The non-dominated trials among those usable on every metric, finished ones only while any
+    finished (a trial the scheduler stopped was never trained to its own config's end, so its
+    accuracy-for-time is not what its config gives), ordered by the first metric, best first."""
+    pool = [t for t in trials if all(usable(t, m) for m in metrics)]
+    if any(t["status"] == FINISHED for t in pool):
+        pool = [t for t in pool if t["status"] == FINISHED]
+    front = [t for t in pool if not any(dominates(o, t, metrics, modes) for o in pool if o is not t)]
+    sign = -1.0 if modes[0] == "max" else 1.0
+    return sorted(front, key=lambda t: sign * t[metrics[0]])
+
+
+class NoTrialMeetsRule(NoUsableTrial):
+    """--pick: no ranked trial meets the rule (exit 1, after the results files are written)."""
+
+
+def choose(trials: list[dict[str, Any]], options: SweepOptions) -> dict[str, Any] | None:
+    """The trial best_config.json is: the best on the first metric, or with ``--pick METRIC>=X``
+    the best on the other metric among those meeting the rule. None if no trial is usable;
+    NoTrialMeetsRule (naming the trial closest to the rule) if none meets it."""
+    if options.pick is None:
+        ranked = rank(trials, options.primary, options.resolved_mode())
+        return ranked[0] if ranked else None
+    metric, op, threshold, by = options.pick_rule()
+    meets = (lambda v: v >= threshold) if op == ">=" else (lambda v: v <= threshold)
+    ranked = rank(trials, by, options.modes()[options.metric.index(by)])
+    picked = [t for t in ranked if usable(t, metric) and meets(t[metric])]
+    if picked:
+        return picked[0]
+    closest = rank(trials, metric, "max" if op == ">=" else "min")
+    if not closest:
+        return None
+    t = closest[0]
+    other = f" ({by} {t[by]:.4g})" if usable(t, by) else ""
+    raise NoTrialMeetsRule(f"no trial meets --pick {options.pick}: the closest is {t['trial_id']} with {metric} "
+                           f"{t[metric]:.4g}{other}; no best_config.json was written: relax the rule, or sweep more "
+                           "trials")
 
 
 def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int,
@@ -83,60 +138,104 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
     """Rank, write the result files, print the top trials; return the summary.
 
     Raises NoUsableTrial (after writing trials.csv and summary.json, and no best_config.json) when
-    the sweep ran to its end without one rankable trial.
+    the sweep ran to its end without one rankable trial, or (NoTrialMeetsRule) none meeting --pick.
     """
-    ranked = rank(trials, options.metric, options.resolved_mode())
-    counts = {status: sum(t["status"] == status for t in trials) for status in (FINISHED, STOPPED, ERROR, UNFINISHED)}
-    trained = sum(t["train_seconds"] or 0 for t in trials)
-    summary: dict[str, Any] = {
-        "name": options.name, "uri": store.uri, "trials": len(trials), "metric": options.metric,
-        "mode": options.resolved_mode(), "ranked": len(ranked), "wall_seconds": wall,
-        "sum_trial_seconds": sum(t["trial_seconds"] or 0 for t in trials), "sum_train_seconds": trained,
-        "epochs_run": sum(t["epochs_run"] for t in trials), "finished": counts[FINISHED],
-        "stopped_early": counts[STOPPED], "errors": counts[ERROR],
-        # interrupted trials, and those not yet sampled when the sweep stopped (not in the grid at all)
-        "unfinished": options.num_samples - counts[FINISHED] - counts[STOPPED] - counts[ERROR],
-        "best_trial": None, "best": None, "best_config": None}
+    ranked = rank(trials, options.primary, options.resolved_mode())
+    summary = _summary(trials, options, store, wall, len(ranked))
+    written = [CSV_FILE]
     columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6], "trial_seconds",
                *METRIC_COLUMNS[6:], "moved_from"]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(ranked + [t for t in trials if t not in ranked])
-    store.write(CSV_FILE, text.getvalue().encode())
+    if len(options.metric) > 1:  # a multi-objective sweep: the front, marked in trials.csv, and its files
+        front = pareto_front(trials, options.metric, options.modes())
+        for t in trials:
+            t["pareto"] = "yes" if any(t is f for f in front) else ""
+        columns.append("pareto")
+        summary["pareto"] = [t["trial_id"] for t in front]
+        if front:
+            _write_pareto(trials, front, keys, options, store)
+            written += [PARETO_CSV, PARETO_PLOT]
+    store.write(CSV_FILE, _csv(ranked + [t for t in trials if t not in ranked], columns))
+    try:
+        best, unmet = choose(trials, options), None
+    except NoTrialMeetsRule as refusal:
+        best, unmet = None, refusal
+    if best is not None:
+        summary.update(_write_best(best, keys, base, store))
+        written.append(BEST_FILE)
     if ranked:
-        best = ranked[0]
-        best_config = TrainConfig.from_dict({**base, **{k: best[k] for k in keys}}, source="the best trial")
-        best_config = best_config.replace(data_dir=None, output_dir=None)  # say where on the command line
-        summary.update(best_trial=best["trial_id"], best_config=best_config.to_dict(),
-                       best={k: best[k] for k in ("val_digit_acc", "val_sum_acc", "val_both_acc", "epochs_run",
-                                                  "budget_epochs", "status")})
-        store.write(BEST_FILE, (best_config.to_json() + "\n").encode())
         from ..plots import plot_sweep
 
-        store.write(PLOT_FILE, plot_sweep(trials, keys, options.metric, max_epochs))
+        store.write(PLOT_FILE, plot_sweep(trials, keys, score_metric(options.metric), max_epochs))
+        written.append(PLOT_FILE)
     store.write(SUMMARY_FILE, json.dumps(summary, indent=2).encode())
     if ranked:
         _print_table(console, ranked, keys, options)
-    console.print(f"{len(trials)} trials ({counts[FINISHED]} finished, {counts[STOPPED]} stopped early, "
-                  f"{counts[ERROR]} failed), {summary['epochs_run']} epochs in {wall:.0f} s ({trained:.0f} s of it training)")
+    console.print(f"{len(trials)} trials ({summary['finished']} finished, {summary['stopped_early']} stopped early, "
+                  f"{summary['errors']} failed), {summary['epochs_run']} epochs in {wall:.0f} s "
+                  f"({summary['sum_train_seconds']:.0f} s of it training)")
     if not ranked and not summary["unfinished"]:
-        unusable = len(trials) - counts[ERROR]
-        raise NoUsableTrial(f"no trial produced a usable {options.metric} ({counts[ERROR]} failed, {unusable} without "
-                            f"a finite value): see the error.txt files under {store.uri}, fix the cause and start "
-                            "a new sweep; no best_config.json was written")
-    written = [CSV_FILE, *([BEST_FILE, PLOT_FILE] if ranked else []), SUMMARY_FILE]
-    console.print(f"wrote {', '.join(written)} to {store.uri}")
-    if ranked:
+        unusable = len(trials) - summary["errors"]
+        raise NoUsableTrial(f"no trial produced a usable {options.primary} ({summary['errors']} failed, {unusable} "
+                            f"without a finite value): see the error.txt files under {store.uri}, fix the cause and "
+                            "start a new sweep; no best_config.json was written")
+    console.print(f"wrote {', '.join([*written, SUMMARY_FILE])} to {store.uri}")
+    if unmet is not None:
+        if not summary["unfinished"]:
+            raise unmet
+        console.print(f"so far {unmet}")  # the sweep is not over: --resume may still find one
+    if best is not None:
         console.print(f"next: mnist-addition train --config {store.where(BEST_FILE)}"
                       f"{' --data-dir ' + options.data_dir if options.data_dir else ''}")
     return summary
 
 
+def _summary(trials: list[dict[str, Any]], options: SweepOptions, store: Store, wall: float, ranked: int) -> dict[str, Any]:
+    counts = {status: sum(t["status"] == status for t in trials) for status in (FINISHED, STOPPED, ERROR, UNFINISHED)}
+    return {
+        "name": options.name, "uri": store.uri, "trials": len(trials), "metric": options.primary,
+        "mode": options.resolved_mode(), "metrics": list(options.metric), "modes": list(options.modes()),
+        "pick": options.pick, "ranked": ranked, "wall_seconds": wall,
+        "sum_trial_seconds": sum(t["trial_seconds"] or 0 for t in trials),
+        "sum_train_seconds": sum(t["train_seconds"] or 0 for t in trials),
+        "epochs_run": sum(t["epochs_run"] for t in trials), "finished": counts[FINISHED],
+        "stopped_early": counts[STOPPED], "errors": counts[ERROR],
+        # interrupted trials, and those not yet sampled when the sweep stopped (not in the grid at all)
+        "unfinished": options.num_samples - counts[FINISHED] - counts[STOPPED] - counts[ERROR],
+        "best_trial": None, "best": None, "best_config": None}
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def _write_best(best: dict[str, Any], keys: list[str], base: dict[str, Any], store: Store) -> dict[str, Any]:
+    """best_config.json (for ``train --config``); what summary.json says of it."""
+    best_config = TrainConfig.from_dict({**base, **{k: best[k] for k in keys}}, source="the best trial")
+    best_config = best_config.replace(data_dir=None, output_dir=None)  # say where on the command line
+    store.write(BEST_FILE, (best_config.to_json() + "\n").encode())
+    return {"best_trial": best["trial_id"], "best_config": best_config.to_dict(),
+            "best": {k: best[k] for k in ("val_digit_acc", "val_sum_acc", "val_both_acc", "train_seconds",
+                                          "epochs_run", "budget_epochs", "status")}}
+
+
+def _write_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], keys: list[str], options: SweepOptions,
+                  store: Store) -> None:
+    """pareto.csv (the non-dominated trials) and pareto.png (every trial on the first two metrics, the front drawn)."""
+    from ..plots import plot_pareto
+
+    columns = ["trial_id", *keys, *options.metric, "status", "epochs_run", "budget_epochs"]
+    store.write(PARETO_CSV, _csv(front, list(dict.fromkeys(columns))))
+    store.write(PARETO_PLOT, plot_pareto(trials, front, options.metric[:2], options.name or ""))
+
+
 def _print_table(console: Any, ranked: list[dict[str, Any]], keys: list[str], options: SweepOptions) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Top trials by {options.metric} (validation; the test set is not used)")
+    table = Table(title=f"Top trials by {options.primary} (validation; the test set is not used)")
     for col in ("#", "trial", *keys, "epochs run/own", "val digit", "val sum", "val both", "status"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right")
     for i, t in enumerate(ranked[:options.top], 1):
