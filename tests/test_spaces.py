@@ -88,7 +88,13 @@ def test_unreadable_space_files(tmp_path):
         load_space(_space(tmp_path, "lr: " + "[" * 5000 + "]" * 5000 + "\n"))
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "wide"])
+def test_the_speed_space_searches_what_training_time_depends_on():
+    space = load_space(REPO / "tune" / "speed.yaml")
+    assert {"epochs", "width", "batch_size", "lr"} <= set(space.search) and space.largest("epochs", 0) == 3
+    TrainConfig.from_dict(space.fixed)
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "wide", "speed"])
 def test_parse_space_round_trips_what_the_sweep_saves(name):
     space = load_space(REPO / "tune" / f"{name}.yaml")
     saved = json.loads(json.dumps(space.to_dict()))  # as sweep.json holds it
