@@ -3,6 +3,8 @@ config retrained on the official test set.
 
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --num-samples 8 --seeds 3
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space wide --search optuna --num-samples 16 --seeds 3
+    python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space speed --search optuna --scheduler fifo \
+        --metric val_both_acc --metric train_seconds --pick "val_both_acc>=0.993" --num-samples 20 --seeds 3
 
 1. Runs ``mnist-addition tune`` over ``--space`` (default ``tune/default.yaml``) with a local Ray,
    ASHA and ``--search`` (random or Optuna's TPE).
@@ -39,6 +41,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--search", choices=("random", "optuna"), default="random")
     parser.add_argument("--grace-epochs", type=int, default=1, help="ASHA's grace period")
+    parser.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    parser.add_argument("--metric", action="append", help="repeat for a multi-objective sweep (default: val_both_acc)")
+    parser.add_argument("--pick", help="the rule that picks best_config.json, e.g. val_both_acc>=0.993")
     parser.add_argument("--seed", type=int, default=0, help="the sweep's sampler seed")
     parser.add_argument("--cpus-per-trial", type=float, default=2.0)
     parser.add_argument("--seeds", type=int, default=3, help="seeds for retraining the best config")
@@ -50,7 +55,8 @@ def main() -> None:
     name = time.strftime("bench-%Y%m%d-%H%M%S")
     options = SweepOptions(space=str(find_space(args.space)), num_samples=args.num_samples, data_dir=args.data_dir,
                            storage_path=args.storage_path, name=name, cpus_per_trial=args.cpus_per_trial,
-                           search=args.search, seed=args.seed, grace_epochs=args.grace_epochs)
+                           search=args.search, seed=args.seed, grace_epochs=args.grace_epochs,
+                           scheduler=args.scheduler, metric=tuple(args.metric or ("val_both_acc",)), pick=args.pick)
     started = time.perf_counter()
     summary = run_sweep(options, console)
     sweep_seconds = time.perf_counter() - started

@@ -74,6 +74,8 @@ class TrainConfig:
     sum_weight: float = _f(0.5, "loss = (1 - w) * CE(digit) + w * CE(sum); 0.5 is the seed's plain average")
     label_smoothing: float = _f(0.1, "label smoothing for both cross-entropies")
     shift: int = _f(1, "random translation of training images by up to this many pixels (0 = off)")
+    rotate: float = _f(0.0, "random rotation of training images by up to this many degrees (0 = off)")
+    scale: float = _f(0.0, "random scaling of training images by up to this fraction, e.g. 0.1: 90%..110% (0 = off)")
     seed: int = _f(0, "seed for initialisation, data order, training numbers and augmentation")
     # --- data sizes --------------------------------------------------------------------------
     val_size: int = _f(5000, "images held out of the official training set for validation")
@@ -206,6 +208,8 @@ class TrainConfig:
              "use 0 to turn it off, e.g. --weight-decay 0.0005")
         need(0.0 < self.warmup < 1.0, "warmup", "must be in (0, 1)", "use e.g. --warmup 0.2")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", "use 0 to turn it off")
+        need(0.0 <= self.rotate <= 180.0, "rotate", "must be in [0, 180] degrees", "use 0 to turn it off, e.g. --rotate 10")
+        need(0.0 <= self.scale <= 0.5, "scale", "must be in [0, 0.5]", "use 0 to turn it off, e.g. --scale 0.1")
         need(self.batch_size % self.gradient_accumulation_steps == 0, "gradient_accumulation_steps",
              f"must divide --batch-size {self.batch_size}", "pick a divisor of the batch size")
         unknown = [name for name in self.trackers if name not in TRACKERS]

@@ -261,30 +261,62 @@ def random_shift(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) ->
     return padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
+AFFINE_CHUNK = 4096  # images warped at once: bounds the sampling grid's memory (~25 MB a chunk)
+
+
+def random_affine(images: torch.Tensor, params: torch.Tensor, max_rotate: float, max_scale: float) -> torch.Tensor:
+    """Rotate image i by ``params[0, i] * max_rotate`` degrees and scale it by ``1 + params[1, i] *
+    max_scale`` about its centre (``params`` in [-1, 1], on the images' device), bilinear, filling
+    with background. Off (the images themselves) when both maxima are 0."""
+    if not max_rotate and not max_scale:
+        return images
+    angle = params[0] * (max_rotate * math.pi / 180.0)
+    scale = 1.0 + params[1] * max_scale
+    cos, sin, zero = torch.cos(angle) / scale, torch.sin(angle) / scale, torch.zeros_like(angle)
+    # affine_grid maps output to input coordinates: the inverse of rotating by angle and scaling by scale
+    theta = torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1)  # (B, 2, 3)
+    background = images.amin(dim=(1, 2, 3), keepdim=True)
+    out = torch.empty_like(images)
+    for lo in range(0, len(images), AFFINE_CHUNK):
+        hi = min(lo + AFFINE_CHUNK, len(images))
+        grid = torch.nn.functional.affine_grid(theta[lo:hi], list(images[lo:hi].shape), align_corners=False)
+        out[lo:hi] = torch.nn.functional.grid_sample(images[lo:hi] - background[lo:hi], grid, mode="bilinear",
+                                                     padding_mode="zeros", align_corners=False) + background[lo:hi]
+    return out
+
+
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: int = 0,
-                  rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[Batch]:
-    """One epoch of shuffled training batches; order, numbers and shifts are fresh per (seed, epoch).
+                  rank: int = 0, world: int = 1, start_step: int = 0, rotate: float = 0.0,
+                  scale: float = 0.0) -> Iterator[Batch]:
+    """One epoch of shuffled training batches; order, numbers, shifts, rotations and scalings are
+    fresh per (seed, epoch).
 
     With ``world`` processes each global batch of ``batch_size`` is cut into ``world`` equal shards
     and this process yields shard ``rank``: all processes step in lock-step on disjoint images.
     Everything random is drawn up front for the whole epoch, so ``start_step`` (resuming mid-epoch)
     skips batches without changing the ones that follow. The last partial batch is dropped.
 
-    The whole epoch of this process's shard is gathered and shifted at once, on the training device
-    (airbench's way): each step is then a slice, with no kernel and no host work of its own.
+    The whole epoch of this process's shard is gathered, rotated and scaled (``rotate`` degrees,
+    ``scale`` a fraction: ``random_affine``) and shifted at once, on the training device (airbench's
+    way): each step is then a slice, with no kernel and no host work of its own.
     """
     n = len(split)
     device = split.images.device
     perm = torch.randperm(n, generator=epoch_generator(seed, epoch, 0, device), device=device)
     numbers = train_numbers(n, seed, epoch, device)
     offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=epoch_generator(seed, epoch, 2, device), device=device)
+    warps = torch.rand((2, n), generator=epoch_generator(seed, epoch, 3, device), device=device) * 2 - 1 \
+        if rotate or scale else None
     steps, per_rank = n // batch_size, batch_size // world
     if start_step >= steps:
         return
     # Positions in the permutation that are this process's, from start_step on: (steps, world, per_rank)[:, rank]
     positions = torch.arange(steps * batch_size, device=device).view(steps, world, per_rank)[start_step:, rank].flatten()
     idx = perm[positions]
-    images = random_shift(split.images[idx], offsets[:, positions], shift)
+    images = split.images[idx]
+    if warps is not None:
+        images = random_affine(images, warps[:, positions], rotate, scale)
+    images = random_shift(images, offsets[:, positions], shift)
     digits, r = split.digits[idx], numbers[idx]
     sums = digits + r
     for lo in range(0, len(idx), per_rank):

@@ -158,6 +158,35 @@ def test_resuming_mid_epoch_yields_the_same_remaining_batches():
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_random_affine_rotates_and_scales_about_the_centre():
+    image = torch.full((1, 1, 28, 28), -0.42)
+    image[0, 0, 4:10, 13:15] = 3.0  # a bar above the centre
+    quarter = D.random_affine(image, torch.tensor([[1.0], [0.0]]), 90.0, 0.0)  # +90 degrees, no scaling
+    assert torch.allclose(quarter, torch.rot90(image, -1, dims=(2, 3)), atol=1e-5)  # clockwise on screen: exact
+    bigger = D.random_affine(image, torch.tensor([[0.0], [1.0]]), 0.0, 0.5)  # 1.5x about the centre
+    rows = torch.nonzero(bigger[0, 0].amax(1) > 0).flatten()
+    assert rows.min() < 4 and rows.max() < 14 - 1  # the bar grows away from the centre, and stays above it
+    assert torch.allclose(bigger[0, 0, :, 0], torch.full((28,), -0.42))  # the background fills in, not zeros
+    assert torch.equal(D.random_affine(image, torch.tensor([[0.7], [0.3]]), 0.0, 0.0), image)  # off
+
+
+def test_rotations_and_scalings_are_seeded_sharded_and_resume_mid_epoch():
+    split = _split(64)
+    plain = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1))
+    whole = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0, scale=0.1))
+    again = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0, scale=0.1))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole, again))  # the same (seed, epoch): the same images
+    assert not torch.equal(whole[0][0], plain[0][0])  # they are warped
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(whole, plain) for k in (1, 2, 3))  # order and numbers kept
+    other = list(D.train_batches(split, 16, seed=0, epoch=4, shift=1, rotate=12.0, scale=0.1))
+    assert not torch.equal(torch.cat([b[0] for b in other]).sum(0), torch.cat([b[0] for b in whole]).sum(0))
+    rest = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0, scale=0.1, start_step=2))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole[2:], rest))
+    shards = [list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0, scale=0.1, rank=r, world=2))
+              for r in range(2)]
+    assert all(torch.equal(torch.cat([shards[0][i][0], shards[1][i][0]]), whole[i][0]) for i in range(len(whole)))
+
+
 @pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
 def test_real_mnist_files_read():
     mnist = D.load_mnist(REAL_MNIST, download=False)
