@@ -97,7 +97,8 @@ def main() -> None:
         result.add_column(col, justify="left" if col == "config" else "right")
     searched = {k: getattr(best, k) for k in json.loads((sweep_dir / "sweep.json").read_text())["space"]["search"]}
     result.add_row(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
-                   + f" epochs={best.epochs}", ms("digit"), ms("sum"), ms("both"), ms("seconds", 1.0))
+                   + ("" if "epochs" in searched else f" epochs={best.epochs}"), ms("digit"), ms("sum"), ms("both"),
+                   ms("seconds", 1.0))
     console.print(result)
     retrain_seconds = time.perf_counter() - retrain_started
     console.print(f"sweep {sweep_seconds / 60:.1f} min + retraining {retrain_seconds / 60:.1f} min "
