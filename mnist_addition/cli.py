@@ -42,7 +42,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         default = "preset's" if f.name not in ("preset", "seed", "data_dir", "output_dir") else f.default
         group.add_argument(flag(f.name), dest=f.name, type=kind, choices=meta["choices"], default=argparse.SUPPRESS,
-                           metavar=_metavar(f.name, meta), help=f"{meta['help']} (default: {default})")
+                           metavar=_metavar(f.name, meta),
+                           help=f"{meta['help']} (default: {default})".replace("%", "%%"))  # argparse formats with %
 
 
 def add_tune_flags(parser: argparse.ArgumentParser) -> None:
