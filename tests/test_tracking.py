@@ -15,7 +15,7 @@ from mnist_addition.cli import main
 HAS = {name: importlib.util.find_spec(name) is not None for name in ("mlflow", "tensorboard", "aim")}
 EPOCHS, STEPS = 3, 15  # 500 training images of the fixture in batches of 32
 TINY = ["--width", "8", "--epochs", str(EPOCHS), "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
-        "--mixed-precision", "no", "--log-every", "5"]
+        "--mixed-precision", "no", "--log-every", "5", "--cpu"]  # CPU facts (setup/device) hold on a GPU machine too
 UPLOADED = {"curves.png", "confusion_digit.png", "confusion_sum.png", "config.json"}
 
 
