@@ -36,6 +36,7 @@ import torch
 from . import files
 from .errors import UserError, shown
 from .layout import CHECKPOINTS
+from .hparams import SCHEDULED
 from .state import SAVED_FIELDS
 
 STATE_FILE = "trainer_state.json"
@@ -189,6 +190,7 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any, optimizer: t
 
 # The plot and the reports read these of every history row; every value of a row is a finite number.
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_digit_acc", "val_sum_acc", "val_both_acc")
+WEIGHTS_FROM = "weights_from"  # the one text of a row: whose weights a continued run copied before this epoch
 MAX_COUNT = 2**62  # epochs, steps, samples: any larger is an altered file (and would overflow int64)
 
 
@@ -224,8 +226,25 @@ def _out_of_range(state: dict[str, Any]) -> str | None:
             return f"{name} {shown(state[name])} is not a finite number >= 0"
     for i, row in enumerate(state["history"], 1):
         if not isinstance(row, dict) or row.get("epoch") != i or not all(k in row for k in HISTORY_KEYS) or \
-                not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row.values()):
+                not all(_number(v) or (k == WEIGHTS_FROM and isinstance(v, str)) for k, v in row.items()):
             return f"history row {i} is not epoch {i}'s metrics (got {shown(row)})"
+    return _bad_schedule(state.get("schedule"))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bad_schedule(schedule: Any) -> str | None:
+    """What is wrong with a trainer state's ``schedule`` (``hparams.segments``; None in checkpoints
+    written before schedules were recorded)."""
+    if schedule is None:
+        return None
+    if not isinstance(schedule, list) or not schedule or not all(
+            isinstance(s, dict) and set(s) == {"epoch", *SCHEDULED} and isinstance(s["epoch"], int)
+            and all(_number(s[k]) for k in SCHEDULED) for s in schedule) or schedule[0]["epoch"] != 1 or \
+            any(a["epoch"] >= b["epoch"] for a, b in zip(schedule, schedule[1:])):
+        return f"schedule is not a list of stretches of {', '.join(SCHEDULED)} from epoch 1 on (got {shown(schedule)})"
     return None
 
 

@@ -36,6 +36,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         kind, meta = field_kinds()[f.name][0], f.metadata
         group = groups[meta["infra"]]
+        if kind is list:  # a list (hparam_schedule) is set in a --config file
+            continue
         if kind is bool:  # a switch: --cpu, --deterministic, --compile
             group.add_argument(flag(f.name), dest=f.name, action="store_true", default=argparse.SUPPRESS,
                                help=meta["help"])

@@ -37,7 +37,7 @@ _UNSET = object()
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, *, infra: bool = False, resumable: bool = False,
-       sweep: str | None = None, smoke: Any = _UNSET, sweep_smoke: Any = _UNSET) -> Any:
+       sweep: str | None = None, smoke: Any = _UNSET, sweep_smoke: Any = _UNSET, factory: Any = None) -> Any:
     """A TrainConfig field and its roles, declared once (read by the CLI, resume, spaces and smoke modes):
 
     * ``infra``: plumbing, not maths (how and where it runs): the CLI lists it apart;
@@ -46,12 +46,15 @@ def _f(default: Any, help: str, choices: tuple | None = None, *, infra: bool = F
     * ``sweep``: set by ``mnist-addition tune`` for every trial, from the flag named here; a search
       space may not set it;
     * ``smoke``: its value under ``train --smoke``; ``sweep_smoke`` under ``tune --smoke`` (the
-      smoke value unless given).
+      smoke value unless given);
+    * ``factory``: the default is ``factory()`` (a list), not ``default``.
     """
     meta = {"help": help, "choices": choices, "infra": infra or resumable, "resumable": resumable, "sweep": sweep}
     if smoke is not _UNSET:
         meta["smoke"] = smoke
         meta["sweep_smoke"] = smoke if sweep_smoke is _UNSET else sweep_smoke
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -77,6 +80,11 @@ class TrainConfig:
     rotate: float = _f(0.0, "random rotation of training images by up to this many degrees (0 = off)")
     scale: float = _f(0.0, "random scaling of training images by up to this fraction, e.g. 0.1: 90%..110% (0 = off)")
     seed: int = _f(0, "seed for initialisation, data order, training numbers and augmentation")
+    # a list: set in a --config file (no flag); see hparams.py
+    hparam_schedule: list[dict[str, Any]] = _f(None, "changes of lr, weight_decay, sum_weight, label_smoothing from "
+                                                     "the start of an epoch on, e.g. [{\"epoch\": 3, \"lr\": 0.004}] "
+                                                     "(what tune --scheduler pbt finds; set in a --config file)",
+                                               sweep="--scheduler pbt", factory=list)
     # --- data sizes --------------------------------------------------------------------------
     val_size: int = _f(5000, "images held out of the official training set for validation")
     train_limit: int = _f(0, "use only the first N training images (0 = all); for smoke tests", smoke=10_000)
@@ -174,6 +182,8 @@ class TrainConfig:
                 if optional:
                     continue
                 raise ConfigError(f"{flag(f.name)} needs a value")
+            if kind is list and isinstance(value, tuple):
+                value = list(value)
             if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = float(value)
                 if not math.isfinite(value):  # --lr inf, or NaN/Infinity in a JSON config
@@ -219,6 +229,26 @@ class TrainConfig:
         for name in ("data_dir", "output_dir"):
             value = getattr(self, name)
             need(value is None or bool(value.strip()), name, "is empty", f"name a folder, or leave {flag(name)} out")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """Each change of ``hparam_schedule`` is well formed and its values pass the fields' own checks."""
+        from . import hparams
+
+        if not self.hparam_schedule:
+            return
+        problem = hparams.check_schedule(self)
+        if problem:
+            raise ConfigError(f"--hparam-schedule {problem}: fix the config file")
+        changes = []
+        for i, change in enumerate(self.hparam_schedule, 1):
+            values = {k: float(v) for k, v in change.items() if k != "epoch"}
+            try:
+                dataclasses.replace(self, **values, hparam_schedule=[])
+            except ConfigError as e:
+                raise ConfigError(f"--hparam-schedule entry {i} (epoch {change['epoch']}): {e}") from None
+            changes.append({"epoch": change["epoch"], **values})
+        object.__setattr__(self, "hparam_schedule", changes)
 
 
 # The range of every whole-number field, (lowest, highest, an example): beyond them something
@@ -357,7 +387,7 @@ def field_kinds() -> dict[str, tuple[type, bool]]:
         optional = _is_optional(kind)
         if optional:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        kinds[name] = (kind, optional)
+        kinds[name] = (typing.get_origin(kind) or kind, optional)  # list[dict[...]] -> list
     return kinds
 
 

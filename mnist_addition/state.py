@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import hparams
 from .config import TrainConfig
 from .data import Split
 
@@ -29,8 +30,10 @@ class Run:
     steps: int  # optimizer steps per epoch
     setup: dict[str, Any]  # device, precision, processes, batch sizes: config.json's "setup"
     run_dir: Path | None
+    hparams: dict[str, float]  # the scheduled values held in the epoch (hparams.SCHEDULED; step.hold sets them)
     tracker_ids: dict[str, dict[str, str]] = field(default_factory=dict)  # trackers.json of a resumed run
     began: bool = False  # training began (train.begin): a failure from here on is the run's (status.json)
+    weights_from: str | None = None  # whose weights a continued run copied (the next epoch's row says it)
 
     @property
     def world(self) -> int:
@@ -49,8 +52,10 @@ class Run:
         return self.accelerator.device
 
     def identity(self) -> dict[str, Any]:
-        """What a checkpoint records of the run that wrote it (checked when it is loaded)."""
-        return {"preset": self.config.preset, "width": self.config.width, "world": self.world}
+        """What a checkpoint records of the run that wrote it (checked when it is loaded), and its
+        schedule (``hparams.segments``: what a run continuing from it continues)."""
+        return {"preset": self.config.preset, "width": self.config.width, "world": self.world,
+                "schedule": hparams.segments(self.config)}
 
 
 # What trainer_state.json holds, and of which types: TrainState's saved fields, the global step,

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from .backends import fused_optimizer, synchronize
+from . import hparams
 from .config import TrainConfig
 from .metrics import loss_fn
 from .model import param_groups
@@ -29,11 +30,16 @@ def lr_schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]
     """The learning rate of (0-based) global step ``step``: a pure function, nothing to checkpoint.
 
     'onecycle' is torch's OneCycleLR (cosine, two phases, div_factor 25, final_div_factor 1e3),
-    written out so that it is the same floats step for step; 'constant' is ``config.lr``.
+    written out so that it is the same floats step for step; 'constant' is ``config.lr``, or each
+    epoch's value of ``config.hparam_schedule``.
     """
     peak = config.lr
     if config.schedule == "constant":
-        return lambda step: peak
+        if not any("lr" in change for change in config.hparam_schedule):
+            return lambda step: peak
+        per_epoch = [hparams.values_at(config, e)["lr"] for e in range(1, config.epochs + 1)]
+        steps = total_steps // config.epochs
+        return lambda step: per_epoch[min(step // steps, config.epochs - 1)]
     initial = peak / 25.0
     final = initial / 1e3
     warm_end = float(config.warmup * total_steps) - 1  # the step at which the peak is reached
@@ -52,10 +58,11 @@ def cuda_graphs(config: TrainConfig, device: torch.device, world: int) -> bool:
     return config.compile and device.type == "cuda" and world == 1 and config.gradient_accumulation_steps == 1
 
 
-def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.device,
-                 world: int) -> Callable[..., torch.Tensor]:
-    """The forward pass and loss of one (micro-)batch; with ``--compile``, compiled (its backward
-    with it). The function is compiled, not the module: the model's state_dict keys, and so
+def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.device, world: int,
+                 held: dict[str, float]) -> Callable[..., torch.Tensor]:
+    """The forward pass and loss of one (micro-)batch, weighted by the values ``held`` in the epoch
+    (``Run.hparams``: a schedule changes them in place; compiled code recompiles once when they
+    change); with ``--compile``, compiled (its backward with it). The function is compiled, not the module: the model's state_dict keys, and so
     checkpoints and model.safetensors, are the same with and without --compile.
 
     On one GPU without accumulation, mode 'reduce-overhead' replays forward, loss and backward as
@@ -65,7 +72,7 @@ def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.devi
     """
     def loss_of(images, numbers, digits, sums):  # (B, 1, 28, 28), (B,), (B,), (B,) -> ()
         digit_logits, sum_logits = model(images, numbers)
-        return loss_fn(digit_logits, sum_logits, digits, sums, config.sum_weight, config.label_smoothing)
+        return loss_fn(digit_logits, sum_logits, digits, sums, held["sum_weight"], held["label_smoothing"])
 
     if not config.compile:
         return loss_of
@@ -79,6 +86,14 @@ def make_loss_of(model: torch.nn.Module, config: TrainConfig, device: torch.devi
         return compiled(*batch)
 
     return graphed_loss_of
+
+
+def hold(run: Run, epoch: int) -> None:
+    """The scheduled values of ``epoch`` (``hparams.values_at``) take effect: the loss weights read
+    ``run.hparams``, the decayed parameters (``model.param_groups``' first group) get the weight decay;
+    the learning rate is ``run.lr_at``'s."""
+    run.hparams.update(hparams.values_at(run.config, epoch))
+    run.optimizer.param_groups[0]["weight_decay"] = run.hparams["weight_decay"]
 
 
 def warm_up(run: Run) -> float:

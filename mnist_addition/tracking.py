@@ -23,6 +23,8 @@ Trackers live on the main process only (Accelerate's ``on_main_process``).
 
 from __future__ import annotations
 
+import json
+
 import os
 import secrets
 from pathlib import Path
@@ -137,8 +139,10 @@ def identities(trackers: list[Any]) -> dict[str, dict[str, str]]:
 
 
 def hyperparameters(config: TrainConfig, setup: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config and the set-up, as scalars every tracker takes (None as 'none')."""
-    values = {k: "none" if v is None else v for k, v in config.to_dict().items()}
+    """The resolved config and the set-up, as scalars every tracker takes (None as 'none', the
+    hparam_schedule list as its JSON text)."""
+    values = {k: "none" if v is None else json.dumps(v) if isinstance(v, list) else v
+              for k, v in config.to_dict().items()}
     values.update({f"setup/{k}": v for k, v in setup.items() if isinstance(v, (int, float, str, bool))})
     return values
 

@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 
-from . import backends, checkpoint, pictures, runs, step, tracking
+from . import backends, checkpoint, hparams, pictures, runs, step, tracking
 from .backends import is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
 from .checkpointer import Checkpointer, TrainingDiverged
 from .config import ConfigError, TrainConfig, check_batch, check_model_fits
@@ -49,7 +49,7 @@ from .resume import auto_resume_mode, check_resume
 from .runfolder import FINISHED, RunFolder, check_run_dir, describe
 from .state import Run, TrainState
 
-__all__ = ["fit", "prepare", "process_state", "resolve_mixed_precision", "TrainingDiverged", "TrainState"]
+__all__ = ["Continuation", "fit", "prepare", "process_state", "resolve_mixed_precision", "TrainingDiverged", "TrainState"]
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -156,6 +156,7 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
     steps = steps_per_epoch(len(data.train), config.batch_size)
     optimizer = step.make_optimizer(model, config, device)
     model, optimizer = accelerator.prepare(model, optimizer)
+    held = hparams.values_at(config, 1)  # the loss reads them; step.hold sets each epoch's
     micro = config.gradient_accumulation_steps
     setup_info = {"num_processes": world, "distributed_type": str(accelerator.distributed_type.value),
                   "mixed_precision": accelerator.mixed_precision, "device": str(device),
@@ -165,7 +166,7 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
                   "global_batch_size": config.batch_size, "per_process_batch_size": config.batch_size // world,
                   "micro_batch_size": config.batch_size // world // micro, "params": n_params}
     return Run(config=config, accelerator=accelerator, model=model, optimizer=optimizer,
-               loss_of=step.make_loss_of(model, config, device, world),
+               loss_of=step.make_loss_of(model, config, device, world, held), hparams=held,
                lr_at=step.lr_schedule(config, steps * config.epochs), train=data.train.to(device),
                val=data.val.to(device), test=data.test.to(device), steps=steps, setup=setup_info,
                run_dir=Path(config.output_dir) if config.output_dir else None)
@@ -199,11 +200,23 @@ def open_run_folder(run: Run, resume: bool, overwrite: bool) -> RunFolder | None
 # ------------------------------------------------------------------------------------------------
 # Where training stands
 # ------------------------------------------------------------------------------------------------
-def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainState:
-    """From scratch, or from the newest usable checkpoint (model and optimizer restored too)."""
+class Continuation(NamedTuple):
+    """Where a run that continues another run starts (``fit(continue_from=...)``; what PBT's exploit is)."""
+
+    checkpoint: Path  # an epoch-end checkpoint of the run continued: the same model, batch and data
+    source: str | None  # whose weights they are, as the first row trained after them says (``weights_from``);
+    # None: the run's own (a paused trial going on), nothing to record
+
+
+def start_state(run: Run, resume: bool, warn: Callable[[str], None],
+                continue_from: Continuation | None = None) -> TrainState:
+    """From scratch, from the newest usable checkpoint (model and optimizer restored too), or from
+    the checkpoint of another run this one continues."""
+    say = warn if run.main else (lambda _: None)
+    if continue_from is not None:
+        return continued_state(run, continue_from, say)
     if not resume:
         return TrainState(run.steps)
-    say = warn if run.main else (lambda _: None)
 
     def accept(path: Path, saved: dict[str, Any]) -> None:  # raises CheckpointError: try the one before
         check_fits(run, path, saved)
@@ -217,6 +230,36 @@ def start_state(run: Run, resume: bool, warn: Callable[[str], None]) -> TrainSta
     if state.step == run.steps:  # the checkpoint closed an epoch
         state.next_epoch()
     say(f"resuming from {path.name}: epoch {state.epoch}, step {state.step}/{run.steps}")
+    return state
+
+
+def continued_state(run: Run, start: Continuation, say: Callable[[str], None]) -> TrainState:
+    """Continue another run from the end of one of its epochs with this config's later values.
+
+    Not a resume (which refuses any change of the run's maths): the config may differ from the
+    continued run's in its scheduled values from the next epoch on (``hparams``), and must agree
+    with what that run held up to the checkpoint, so that the config replays the weights' whole
+    history from scratch. The first row trained after it names ``start.source``.
+    """
+    path, error = Path(start.checkpoint), checkpoint.CheckpointError
+    saved = checkpoint.read_state(path)
+    check_fits(run, path, saved)
+    if saved["step"] != run.steps:
+        raise error(f"checkpoint {path} is in the middle of epoch {saved['epoch']}: a run continues another from "
+                    "the end of an epoch; use that run's epoch-end checkpoint")
+    if saved.get("schedule") is None:
+        raise error(f"checkpoint {path} was written before checkpoints recorded their hyperparameters: it can be "
+                    "resumed, not continued with other values")
+    problem = hparams.disagreement(run.config, saved["schedule"], saved["epoch"])
+    if problem:
+        raise ConfigError(f"cannot continue from {path}: {problem}; a continued run's config keeps the past of the "
+                          "run it continues (hparams.continued builds it)")
+    checkpoint.load_training_state(path, run.accelerator.unwrap_model(run.model), run.optimizer)
+    state = TrainState.from_saved(saved, run.steps, run.world)
+    state.next_epoch()
+    if start.source is not None:
+        run.weights_from = f"{start.source} (epoch {saved['epoch']}, step {saved['global_step']})"
+        say(f"continuing {run.weights_from} with {hparams.values_at(run.config, state.epoch)}")
     return state
 
 
@@ -247,28 +290,34 @@ def check_fits(run: Run, path: Path, saved: dict[str, Any]) -> None:
 def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist | None = None,
         progress: bool = True, test_every_epoch: bool = False, resume: bool = False,
         warn: Callable[[str], None] = print, score_test: bool = True, download: bool = True,
-        on_checkpoint: Callable[[Path], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
+        on_checkpoint: Callable[[Path], None] | None = None, overwrite: bool = False,
+        continue_from: Continuation | None = None) -> dict[str, Any]:
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
     ``data``: MNIST already read. With ``config.output_dir`` the main process holds that run folder;
     ``resume`` continues from its newest valid checkpoint (``resume.py``'s rules), ``overwrite``
     replaces a run there. ``test_every_epoch`` scores the test set each epoch (benchmarks, never for
     selection), ``score_test=False`` never (sweep trials). ``on_checkpoint(path)``: after each checkpoint.
+    ``continue_from``: a new run (in a new folder) that starts where another run's checkpoint ends,
+    with this config's later scheduled values (``continued_state``; population-based training).
     """
+    if resume and continue_from is not None:
+        raise ConfigError("a run either resumes its own checkpoint or continues another run's: not both")
     process = process_state(config.cpu, config.dist_timeout)
     with numerics(cuda=not use_cpu(config.cpu), deterministic=config.deterministic) as precision, \
             StopSignal() as stop, peers_explained(process.process_index, process.num_processes, config.dist_timeout):
         run = setup(config, data, precision, download)
         folder = open_run_folder(run, resume, overwrite)
         with _failures_explained(run, folder):
-            state = start_state(run, resume, warn)
-            begin(run, state, resume)
+            state = start_state(run, resume, warn, continue_from)
+            begin(run, state, resume or continue_from is not None)
             checkpointer = Checkpointer(run, folder, on_checkpoint)
             with Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
                 while state.epoch <= config.epochs:
                     first, start = state.step, time.perf_counter()
                     loss_sum = torch.full((), state.loss_sum, device=run.device)
                     run.model.train()
+                    step.hold(run, state.epoch)
                     bar.start_epoch(state.epoch, first)
                     checkpointer.begin_epoch(state)
                     for images, numbers, digits, sums in train_batches(
@@ -362,8 +411,8 @@ def stop_reason(error: BaseException | None) -> str:
 
 
 def begin(run: Run, state: TrainState, resume: bool) -> None:
-    """Before the first step: compile, config.json (and on resume metrics.jsonl as the checkpoint
-    knows it), trackers."""
+    """Before the first step: compile, config.json (and, resumed or continued, metrics.jsonl as the
+    checkpoint knows it), trackers."""
     run.began = True
     run.setup["compile_seconds"] = step.warm_up(run)  # not counted as training time
     if run.run_dir and run.main:
@@ -376,7 +425,7 @@ def begin(run: Run, state: TrainState, resume: bool) -> None:
 
 def score(run: Run, split: Split) -> dict[str, Any]:
     """Loss and accuracies on ``split``, counts summed over all processes."""
-    counts = evaluate_counts(run.model, split, run.config.eval_batch_size, run.config.sum_weight, run.rank, run.world)
+    counts = evaluate_counts(run.model, split, run.config.eval_batch_size, run.hparams["sum_weight"], run.rank, run.world)
     return summarize(run.accelerator.reduce(counts, reduction="sum"))
 
 
@@ -387,7 +436,11 @@ def epoch_row(run: Run, state: TrainState, seconds: float, first: int, test_ever
     if test_every_epoch:
         row.update({f"test_{k}": v for k, v in score(run, run.test).items()})
     row.update({"images_per_s": (run.steps - first) * run.config.batch_size / seconds, "epoch_seconds": seconds,
-                "train_seconds": state.train_seconds, "lr": run.lr_at(state.global_step)})
+                "train_seconds": state.train_seconds, "lr": run.lr_at(state.global_step - 1)})
+    # what held in the epoch (the lr: at its last step), and whose weights it started from
+    row.update({k: run.hparams[k] for k in hparams.SCHEDULED if k != "lr"})
+    if run.weights_from:
+        row[checkpoint.WEIGHTS_FROM], run.weights_from = run.weights_from, None
     return row
 
 

@@ -99,7 +99,8 @@ def test_each_fields_role_is_declared_once_on_the_field():
                                   "dist_timeout", "log_with"}
     assert smoke_overrides() == {"epochs": 1, "batch_size": 128, "train_limit": 10_000, "eval_limit": 1000}
     assert smoke_overrides(sweep=True) == {**smoke_overrides(), "epochs": 2}  # ASHA needs two epochs to decide
-    assert sweep_owned() == {"data_dir": "--data-dir", "output_dir": "--storage-path/--name", "log_with": "--log-with"}
+    assert sweep_owned() == {"data_dir": "--data-dir", "output_dir": "--storage-path/--name", "log_with": "--log-with",
+                             "hparam_schedule": "--scheduler pbt"}
     infra = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["infra"]}
     assert resumable_fields() <= infra and "lr" not in infra and {"cpu", "mixed_precision"} <= infra
 

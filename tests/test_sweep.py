@@ -288,6 +288,44 @@ def test_a_multi_objective_sweep_finds_the_front_and_picks_the_cheapest_trial_me
     assert summary["metrics"] == ["val_both_acc", "train_seconds"] and summary["best_trial"] == fastest["trial_id"]
 
 
+def test_population_based_training_copies_weights_and_the_copied_schedule_replays_from_scratch(
+        tmp_path, mnist_dir, cluster, capsys):
+    """4 trials, 4 epochs, a perturbation after every epoch, 2 at a time (a synchronous population
+    takes turns): the worst quarter copies the best one's weights three times. A trial that copied
+    records whose weights it took; its config.json holds the schedule it held epoch by epoch, and
+    `train --config` of it follows that schedule from scratch."""
+    from mnist_addition import hparams
+
+    space = tiny_space(tmp_path, epochs=4, search={"lr": {"loguniform": [0.001, 0.05]}})
+    assert main(tune_args(space, mnist_dir, tmp_path, "pbt", "--num-samples", "4", "--scheduler", "pbt",
+                          "--perturbation-epochs", "1", "--address", cluster.address)) == 0
+    sweep = tmp_path / "pbt"
+    trials = read_trials(sweep)
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["copies"] >= 3 and summary["finished"] == 4, summary
+    copier = next(t for t in trials if t["copied_from"])
+    run = sweep / f"trial-{copier['trial_id']}" / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    donor, _, at = copier["copied_from"].split()[-1].partition("@")
+    assert donor != f"trial-{copier['trial_id']}" and (sweep / donor).is_dir()
+    assert rows[int(at)]["weights_from"].startswith(f"{donor} (epoch {at}, step ")
+    config = TrainConfig.load(run / "config.json")
+    assert config.schedule == "constant" and config.hparam_schedule, config.hparam_schedule
+    for row in rows:  # the config says what each epoch held
+        held = hparams.values_at(config, row["epoch"])
+        assert [held[k] for k in hparams.SCHEDULED] == [row[k] for k in hparams.SCHEDULED]
+    best = TrainConfig.load(sweep / "best_config.json")
+    winner = TrainConfig.load(sweep / f"trial-{summary['best_trial']}" / "run" / "config.json")
+    assert best == winner.replace(data_dir=None, output_dir=None)
+
+    replay = tmp_path / "replay"
+    assert main(["train", "--config", str(run / "config.json"), "--data-dir", str(mnist_dir), "--output-dir",
+                 str(replay), "--cpu"]) == 0
+    again = [json.loads(line) for line in (replay / "metrics.jsonl").read_text().splitlines()]
+    assert [[r[k] for k in hparams.SCHEDULED] for r in again] == [[r[k] for k in hparams.SCHEDULED] for r in rows]
+    capsys.readouterr()
+
+
 def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, cluster, monkeypatch):
     marker = tmp_path / "crashed-once"
     monkeypatch.setattr(trial_module, "run_trial", crash_once_after_epoch_1(str(marker)))
@@ -505,6 +543,15 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
     big_batch = tmp_path / "big.yaml"  # fine for TrainConfig; larger than the 500 training images
     big_batch.write_text(yaml.safe_dump({"fixed": {k: v for k, v in TINY.items() if k != "batch_size"},
                                          "search": {"batch_size": {"choice": [32, 512]}}}))
+    width_only, searched_epochs, onecycle, owned = (tmp_path / f"{n}.yaml" for n in ("w", "e", "o", "h"))
+    width_only.write_text(yaml.safe_dump({"fixed": {k: v for k, v in TINY.items() if k != "width"},
+                                          "search": {"width": {"choice": [4, 8]}}}))
+    searched_epochs.write_text(yaml.safe_dump({"fixed": {k: v for k, v in TINY.items() if k != "epochs"},
+                                               "search": {"lr": {"uniform": [0.01, 0.02]},
+                                                          "epochs": {"randint": [2, 3]}}}))
+    onecycle.write_text(yaml.safe_dump({"fixed": {**TINY, "epochs": 4, "schedule": "onecycle"},
+                                        "search": {"lr": {"uniform": [0.01, 0.02]}}}))
+    owned.write_text(yaml.safe_dump({"fixed": {**TINY, "hparam_schedule": []}, "search": {"lr": {"uniform": [0.01, 0.02]}}}))
     cases = [
         (["--space", str(bad)], "lr: uniform needs low < high", 2),
         (["--space", "nonsense"], "--space nonsense: no such file", 2),
@@ -532,6 +579,22 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
          "a trial with batch_size=512 would fail: --batch-size 512 is larger than the 500 training images", 2),
         (["--space", str(space), "--data-dir", str(mnist_dir), "--workers-per-trial", "3"],
          "--batch-size 32 is not divisible by 3 processes", 2),
+        (["--space", str(space), "--scheduler", "pbt", "--metric", "val_both_acc", "--metric", "train_seconds"],
+         "--scheduler pbt ranks its population on one --metric", 2),
+        (["--space", str(space), "--scheduler", "pbt", "--search", "optuna"], "drop --search optuna", 2),
+        (["--space", str(space), "--scheduler", "pbt", "--workers-per-trial", "2"], "drop --workers-per-trial 2", 2),
+        (["--space", str(space), "--scheduler", "pbt", "--perturbation-epochs", "0"],
+         "--perturbation-epochs must be at least 1", 2),
+        (["--space", str(space), "--data-dir", str(mnist_dir), "--scheduler", "pbt", "--perturbation-epochs", "2"],
+         "--perturbation-epochs 2 leaves no perturbation in the trials' 2 epochs", 2),
+        (["--space", str(width_only), "--data-dir", str(mnist_dir), "--scheduler", "pbt"],
+         "searches none of them: add one", 2),
+        (["--space", str(searched_epochs), "--data-dir", str(mnist_dir), "--scheduler", "pbt"],
+         "searches epochs, but a population trains together", 2),
+        (["--space", str(onecycle), "--data-dir", str(mnist_dir), "--scheduler", "pbt"],
+         "trains with a constant learning rate between its perturbations", 2),
+        (["--space", str(owned), "--data-dir", str(mnist_dir)],
+         "'hparam_schedule' is set by the sweep, not the space: remove it and use --scheduler pbt", 2),
     ]
     for extra, message, expected in cases:
         code = main(["tune", "--storage-path", str(storage), *extra])

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig, check_batch, smoke_overrides
 from ..errors import shown
+from ..hparams import SCHEDULED
 from .spaces import Space, load_space, parse_space
-from . import trackers, trial
+from . import pbt, trackers, trial
 from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
 from .results import score_metric, trial_rows, write_results
 from .storage import Store, absolute, experiment_uri
@@ -68,8 +69,9 @@ def _restore_options(options: SweepOptions, store: Store) -> Space:
     where = store.where(SWEEP_FILE)
     try:
         saved = json.loads(store.read(SWEEP_FILE))
-        for key in SweepOptions.SWEEP_DEFINING:  # (sweeps from before --log-with logged nowhere)
-            setattr(options, key, saved["options"].get(key, "none") if key == "log_with" else saved["options"][key])
+        for key in SweepOptions.SWEEP_DEFINING:
+            default = SweepOptions.ADDED_LATER.get(key, KeyError)
+            setattr(options, key, saved["options"][key] if default is KeyError else saved["options"].get(key, default))
         options.__post_init__()  # a metric list from JSON (or one metric's string, from earlier versions) as a tuple
         if options.data_dir is None:
             options.data_dir = saved["options"]["data_dir"]
@@ -107,6 +109,9 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
     # --smoke (TrainConfig's sweep_smoke values: little data, 2 epochs so that ASHA has something to
     # decide); the space's own searched keys still win
     base = space.base(smoke_overrides(sweep=True) if options.smoke else None)  # every trial's config but the sampled keys
+    if options.scheduler == "pbt":
+        pbt.check(options, space, base, TrainConfig.from_dict(base).epochs)
+        base = {**base, "schedule": "constant"}  # the lr PBT perturbs is the one training uses (pbt.py)
     _load_and_check_data(options, space, base)
     base_epochs = TrainConfig.from_dict(base).epochs
     max_epochs = space.largest("epochs", base_epochs)
@@ -181,8 +186,8 @@ def _tuner(options: SweepOptions, space: Space, base: dict[str, Any], store: Sto
         store.write(SWEEP_FILE, sweep)
         signer.sign(SWEEP_FILE, sweep)
         tuner = tune.Tuner(trainable, param_space=_param_space(space),
-                           tune_config=_tune_config(options, max_epochs, concurrent),
-                           run_config=_run_config(options, store.uri))
+                           tune_config=_tune_config(options, space, max_epochs, concurrent),
+                           run_config=_run_config(options, store.uri, max_epochs))
         signer.sign_stored()  # tuner.pkl, which Ray wrote straight into the storage
         signer.save()
         return tuner
@@ -275,7 +280,7 @@ def _trainable(options: SweepOptions, base: dict[str, Any], store: Store) -> Any
     settings = trial.TrialSettings(
         base=base, data_dir=options.data_dir, download=options.download, workers=workers,
         cpus_per_worker=options.cpus_per_trial / workers, gpus_per_worker=gpus / workers,
-        max_failures=options.max_failures, experiment_uri=store.uri)
+        max_failures=options.max_failures, experiment_uri=store.uri, continues=options.scheduler == "pbt")
     if workers == 1:
         resources = {"cpu": options.cpus_per_trial, "gpu": gpus}
     else:
@@ -325,7 +330,7 @@ def _short(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _tune_config(options: SweepOptions, max_epochs: int, concurrent: int) -> Any:
+def _tune_config(options: SweepOptions, space: Space, max_epochs: int, concurrent: int) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -340,6 +345,8 @@ def _tune_config(options: SweepOptions, max_epochs: int, concurrent: int) -> Any
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=options.grace_epochs,
                                   reduction_factor=2, **({} if single else {"metric": options.primary,
                                                                             "mode": options.resolved_mode()}))
+    elif options.scheduler == "pbt":
+        scheduler = pbt.scheduler(options, space, {k: v for k, v in _param_space(space).items() if k in SCHEDULED})
     else:
         scheduler = FIFOScheduler()
     if options.search == "optuna":
@@ -364,13 +371,18 @@ def _trial_dir(t: Any) -> str:
     return trial.trial_dirname(t.trial_id)
 
 
-def _run_config(options: SweepOptions, store_uri: str) -> Any:
+def _run_config(options: SweepOptions, store_uri: str, max_epochs: int) -> Any:
     from ray import tune
 
     from .signing import SignState
 
     return tune.RunConfig(
         name=options.name, storage_path=options.storage_path, verbose=0,
+        # PBT: a trial ends at its last epoch's report, before the scheduler could perturb it there
+        # (a copy with nothing left to train would only duplicate its donor)
+        stop={"epoch": max_epochs} if options.scheduler == "pbt" else None,
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # PBT: a trial may copy any member's checkpoint at a perturbation, even after that member
+        # trained on (a synchronous population takes turns on a small machine): keep them all
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if options.scheduler == "pbt" else 1),
         callbacks=[_printer(options.num_samples), SignState(), *trackers.callbacks(options.log_with, options.name, store_uri)])

@@ -21,7 +21,7 @@ from ..layout import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, SWEEP_FILE  #
 METRICS = {"val_both_acc": "max", "val_digit_acc": "max", "val_sum_acc": "max", "val_loss": "min",
            "train_seconds": "min"}
 PICK_OPERATORS = (">=", "<=")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "pbt")
 SEARCHERS = ("random", "optuna")
 DRIVER_CPUS = 0.1  # a multi-worker trial's own process only waits on its TorchTrainer
 # Ray schedules fractional GPUs in steps of 1/10,000; a share is rounded down to that.
@@ -81,9 +81,13 @@ class SweepOptions:
     log_with: str = _o("none", "trackers that log each trial as a run of one experiment named --name, comma-separated: "
                                "mlflow, tensorboard, wandb, aim, comet_ml; logged by this machine (the driver), "
                                "so only it needs the tracking store (see docs/tracking.md)", WHERE)
-    scheduler: str = _o("asha", "asha stops bad trials early", HOW, SCHEDULERS)
+    scheduler: str = _o("asha", "asha stops bad trials early; fifo trains every trial to its end; pbt: "
+                                "population-based training, in which the worst trials copy the best ones' weights "
+                                "and go on with their lr, weight_decay, sum_weight, label_smoothing perturbed "
+                                "(docs/sweeps.md)", HOW, SCHEDULERS)
     grace_epochs: int = _o(1, "asha: epochs every trial trains before it may be stopped; its rungs are at 1, 2, "
                               "4... times this", HOW)
+    perturbation_epochs: int = _o(2, "pbt: epochs between two perturbations of the population", HOW)
     search: str = _o("random", "random sampling or Optuna's TPE", HOW, SEARCHERS)
     metric: tuple[str, ...] = _o(("val_both_acc",), "what to select on; repeat it for a multi-objective sweep, e.g. "
                                                     "--metric val_both_acc --metric train_seconds (Pareto front; "
@@ -110,7 +114,9 @@ class SweepOptions:
     # Fixed by the first run of a sweep; --resume takes them from sweep.json.
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
                       "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke",
-                      "log_with")  # the trackers' callbacks are restored with the sweep's state
+                      "log_with", "perturbation_epochs")  # the trackers' callbacks are restored with the sweep's state
+    # What sweep.json of an earlier version, without these options, ran with.
+    ADDED_LATER = {"log_with": "none", "perturbation_epochs": 2}
 
     @classmethod
     def from_flags(cls, given: dict[str, Any]) -> "SweepOptions":
@@ -159,6 +165,7 @@ class SweepOptions:
         need(self.max_failures >= 0, "max_failures", f"must be >= 0 (got {self.max_failures})")
         need(self.top >= 1, "top", f"must be at least 1 (got {self.top})")
         need(self.grace_epochs >= 1, "grace_epochs", f"must be at least 1 (got {self.grace_epochs})")
+        need(self.perturbation_epochs >= 1, "perturbation_epochs", f"must be at least 1 (got {self.perturbation_epochs})")
         need(self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
         need(self.search in SEARCHERS, "search", f"must be one of {', '.join(SEARCHERS)}")
         self._check_metrics()
@@ -173,6 +180,13 @@ class SweepOptions:
         workers = self.workers()
         need(self.cpus_per_trial / workers >= 0.1 or workers == 1, "cpus_per_trial",
              f"{self.cpus_per_trial:g} is too few for {workers} workers: give each at least 0.1 CPU")
+        if self.scheduler == "pbt":  # one number to rank the population by, new members only by perturbation
+            need(len(self.metric) == 1, "scheduler", "pbt ranks its population on one --metric: give one (a Pareto "
+                                                     "search is --scheduler asha or fifo)")
+            need(self.search == "random", "scheduler", "pbt samples its first population at random and then perturbs "
+                                                       "it: drop --search optuna")
+            need(workers == 1, "scheduler", f"pbt trials train in one process each (a copied trial continues the "
+                                            f"weights itself): drop --workers-per-trial {workers} or use asha")
 
     def _check_metrics(self) -> None:
         unknown = next((m for m in self.metric if m not in METRICS), None)

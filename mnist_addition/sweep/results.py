@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from ..layout import CONFIG
 from .options import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, NoUsableTrial, SweepOptions
 
 PARETO_CSV, PARETO_PLOT = "pareto.csv", "pareto.png"
@@ -119,8 +120,16 @@ def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int,
         rows.append({"trial_id": trial_id, **{k: result.config.get(k) for k in keys}, "status": status,
                      "epochs_run": epochs_run, "budget_epochs": budget, **{k: m.get(k) for k in METRIC_COLUMNS},
                      "trial_seconds": m.get("time_total_s"), "moved_from": " ".join(earlier_nodes(history)),
-                     "curve": curve})
+                     "copied_from": " ".join(copies(history)), "curve": curve})
     return rows
+
+
+def copies(history: Any) -> list[str]:
+    """Whose weights a PBT trial copied, in order (``weights_from`` of the epochs after each copy)."""
+    if history is None or "weights_from" not in history:
+        return []
+    return [str(w).split(" (")[0] + "@" + str(int(e) - 1)
+            for w, e in zip(history["weights_from"], history["epoch"]) if isinstance(w, str)]
 
 
 def earlier_nodes(history: Any) -> list[str]:
@@ -145,6 +154,9 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
     written = [CSV_FILE]
     columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6], "trial_seconds",
                *METRIC_COLUMNS[6:], "moved_from"]
+    if options.scheduler == "pbt":  # whose weights each trial copied, at which epoch's end
+        columns.append("copied_from")
+        summary["copies"] = sum(len(t["copied_from"].split()) for t in trials if t.get("copied_from"))
     if len(options.metric) > 1:  # a multi-objective sweep: the front, marked in trials.csv, and its files
         front = pareto_front(trials, options.metric, options.modes())
         for t in trials:
@@ -160,7 +172,7 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
     except NoTrialMeetsRule as refusal:
         best, unmet = None, refusal
     if best is not None:
-        summary.update(_write_best(best, keys, base, store))
+        summary.update(_write_best(best, keys, base, store, options.scheduler == "pbt"))
         written.append(BEST_FILE)
     if ranked:
         from ..plots import plot_sweep
@@ -212,9 +224,17 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
     return text.getvalue().encode()
 
 
-def _write_best(best: dict[str, Any], keys: list[str], base: dict[str, Any], store: Store) -> dict[str, Any]:
-    """best_config.json (for ``train --config``); what summary.json says of it."""
-    best_config = TrainConfig.from_dict({**base, **{k: best[k] for k in keys}}, source="the best trial")
+def _write_best(best: dict[str, Any], keys: list[str], base: dict[str, Any], store: Store,
+                schedule: bool = False) -> dict[str, Any]:
+    """best_config.json (for ``train --config``); what summary.json says of it. ``schedule`` (PBT):
+    the best trial's own config.json, whose hparam_schedule replays what it held epoch by epoch."""
+    if schedule:
+        from .trial import RUN, trial_dirname
+
+        where = f"{trial_dirname(best['trial_id'])}/{RUN}/{CONFIG}"
+        best_config = TrainConfig.from_dict(json.loads(store.read(where))["config"], source=store.where(where))
+    else:
+        best_config = TrainConfig.from_dict({**base, **{k: best[k] for k in keys}}, source="the best trial")
     best_config = best_config.replace(data_dir=None, output_dir=None)  # say where on the command line
     store.write(BEST_FILE, (best_config.to_json() + "\n").encode())
     return {"best_trial": best["trial_id"], "best_config": best_config.to_dict(),

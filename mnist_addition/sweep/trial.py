@@ -32,6 +32,7 @@ from ..config import TrainConfig
 from .storage import Store
 
 RUN = "run"
+CONTINUED_FROM = "continued-from"  # beside RUN: the checkpoint a PBT trial continues
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TrialSettings:
     gpus_per_worker: float
     max_failures: int
     experiment_uri: str  # STORAGE/NAME: run folders, and a multi-worker trial's Ray Train run, go below it
+    continues: bool = False  # PBT: a restored checkpoint is continued (maybe another trial's, with new values)
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -73,7 +75,12 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
     process = process_state(config.cpu)  # under Ray Train: joins the process group Ray Train set up
-    resumed_from = _prepare_run_dir(run_dir, restored, process)
+    start = None
+    if settings.continues and restored is not None:
+        config, start = _prepare_continuation(run_dir, restored, upload_as.split("/")[0], config)
+        resumed_from = read_state(start.checkpoint)["epoch"]
+    else:
+        resumed_from = _prepare_run_dir(run_dir, restored, process)
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if process.is_main_process else None
     facts = {"processes": process.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
@@ -86,7 +93,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
         if store is not None:
             store.upload(run_dir, upload_as, skip=(CHECKPOINTS,))
             # the checkpoint fit just wrote (or, when a restored run had nothing left to train, the restored one)
-            latest = written[-1] if written else latest_valid(run_dir)[0]
+            latest = written[-1] if written else start.checkpoint if start else latest_valid(run_dir)[0]
             checkpoint = checkpoint_class.from_directory(str(latest))  # Ray copies it to storage
         report({**row, **facts}, checkpoint=checkpoint)
 
@@ -94,8 +101,9 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
         if row["epoch"] < config.epochs:
             send(row)
 
-    final = fit(config, report=on_epoch, data=data, progress=False, resume=restored is not None, score_test=False,
-                warn=lambda line: print(line, flush=True), on_checkpoint=written.append)
+    final = fit(config, report=on_epoch, data=data, progress=False, resume=restored is not None and start is None,
+                score_test=False, warn=lambda line: print(line, flush=True), on_checkpoint=written.append,
+                continue_from=start)
     # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
     # the scheduler ends a trial at its last report, before any code after it runs.
     send(final["history"][-1])
@@ -111,6 +119,27 @@ def _prepare_run_dir(run_dir: Path, restored: Any, process: Any) -> int:
                 restore_into(run_dir, src)
         process.wait_for_everyone()
         return read_state(src)["epoch"] if src else 0
+
+
+def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: TrainConfig) -> tuple[TrainConfig, Any]:
+    """PBT: a fresh run folder, the checkpoint Ray handed back copied beside it, and the config that
+    continues it (``hparams.continued``: the copied run's past, this trial's values from the next
+    epoch on). The checkpoint is another trial's after an exploit (recorded as ``weights_from``),
+    or this trial's own after a pause or a retry (nothing to record)."""
+    from ..hparams import continued
+    from ..train import Continuation
+
+    copy = run_dir.parent / CONTINUED_FROM
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(copy, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    with restored.as_directory() as src:
+        shutil.copytree(src, copy, symlinks=True)
+    saved = read_state(copy)
+    if saved.get("schedule") is None:
+        raise RuntimeError(f"checkpoint {restored.path} records no hyperparameters: it was not written by this version")
+    source = Path(restored.path).parent.name
+    return continued(config, saved["schedule"], saved["epoch"]), Continuation(copy, None if source == trial_dir else source)
 
 
 def staging_dir(trial_dir: str) -> Path:
