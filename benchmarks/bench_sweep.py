@@ -5,6 +5,7 @@ config retrained on the official test set.
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space wide --search optuna --num-samples 16 --seeds 3
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space speed --search optuna --scheduler fifo \
         --metric val_both_acc --metric train_seconds --pick "val_both_acc>=0.993" --num-samples 20 --seeds 3
+    python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space pbt --scheduler pbt --num-samples 6 --seeds 3
 
 1. Runs ``mnist-addition tune`` over ``--space`` (default ``tune/default.yaml``) with a local Ray,
    ASHA and ``--search`` (random or Optuna's TPE).
@@ -41,7 +42,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--search", choices=("random", "optuna"), default="random")
     parser.add_argument("--grace-epochs", type=int, default=1, help="ASHA's grace period")
-    parser.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    parser.add_argument("--scheduler", choices=("asha", "fifo", "pbt"), default="asha")
+    parser.add_argument("--perturbation-epochs", type=int, default=2, help="pbt: epochs between perturbations")
     parser.add_argument("--metric", action="append", help="repeat for a multi-objective sweep (default: val_both_acc)")
     parser.add_argument("--pick", help="the rule that picks best_config.json, e.g. val_both_acc>=0.993")
     parser.add_argument("--seed", type=int, default=0, help="the sweep's sampler seed")
@@ -56,7 +58,8 @@ def main() -> None:
     options = SweepOptions(space=str(find_space(args.space)), num_samples=args.num_samples, data_dir=args.data_dir,
                            storage_path=args.storage_path, name=name, cpus_per_trial=args.cpus_per_trial,
                            search=args.search, seed=args.seed, grace_epochs=args.grace_epochs,
-                           scheduler=args.scheduler, metric=tuple(args.metric or ("val_both_acc",)), pick=args.pick)
+                           scheduler=args.scheduler, metric=tuple(args.metric or ("val_both_acc",)), pick=args.pick,
+                           perturbation_epochs=args.perturbation_epochs)
     started = time.perf_counter()
     summary = run_sweep(options, console)
     sweep_seconds = time.perf_counter() - started
@@ -100,6 +103,9 @@ def main() -> None:
                    + ("" if "epochs" in searched else f" epochs={best.epochs}"), ms("digit"), ms("sum"), ms("both"),
                    ms("seconds", 1.0))
     console.print(result)
+    if best.hparam_schedule:  # PBT: the schedule retrained is the winner's, replayed from scratch
+        console.print(f"schedule replayed: {best.lr:.3g} lr, {best.sum_weight:.3g} sum weight, {best.weight_decay:.3g} "
+                      f"weight decay from epoch 1, then {json.dumps(best.hparam_schedule)}")
     retrain_seconds = time.perf_counter() - retrain_started
     console.print(f"sweep {sweep_seconds / 60:.1f} min + retraining {retrain_seconds / 60:.1f} min "
                   f"= {(sweep_seconds + retrain_seconds) / 60:.1f} min on this machine")
