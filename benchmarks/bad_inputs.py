@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -172,6 +172,7 @@ class Cases:
             "a 16-bit image reads like its 8-bit version": self.sixteen_bit,
             **Issue15(self).all(),
             **Issue18(self).all(),
+            **Issue19(self).all(),
         }
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -776,6 +777,46 @@ class Issue18:
         if clean(proc, 0):
             return clean(proc, 0)
         return "" if json.loads(proc.stdout)[0]["status"].startswith("broken") else "not listed as broken"
+
+
+class Issue19:
+    """The cases of issue 19: schedules in config files, and population-based training's options."""
+
+    def __init__(self, base: Cases) -> None:
+        self.base, self.work, self.data = base, base.work / "i19", str(base.data)
+        self.work.mkdir()
+
+    def all(self) -> dict[str, Callable[[], str]]:
+        d, w = self.data, self.work
+        tiny = {"width": 8, "epochs": 3, "batch_size": 32, "val_size": 100, "schedule": "constant"}
+
+        def schedule(name: str, changes: Any, **extra: Any) -> Callable[[], str]:
+            return lambda: self.base.write_and_run(
+                w / f"{name}.json", json.dumps({**tiny, **extra, "hparam_schedule": changes}),
+                lambda p: cli("train", "--config", str(p), "--data-dir", d, "--output-dir", str(w / name)))
+
+        tune = ("tune", "--smoke", "--data-dir", d, "--storage-path", str(w / "sw"))
+        cases: dict[str, Callable[[], str]] = {
+            "hparam_schedule a string": schedule("s1", "lr=0.1"),
+            "hparam_schedule out of order": schedule("s2", [{"epoch": 3, "lr": 0.1}, {"epoch": 2, "lr": 0.2}]),
+            "hparam_schedule beyond the run": schedule("s3", [{"epoch": 9, "lr": 0.1}]),
+            "hparam_schedule changing width": schedule("s4", [{"epoch": 2, "width": 64}]),
+            "hparam_schedule lr NaN": lambda: self.base.write_and_run(
+                w / "s5.json", '{"schedule": "constant", "epochs": 3, "hparam_schedule": [{"epoch": 2, "lr": NaN}]}',
+                lambda p: cli("train", "--config", str(p), "--data-dir", d, "--output-dir", str(w / "s5"))),
+            "hparam_schedule lr under onecycle": schedule("s6", [{"epoch": 2, "lr": 0.1}], schedule="onecycle"),
+            "hparam_schedule of 20,000 changes": schedule(
+                "s7", [{"epoch": e, "sum_weight": 0.5} for e in range(2, 20_002)], epochs=50_000),
+            "tune --scheduler pbt with two metrics": lambda: clean(cli(
+                *tune, "--scheduler", "pbt", "--metric", "val_both_acc", "--metric", "train_seconds"), 2),
+            "tune --scheduler pbt --perturbation-epochs 5 (2 epochs)": lambda: clean(cli(
+                *tune, "--scheduler", "pbt", "--perturbation-epochs", "5"), 2),
+            "tune --scheduler pbt on a space searching no scheduled field": lambda: self.base.write_and_run(
+                w / "widths.yaml", "fixed: {epochs: 4}\nsearch:\n  width: {choice: [8, 16]}\n",
+                lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"),
+                              "--scheduler", "pbt")),
+        }
+        return {f"[19] {name}": case for name, case in cases.items()}
 
 
 BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n'

@@ -22,6 +22,8 @@ from typing import Any
 
 # What may change during a run (and what PBT perturbs).
 SCHEDULED = ("lr", "weight_decay", "sum_weight", "label_smoothing")
+# Far more changes than any schedule needs (PBT makes one per perturbation); each is checked as a config.
+MAX_CHANGES = 1000
 
 
 def values_at(config: Any, epoch: int) -> dict[str, float]:
@@ -30,6 +32,16 @@ def values_at(config: Any, epoch: int) -> dict[str, float]:
     for change in config.hparam_schedule:
         if change["epoch"] <= epoch:
             values.update({k: v for k, v in change.items() if k != "epoch"})
+    return values
+
+
+def per_epoch(config: Any, name: str) -> list[float]:
+    """``name``'s value in each epoch, 1 to ``config.epochs`` (one pass: epochs may be many)."""
+    starts = {change["epoch"]: change[name] for change in config.hparam_schedule if name in change}
+    value, values = getattr(config, name), []
+    for epoch in range(1, config.epochs + 1):
+        value = starts.get(epoch, value)
+        values.append(value)
     return values
 
 
@@ -65,6 +77,8 @@ def disagreement(config: Any, past: list[dict[str, Any]], epoch: int) -> str | N
 
 def check_schedule(config: Any) -> str | None:
     """What is wrong with ``config.hparam_schedule`` (one clause naming the entry), or None."""
+    if len(config.hparam_schedule) > MAX_CHANGES:
+        return f"holds {len(config.hparam_schedule):,} changes, at most {MAX_CHANGES:,}"
     previous = 1
     for i, change in enumerate(config.hparam_schedule, 1):
         where = f"entry {i}"

@@ -37,7 +37,7 @@ def lr_schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]
     if config.schedule == "constant":
         if not any("lr" in change for change in config.hparam_schedule):
             return lambda step: peak
-        per_epoch = [hparams.values_at(config, e)["lr"] for e in range(1, config.epochs + 1)]
+        per_epoch = hparams.per_epoch(config, "lr")
         steps = total_steps // config.epochs
         return lambda step: per_epoch[min(step // steps, config.epochs - 1)]
     initial = peak / 25.0

@@ -28,6 +28,7 @@ def test_values_hold_from_the_start_of_their_epoch_and_stretches_say_all_of_them
                                            "label_smoothing": 0.1}
     lr = lr_schedule(config, 6 * 10)  # 10 steps an epoch: the epoch's value at each of its steps
     assert [lr(s) for s in (0, 19, 20, 59)] == [0.008, 0.008, 0.004, 0.004]
+    assert hparams.per_epoch(config, "sum_weight") == [hparams.values_at(config, e)["sum_weight"] for e in range(1, 7)]
 
 
 def test_a_continued_config_keeps_the_past_and_holds_its_own_values_after_it():
@@ -45,7 +46,7 @@ def test_a_continued_config_keeps_the_past_and_holds_its_own_values_after_it():
 @pytest.mark.parametrize("schedule, match", [
     ([{"epoch": 1, "lr": 0.1}], "entry 1 starts at epoch 1: each entry starts later"),
     ([{"epoch": 3, "lr": 0.1}, {"epoch": 3, "lr": 0.2}], "entry 2 starts at epoch 3"),
-    ([{"epoch": 7, "lr": 0.1}], "within the run's 6 epochs"),
+    ([{"epoch": 2001, "lr": 0.1}], "within the run's 2000 epochs"),
     ([{"epoch": 3}], r"entry 1 \(epoch 3\) changes nothing"),
     ([{"epoch": 3, "width": 4}], "changes 'width', which cannot change during a run"),
     ([{"epoch": 3, "lr": -1}], r"entry 1 \(epoch 3\): --lr must be > 0"),
@@ -53,10 +54,11 @@ def test_a_continued_config_keeps_the_past_and_holds_its_own_values_after_it():
     ([{"epoch": 3, "lr": "0.1"}], "not a number"),
     (["epoch 3"], "not an object"),
     ("[]", "must be list"),
+    ([{"epoch": e, "sum_weight": 0.5} for e in range(2, 1003)], "holds 1,001 changes, at most 1,000"),
 ])
 def test_a_bad_schedule_is_one_line_naming_the_entry(schedule, match):
     with pytest.raises(ConfigError, match=match):
-        TrainConfig(schedule="constant", epochs=6, hparam_schedule=schedule)
+        TrainConfig(schedule="constant", epochs=2000, hparam_schedule=schedule)
 
 
 def test_the_learning_rate_changes_only_under_the_constant_schedule():

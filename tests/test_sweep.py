@@ -303,6 +303,8 @@ def test_population_based_training_copies_weights_and_the_copied_schedule_replay
     trials = read_trials(sweep)
     summary = json.loads((sweep / "summary.json").read_text())
     assert summary["copies"] >= 3 and summary["finished"] == 4, summary
+    donors = {c.split("@")[0].removeprefix("trial-") for t in trials for c in t["copied_from"].split()}
+    assert len(donors | {t["trial_id"] for t in trials if t["copied_from"]}) >= 3  # a population, not a pair
     copier = next(t for t in trials if t["copied_from"])
     run = sweep / f"trial-{copier['trial_id']}" / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -583,6 +585,7 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
          "--scheduler pbt ranks its population on one --metric", 2),
         (["--space", str(space), "--scheduler", "pbt", "--search", "optuna"], "drop --search optuna", 2),
         (["--space", str(space), "--scheduler", "pbt", "--workers-per-trial", "2"], "drop --workers-per-trial 2", 2),
+        (["--space", str(space), "--scheduler", "pbt", "--max-concurrent", "2"], "cannot limit a pbt population", 2),
         (["--space", str(space), "--scheduler", "pbt", "--perturbation-epochs", "0"],
          "--perturbation-epochs must be at least 1", 2),
         (["--space", str(space), "--data-dir", str(mnist_dir), "--scheduler", "pbt", "--perturbation-epochs", "2"],

@@ -360,7 +360,11 @@ def _tune_config(options: SweepOptions, space: Space, max_epochs: int, concurren
             raise SweepError('--search optuna needs optuna: pip install -e ".[tune]"') from None
         limit = concurrent  # Tune wraps a Searcher in a ConcurrencyLimiter
     else:
-        searcher, limit = BasicVariantGenerator(random_state=options.seed, max_concurrent=concurrent), None
+        # PBT: the whole population exists from the start (a paused member must not keep the next one
+        # from being sampled); the resources decide how many train at once
+        searcher = BasicVariantGenerator(random_state=options.seed,
+                                         max_concurrent=0 if options.scheduler == "pbt" else concurrent)
+        limit = None
     metric, mode = (options.primary, options.resolved_mode()) if single else (None, None)
     return tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                            search_alg=searcher, num_samples=options.num_samples, max_concurrent_trials=limit,

@@ -185,6 +185,8 @@ class SweepOptions:
                                                      "search is --scheduler asha or fifo)")
             need(self.search == "random", "scheduler", "pbt samples its first population at random and then perturbs "
                                                        "it: drop --search optuna")
+            need(not self.max_concurrent, "max_concurrent", "cannot limit a pbt population: all of its trials take "
+                                                            "turns (give fewer --num-samples instead)")
             need(workers == 1, "scheduler", f"pbt trials train in one process each (a copied trial continues the "
                                             f"weights itself): drop --workers-per-trial {workers} or use asha")
 
