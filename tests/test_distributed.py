@@ -40,11 +40,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch_two(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _launch_two(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH / "cpu_2proc.yaml"),
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
            "-m", "mnist_addition", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=600, cwd=cwd)
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -97,7 +97,9 @@ def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path):
     # the 2-process run also logs to MLflow (a tracker changes no maths): only the main process does
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracked = ["--log-with", "mlflow"] if importlib.util.find_spec("mlflow") else []
-    two = _launch_two([*args, "--output-dir", str(tmp_path / "two"), *tracked], env={"MLFLOW_TRACKING_URI": uri})
+    # (in tmp_path: MLflow puts its artefacts in ./mlruns)
+    two = _launch_two([*args, "--output-dir", str(tmp_path / "two"), *tracked], env={"MLFLOW_TRACKING_URI": uri},
+                      cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-2000:]
     assert main(["train", *args, "--output-dir", str(tmp_path / "one")]) == 0
 
