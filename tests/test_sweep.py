@@ -502,7 +502,7 @@ def test_asha_rungs_start_at_the_grace_epochs_and_end_at_the_budget(grace, max_e
     from mnist_addition.sweep.driver import _tune_config
     from mnist_addition.sweep.options import SweepOptions
 
-    scheduler = _tune_config(SweepOptions(grace_epochs=grace), max_epochs, concurrent=1).scheduler
+    scheduler = _tune_config(SweepOptions(grace_epochs=grace), None, max_epochs, concurrent=1).scheduler
     assert scheduler._max_t == max_epochs  # Ray's private names: what ASHA was built with
     assert [milestone for milestone, _ in scheduler._brackets[0]._rungs] == rungs
 
