@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from rich.table import Table
 from mnist_addition.config import TrainConfig
 from mnist_addition.data import load_mnist, make_splits
 from mnist_addition.sweep import BEST_FILE, SweepOptions, find_space, run_sweep
+from mnist_addition.sweep.options import trial_threads
 from mnist_addition.train import fit
 
 
@@ -47,37 +49,77 @@ def main() -> None:
     parser.add_argument("--metric", action="append", help="repeat for a multi-objective sweep (default: val_both_acc)")
     parser.add_argument("--pick", help="the rule that picks best_config.json, e.g. val_both_acc>=0.993")
     parser.add_argument("--seed", type=int, default=0, help="the sweep's sampler seed")
-    parser.add_argument("--cpus-per-trial", type=float, default=2.0)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds for retraining the best config")
+    parser.add_argument("--cpus-per-trial", type=float, action="append",
+                        help="repeat to run the same sweep once per value and compare them (default: tune's)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for retraining each best config (0: none)")
     parser.add_argument("--storage-path", default="runs/bench-sweeps")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
     console = Console(width=150)
 
-    name = time.strftime("bench-%Y%m%d-%H%M%S")
+    runs = []
+    for cpus in args.cpus_per_trial or [SweepOptions.cpus_per_trial]:
+        summary, command_seconds = sweep(args, cpus, console)
+        time_table(summary, command_seconds, console)
+        retrained = retrain(Path(summary["uri"]), args, console) if args.seeds else None
+        runs.append({"cpus_per_trial": cpus, "sweep": summary, "sweep_command_seconds": command_seconds,
+                     "retrained": retrained})
+    if len(runs) > 1:
+        compare_table(runs, console)
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+
+
+def sweep(args: argparse.Namespace, cpus: float, console: Console) -> tuple[dict, float]:
+    """One sweep with these CPUs per trial; its summary and the whole command's seconds."""
+    name = time.strftime("bench-%Y%m%d-%H%M%S") + f"-{cpus:g}cpu"
     options = SweepOptions(space=str(find_space(args.space)), num_samples=args.num_samples, data_dir=args.data_dir,
-                           storage_path=args.storage_path, name=name, cpus_per_trial=args.cpus_per_trial,
+                           storage_path=args.storage_path, name=name, cpus_per_trial=cpus,
                            search=args.search, seed=args.seed, grace_epochs=args.grace_epochs,
                            scheduler=args.scheduler, metric=tuple(args.metric or ("val_both_acc",)), pick=args.pick,
                            perturbation_epochs=args.perturbation_epochs)
     started = time.perf_counter()
     summary = run_sweep(options, console)
-    sweep_seconds = time.perf_counter() - started
-    sweep_dir = Path(summary["uri"])
+    return summary, time.perf_counter() - started
+
+
+def time_table(summary: dict, command_seconds: float, console: Console) -> None:
     wall, in_trials, training = summary["wall_seconds"], summary["sum_trial_seconds"], summary["sum_train_seconds"]
     n = summary["trials"]
-
     table = Table(title=f"Where a {n}-trial sweep's time went ({summary['epochs_run']} epochs run)")
     for col in ("", "seconds", "per trial", "share of wall"):
         table.add_column(col, justify="left" if not col else "right")
     for label, seconds in (("training (baseline: the trials' own train_seconds)", training),
                            ("rest of the trials: start-up, data, validation, checkpoints, uploads", in_trials - training),
-                           ("Ray: scheduling, actor start-up, results", wall - in_trials),
+                           ("Ray: scheduling, actor start-up, results (exact when trials run one at a time)",
+                            wall - in_trials),
                            ("sweep wall time (Tuner.fit)", wall),
-                           ("whole command (data check, Ray start and stop, result files)", sweep_seconds)):
+                           ("whole command (data check, Ray start and stop, result files)", command_seconds)):
         table.add_row(label, f"{seconds:.1f}", f"{seconds / n:.1f}", f"{100 * seconds / wall:.1f}%")
     console.print(table)
 
+
+def compare_table(runs: list[dict], console: Console) -> None:
+    """The same sweep with different CPUs per trial, side by side; ratios against the first run."""
+    table = Table(title="The same sweep, by CPUs per trial (ratios against the first row)")
+    for col in ("CPUs (threads) per trial", "at a time", "epochs run", "wall s", "trials/hour", "epochs/hour",
+                "vs first", "training s per epoch", "best val both %"):
+        table.add_column(col, justify="right")
+    first = None
+    for run in runs:
+        s = run["sweep"]
+        per_hour = 3600 * s["epochs_run"] / s["wall_seconds"]
+        first = first or per_hour
+        table.add_row(f"{run['cpus_per_trial']:g} ({trial_threads(run['cpus_per_trial'])})",
+                      str(max(1, int((os.cpu_count() or 1) // run["cpus_per_trial"]))), str(s["epochs_run"]),
+                      f"{s['wall_seconds']:.0f}", f"{3600 * s['trials'] / s['wall_seconds']:.1f}", f"{per_hour:.0f}",
+                      f"{per_hour / first:.2f}x", f"{s['sum_train_seconds'] / s['epochs_run']:.1f}",
+                      f"{100 * s['best']['val_both_acc']:.2f}" if s.get("best") else "-")
+    console.print(table)
+
+
+def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict:
+    """best_config.json retrained for --seeds seeds, scored on the official test set."""
     best = TrainConfig.load(sweep_dir / BEST_FILE)
     data = make_splits(load_mnist(args.data_dir, download=False), best.val_size)
     rows = []
@@ -107,11 +149,8 @@ def main() -> None:
         console.print(f"schedule replayed: {best.lr:.3g} lr, {best.sum_weight:.3g} sum weight, {best.weight_decay:.3g} "
                       f"weight decay from epoch 1, then {json.dumps(best.hparam_schedule)}")
     retrain_seconds = time.perf_counter() - retrain_started
-    console.print(f"sweep {sweep_seconds / 60:.1f} min + retraining {retrain_seconds / 60:.1f} min "
-                  f"= {(sweep_seconds + retrain_seconds) / 60:.1f} min on this machine")
-    if args.json:
-        args.json.write_text(json.dumps({"sweep": summary, "sweep_command_seconds": sweep_seconds,
-                                         "retrain_seconds": retrain_seconds, "retrained": rows}, indent=2))
+    console.print(f"retraining {retrain_seconds / 60:.1f} min on this machine")
+    return {"seconds": retrain_seconds, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
     and `train --config best_config.json`."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["OMP_NUM_THREADS"] = "2"  # a 1-CPU trial computes with 1 thread all the same
     trackers = [name for name, module in (("mlflow", "mlflow"), ("tensorboard", "tensorboard")) if HAS(module)]
     done = subprocess.run([sys.executable, "-m", "mnist_addition", *tune_args(
         tiny_space(tmp_path), mnist_dir, tmp_path / "sweeps", "smoke", "--num-samples", "3",
@@ -160,7 +161,7 @@ def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
     for t in trials:  # every trial reported both accuracies (and the joint one) on validation
         assert 0 < float(t["val_digit_acc"]) <= 1 and 0 <= float(t["val_sum_acc"]) <= 1
         assert float(t["val_both_acc"]) <= min(float(t["val_digit_acc"]), float(t["val_sum_acc"]))
-        assert 1 <= int(t["epochs_run"]) <= 2 and t["processes"] == "1"
+        assert 1 <= int(t["epochs_run"]) <= 2 and t["processes"] == "1" and t["threads"] == "1"
     best_row = max(trials, key=lambda t: float(t["val_both_acc"]))
     assert trials[0] == best_row  # the CSV is ranked
     best = TrainConfig.load(sweep / "best_config.json")  # what 'train --config' reads

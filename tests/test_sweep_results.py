@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from mnist_addition.config import TrainConfig
-from mnist_addition.sweep.options import NoUsableTrial, SweepError, SweepOptions, gpu_share
+from mnist_addition.sweep.options import NoUsableTrial, SweepError, SweepOptions, gpu_share, trial_threads
 from mnist_addition.sweep.results import rank, trial_status, write_results
 from mnist_addition.sweep.storage import Store
 
@@ -63,6 +63,11 @@ def test_the_default_gpu_share_fills_the_gpus(cpus, gpus, per_trial, share):
     assert got == pytest.approx(share)
     if got:
         assert int(1 / got) * got <= 1.0
+
+
+@pytest.mark.parametrize("cpus, threads", [(0.25, 1), (1, 1), (1.5, 1), (2, 2), (0.6 * 5, 3), (8, 8)])
+def test_a_trial_computes_with_the_whole_cpus_it_reserved(cpus, threads):
+    assert trial_threads(cpus) == threads
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -252,6 +252,13 @@ def gpu_share(cluster_cpus: float, cluster_gpus: float, cpus_per_trial: float) -
     return math.floor(GPU_GRAIN / per_gpu) / GPU_GRAIN
 
 
+def trial_threads(cpus: float) -> int:
+    """The torch threads a trial (or each worker of a multi-worker trial) computes with: the whole
+    CPUs Ray reserved for it, at least one. More threads than reserved CPUs would oversubscribe a
+    node whose other CPUs run other trials; fewer would leave reserved CPUs idle."""
+    return max(1, math.floor(cpus + 1e-9))
+
+
 def shipped_spaces() -> dict[str, Path]:
     """The search spaces that ship with the package, by name (``tune/`` in a checkout links here)."""
     folder = resources.files(__package__) / "spaces"

@@ -24,7 +24,7 @@ from .storage import Store
 
 FINISHED, STOPPED, ERROR, UNFINISHED = "finished", "stopped early", "error", "unfinished"
 METRIC_COLUMNS = ("val_digit_acc", "val_sum_acc", "val_both_acc", "val_loss", "images_per_s", "train_seconds",
-                  "processes", "resumed_from_epoch", "node_id", "gpu_ids")
+                  "processes", "threads", "resumed_from_epoch", "node_id", "gpu_ids")
 
 
 def trial_status(ray_status: str, errored: bool, epochs_run: int, budget: int) -> str:

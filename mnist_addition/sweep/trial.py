@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from ..checkpoint import CHECKPOINTS, latest_valid, read_state, restore_into
 from ..config import TrainConfig
+from .options import trial_threads
 from .storage import Store
 
 RUN = "run"
@@ -68,6 +69,10 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
         logging.getLogger(name).setLevel(logging.WARNING)
     if not ray.get_gpu_ids():  # Ray sets no CUDA_VISIBLE_DEVICES for a trial without GPUs: hide them all
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    # As many threads as CPUs reserved, whatever OMP_NUM_THREADS says (Ray sets it only when unset).
+    torch.set_num_threads(trial_threads(settings.cpus_per_worker))
 
     from ..data import load_mnist, make_splits
     from ..train import fit, process_state
@@ -84,7 +89,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if process.is_main_process else None
     facts = {"processes": process.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
-             "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+             "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     written: list[Path] = []
 
