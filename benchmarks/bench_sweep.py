@@ -6,16 +6,23 @@ config retrained on the official test set.
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space speed --search optuna --scheduler fifo \
         --metric val_both_acc --metric train_seconds --pick "val_both_acc>=0.993" --num-samples 20 --seeds 3
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space pbt --scheduler pbt --num-samples 6 --seeds 3
+    python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space wide --search optuna --num-samples 16 \
+        --cpus-per-trial 2 --cpus-per-trial 1 --seeds 0          # the same sweep by CPUs per trial
+    python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space cpu_default --search optuna --scheduler fifo \
+        --num-samples 16 --seeds 3 --baseline                   # how the CPU default is chosen
+    python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space gpu_recipe --scheduler fifo \
+        --num-samples 10 --seeds 3                               # how the GPU recipe is chosen
 
 1. Runs ``mnist-addition tune`` over ``--space`` (default ``tune/default.yaml``) with a local Ray,
    ASHA and ``--search`` (random or Optuna's TPE).
 2. Prints where the sweep's wall time went: training (sum of the trials' own ``train_seconds``,
    the baseline), the rest of each trial (start-up, data loading, validation, checkpoints), and
    Ray (scheduling, actor start-up, result handling: wall time minus the trials' time; exact only
-   when trials run one at a time, as with the default 2 CPUs per trial on a 2-core machine).
+   when trials run one at a time). With ``--cpus-per-trial`` given more than once, the same sweep
+   runs once per value and a last table compares their trials and epochs per hour.
 3. Retrains ``best_config.json`` as ``mnist-addition train --config`` would, for ``--seeds`` seeds
    (seed 0 is the config the sweep selected), and scores the official 10k test set, which the
-   sweep never saw.
+   sweep never saw; ``--baseline`` retrains the ``fast`` default for the same seeds beside it.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ def main() -> None:
     parser.add_argument("--cpus-per-trial", type=float, action="append",
                         help="repeat to run the same sweep once per value and compare them (default: tune's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for retraining each best config (0: none)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also retrain the `fast` default for the same seeds, side by side")
     parser.add_argument("--storage-path", default="runs/bench-sweeps")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
@@ -119,38 +128,43 @@ def compare_table(runs: list[dict], console: Console) -> None:
 
 
 def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict:
-    """best_config.json retrained for --seeds seeds, scored on the official test set."""
+    """best_config.json retrained for --seeds seeds, scored on the official test set (and with
+    --baseline, the `fast` default for the same seeds, in the same process)."""
     best = TrainConfig.load(sweep_dir / BEST_FILE)
     data = make_splits(load_mnist(args.data_dir, download=False), best.val_size)
-    rows = []
-    retrain_started = time.perf_counter()
-    for seed in range(args.seeds):
-        config = best.replace(seed=seed, data_dir=args.data_dir)
-        final = fit(config, data=data, progress=False)
-        rows.append({"seed": seed, "digit": final["test"]["digit_acc"], "sum": final["test"]["sum_acc"],
-                     "both": final["test"]["both_acc"], "val_both": final["val"]["both_acc"],
-                     "seconds": final["train_seconds"]})
-        console.print(f"retrained best config, seed {seed}: test digit {100 * rows[-1]['digit']:.2f}%  "
-                      f"sum {100 * rows[-1]['sum']:.2f}%  ({rows[-1]['seconds']:.0f} s)")
-
-    def ms(key: str, scale: float = 100.0) -> str:
-        values = [r[key] * scale for r in rows]
-        return f"{statistics.fmean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
-
-    result = Table(title=f"Best config retrained ({args.seeds} seeds; official 10k test set, never used by the sweep)")
-    for col in ("config", "test digit %", "test sum %", "test both %", "train s"):
-        result.add_column(col, justify="left" if col == "config" else "right")
     searched = {k: getattr(best, k) for k in json.loads((sweep_dir / "sweep.json").read_text())["space"]["search"]}
-    result.add_row(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
-                   + ("" if "epochs" in searched else f" epochs={best.epochs}"), ms("digit"), ms("sum"), ms("both"),
-                   ms("seconds", 1.0))
-    console.print(result)
+    label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items()) \
+        + ("" if "epochs" in searched else f" epochs={best.epochs}")
+    configs = {label: best} | ({"fast default (baseline)": TrainConfig.from_preset("fast")} if args.baseline else {})
+    retrain_started = time.perf_counter()
+    results = {name: [] for name in configs}
+    for seed in range(args.seeds):
+        for name, config in configs.items():
+            final = fit(config.replace(seed=seed, data_dir=args.data_dir), data=data, progress=False)
+            row = {"seed": seed, "digit": final["test"]["digit_acc"], "sum": final["test"]["sum_acc"],
+                   "both": final["test"]["both_acc"], "val_both": final["val"]["both_acc"],
+                   "seconds": final["train_seconds"]}
+            results[name].append(row)
+            console.print(f"{name}, seed {seed}: val both {100 * row['val_both']:.2f}%  test digit "
+                          f"{100 * row['digit']:.2f}%  sum {100 * row['sum']:.2f}%  ({row['seconds']:.0f} s)")
+
+    table = Table(title=f"Best config retrained ({args.seeds} seeds; official 10k test set, never used by the sweep)")
+    for col in ("config", "val both %", "test digit %", "test sum %", "test both %", "train s"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    for name, rows in results.items():
+        table.add_row(name, *(_mean_std([r[key] * 100 for r in rows]) for key in ("val_both", "digit", "sum", "both")),
+                      _mean_std([r["seconds"] for r in rows]))
+    console.print(table)
     if best.hparam_schedule:  # PBT: the schedule retrained is the winner's, replayed from scratch
         console.print(f"schedule replayed: {best.lr:.3g} lr, {best.sum_weight:.3g} sum weight, {best.weight_decay:.3g} "
                       f"weight decay from epoch 1, then {json.dumps(best.hparam_schedule)}")
     retrain_seconds = time.perf_counter() - retrain_started
     console.print(f"retraining {retrain_seconds / 60:.1f} min on this machine")
-    return {"seconds": retrain_seconds, "rows": rows}
+    return {"seconds": retrain_seconds, "rows": results[label], "baseline": results.get("fast default (baseline)")}
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
 if __name__ == "__main__":

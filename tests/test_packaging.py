@@ -38,7 +38,8 @@ def test_the_wheel_ships_the_search_spaces_and_tune_finds_them_by_name(tmp_path)
     (wheel,) = (tmp_path / "dist").glob("mnist_addition-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     spaces = sorted(n for n in names if n.endswith(".yaml"))
-    assert spaces == [f"mnist_addition/sweep/spaces/{name}.yaml" for name in ("default", "pbt", "smoke", "speed", "wide")]
+    assert spaces == [f"mnist_addition/sweep/spaces/{name}.yaml"
+                      for name in ("cpu_default", "default", "gpu_recipe", "pbt", "smoke", "speed", "wide")]
 
     # The wheel's files alone (no checkout, no tune/ beside them), from another folder.
     site = tmp_path / "site"

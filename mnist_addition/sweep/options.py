@@ -67,7 +67,9 @@ class SweepOptions:
     name: str | None = _o(None, "sweep name: a folder in --storage-path (default: tune-<timestamp>)", WHERE)
     resume: bool = _o(False, "continue the interrupted sweep --name; finished trials are kept, unfinished ones "
                              "resume from checkpoints", WHERE)
-    cpus_per_trial: float = _o(2.0, "CPUs per trial", WHERE)
+    # 1: two 1-thread trials at once did 1.44x the epochs per hour of one 2-thread trial (docs/sweeps.md)
+    cpus_per_trial: float = _o(1.0, "CPUs per trial; a trial computes with as many threads (whole CPUs, at "
+                                     "least 1)", WHERE)
     # None: fill the cluster's GPUs (none: CPU trials); see gpu_share
     gpus_per_trial: float | None = _o(None, "GPUs per trial: a fraction shares a GPU (0.25: 4 trials per GPU); above "
                                             "1 the trial is data-parallel with one Ray Train worker per GPU (default: "
