@@ -11,7 +11,7 @@ config retrained on the official test set.
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space cpu_default --search optuna --scheduler fifo \
         --num-samples 16 --seeds 3 --baseline                   # how the CPU default is chosen
     python benchmarks/bench_sweep.py --data-dir ../shared/mnist --space gpu_recipe --scheduler fifo \
-        --num-samples 10 --seeds 3                               # how the GPU recipe is chosen
+        --num-samples 10 --seeds 3 --baseline launch/gpu_recipe.json   # how the GPU recipe is chosen
 
 1. Runs ``mnist-addition tune`` over ``--space`` (default ``tune/default.yaml``) with a local Ray,
    ASHA and ``--search`` (random or Optuna's TPE).
@@ -22,7 +22,8 @@ config retrained on the official test set.
    runs once per value and a last table compares their trials and epochs per hour.
 3. Retrains ``best_config.json`` as ``mnist-addition train --config`` would, for ``--seeds`` seeds
    (seed 0 is the config the sweep selected), and scores the official 10k test set, which the
-   sweep never saw; ``--baseline`` retrains the ``fast`` default for the same seeds beside it.
+   sweep never saw; ``--baseline [CONFIG]`` retrains the ``fast`` default (or CONFIG) for the same
+   seeds beside it.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def main() -> None:
     parser.add_argument("--cpus-per-trial", type=float, action="append",
                         help="repeat to run the same sweep once per value and compare them (default: tune's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for retraining each best config (0: none)")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also retrain the `fast` default for the same seeds, side by side")
+    parser.add_argument("--baseline", nargs="?", const="fast", metavar="CONFIG",
+                        help="also retrain a baseline for the same seeds, side by side: the `fast` default, "
+                             "or a config file (e.g. launch/gpu_recipe.json)")
     parser.add_argument("--storage-path", default="runs/bench-sweeps")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
@@ -135,7 +137,10 @@ def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict
     searched = {k: getattr(best, k) for k in json.loads((sweep_dir / "sweep.json").read_text())["space"]["search"]}
     label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items()) \
         + ("" if "epochs" in searched else f" epochs={best.epochs}")
-    configs = {label: best} | ({"fast default (baseline)": TrainConfig.from_preset("fast")} if args.baseline else {})
+    configs = {label: best}
+    if args.baseline:
+        configs[f"{args.baseline} (baseline)"] = TrainConfig.from_preset("fast") if args.baseline == "fast" \
+            else TrainConfig.load(args.baseline)
     retrain_started = time.perf_counter()
     results = {name: [] for name in configs}
     for seed in range(args.seeds):
@@ -160,7 +165,7 @@ def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict
                       f"weight decay from epoch 1, then {json.dumps(best.hparam_schedule)}")
     retrain_seconds = time.perf_counter() - retrain_started
     console.print(f"retraining {retrain_seconds / 60:.1f} min on this machine")
-    return {"seconds": retrain_seconds, "rows": results[label], "baseline": results.get("fast default (baseline)")}
+    return {"seconds": retrain_seconds, "rows": results[label], "baseline": results.get(f"{args.baseline} (baseline)")}
 
 
 def _mean_std(values: list[float]) -> str:
