@@ -131,16 +131,16 @@ def compare_table(runs: list[dict], console: Console) -> None:
 
 def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict:
     """best_config.json retrained for --seeds seeds, scored on the official test set (and with
-    --baseline, the `fast` default for the same seeds, in the same process)."""
+    --baseline, the `fast` default or the given config for the same seeds, in the same process)."""
     best = TrainConfig.load(sweep_dir / BEST_FILE)
     data = make_splits(load_mnist(args.data_dir, download=False), best.val_size)
     searched = {k: getattr(best, k) for k in json.loads((sweep_dir / "sweep.json").read_text())["space"]["search"]}
     label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items()) \
         + ("" if "epochs" in searched else f" epochs={best.epochs}")
-    configs = {label: best}
+    configs, baseline = {label: best}, f"{args.baseline} (baseline)"
     if args.baseline:
-        configs[f"{args.baseline} (baseline)"] = TrainConfig.from_preset("fast") if args.baseline == "fast" \
-            else TrainConfig.load(args.baseline)
+        fast = args.baseline == "fast"
+        configs[baseline] = TrainConfig.from_preset("fast") if fast else TrainConfig.load(args.baseline)
     retrain_started = time.perf_counter()
     results = {name: [] for name in configs}
     for seed in range(args.seeds):
@@ -165,7 +165,7 @@ def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict
                       f"weight decay from epoch 1, then {json.dumps(best.hparam_schedule)}")
     retrain_seconds = time.perf_counter() - retrain_started
     console.print(f"retraining {retrain_seconds / 60:.1f} min on this machine")
-    return {"seconds": retrain_seconds, "rows": results[label], "baseline": results.get(f"{args.baseline} (baseline)")}
+    return {"seconds": retrain_seconds, "rows": results[label], "baseline": results.get(baseline)}
 
 
 def _mean_std(values: list[float]) -> str:

@@ -89,7 +89,8 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if process.is_main_process else None
     facts = {"processes": process.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
-             "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+             "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id(),
+             "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     written: list[Path] = []
 
