@@ -23,6 +23,7 @@ from typing import Any
 from .errors import UserError, shown
 
 PRESETS = ("fast", "seed")
+STEMS = ("pool", "stride")  # model.FastNet's first layer
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 # The experiment trackers Accelerate speaks to (its LoggerType names); `--log-with` takes any of them,
 # comma-separated. Each is an extra of the same name: pip install -e ".[mlflow]".
@@ -65,6 +66,9 @@ class TrainConfig:
     # --- what is trained ---------------------------------------------------------------------
     preset: str = _f("fast", "model and recipe preset: 'fast' (our default) or 'seed' (the 6.4M reference)", PRESETS)
     width: int = _f(16, "channels of the first conv layer; later layers use 2x and 4x (fast only; seed is fixed at 32)")
+    stem: str = _f("pool", "the fast net's first layer: 'pool' (a conv at 28x28, then a 2x2 max-pool) or 'stride' "
+                           "(a stride-2 conv: the same weights' shapes, ~1.3x faster steps on a CPU; fast only)",
+                   STEMS)
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = _f(2, "passes over the 55,000 training images", smoke=1, sweep_smoke=2)
     batch_size: int = _f(256, "images per optimizer step (global, summed over processes)", smoke=128)
@@ -212,6 +216,8 @@ class TrainConfig:
         need(self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}]", "use e.g. --lr 0.004")
         need(self.preset != "seed" or self.width == 32, "width", "is fixed at 32 for the seed preset",
              "drop --width, or use --preset fast")
+        need(self.preset != "seed" or self.stem == "pool", "stem", "is fixed for the seed preset",
+             "drop --stem, or use --preset fast")
         need(0.0 <= self.sum_weight <= 1.0, "sum_weight", "must be in [0, 1]", "use e.g. --sum-weight 0.5")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)", "use e.g. --momentum 0.9")
         need(0 <= self.weight_decay <= MAX_WEIGHT_DECAY, "weight_decay", f"must be in [0, {MAX_WEIGHT_DECAY:g}]",

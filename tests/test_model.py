@@ -25,6 +25,19 @@ def test_output_shapes(preset, width):
     assert digit_logits.shape == (5, 10) and sum_logits.shape == (5, NUM_SUMS)
 
 
+def test_stride_stem_halves_the_image_in_its_conv_and_keeps_the_weights_shapes():
+    pooled, strided = build_model("fast", 8, "pool"), build_model("fast", 8, "stride")
+    first = strided.features[0]
+    assert first.stride == (2, 2) and first(torch.randn(2, 1, 28, 28)).shape == (2, 8, 14, 14)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in strided.features[:4])
+    assert sorted(t.shape for t in pooled.state_dict().values()) == sorted(t.shape for t in strided.state_dict().values())
+    assert pooled.state_dict().keys() != strided.state_dict().keys()  # one stem's weights never load into the other
+    digit_logits, sum_logits = strided.eval()(torch.randn(3, 1, 28, 28), torch.arange(3))
+    assert digit_logits.shape == (3, 10) and sum_logits.shape == (3, NUM_SUMS)
+    with pytest.raises(ValueError, match="unknown stem 'none'"):
+        build_model("fast", 8, "none")
+
+
 def test_width_scales_the_fast_model():
     assert count_parameters(build_model("fast", 8)) < count_parameters(build_model("fast", 16)) < \
         count_parameters(build_model("fast", 32))

@@ -75,6 +75,20 @@ def test_seed_preset_trains_through_the_same_loop(mnist_dir):
     assert final["params"] == 6_384_925 and 0.0 <= final["test"]["digit_acc"] <= 1.0
 
 
+def test_the_stride_stem_trains_learns_and_is_recorded(mnist_dir, trained, tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    final = fit(tiny_config(mnist_dir, cpu=True, stem="stride", output_dir=str(run_dir)), progress=False)
+    assert final["params"] == trained[0]["params"]  # the same weights' shapes as the pool stem
+    assert final["val"]["digit_acc"] > 0.8
+    assert json.loads((run_dir / "config.json").read_text())["config"]["stem"] == "stride"
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "model.safetensors"))
+    assert weights["features.3.weight"].shape == (16, 8, 3, 3)  # the second conv follows at once: no pooling layer
+
+
 def test_gradient_accumulation_matches_one_big_batch(mnist_dir):
     """K micro-batches of B/K accumulate to the update of one batch of B (fp32).
 
