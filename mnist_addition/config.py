@@ -173,6 +173,11 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def net(self) -> dict[str, Any]:
+        """What ``model.build_model`` and ``model.parameter_count`` take: ``build_model(**config.net)``."""
+        return {"preset": self.preset, "width": self.width, "stem": self.stem}
+
+    @property
     def trackers(self) -> tuple[str, ...]:
         """``--log-with`` as tracker names (none for 'none')."""
         return () if self.log_with == "none" else tuple(name.strip() for name in self.log_with.split(","))

@@ -214,7 +214,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise RunError(f"{weights_path} is unreadable ({str(e).splitlines()[0][:120]}): the file is corrupt, "
                        "retrain or restore it") from None
     with torch.device("meta"):  # the model config.json implies, allocating nothing
-        skeleton = build_model(config.preset, config.width, config.stem)
+        skeleton = build_model(**config.net)
     problem = state_dict_mismatch(skeleton.state_dict(), state)
     if problem:
         raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}, "
@@ -225,7 +225,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     if bad:
         raise RunError(f"{weights_path} holds NaN or infinite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}): "
                        "the run diverged; train again with a lower --lr")
-    model = build_model(config.preset, config.width, config.stem).to(device)
+    model = build_model(**config.net).to(device)
     model.load_state_dict(state)
     model.eval()
     return SavedRun(config, model, setup)

@@ -149,10 +149,9 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
     world = accelerator.num_processes
     check_batch(config, len(data.train), world)
     device = accelerator.device
-    check_model_fits(config, parameter_count(config.preset, config.width, config.stem), backends.free_memory(device),
-                     str(device))
+    check_model_fits(config, parameter_count(**config.net), backends.free_memory(device), str(device))
     # on the device before the optimizer is built: fused kernels need their parameters there
-    model = build_model(config.preset, config.width, config.stem).to(device, memory_format=torch.channels_last)
+    model = build_model(**config.net).to(device, memory_format=torch.channels_last)
     n_params = count_parameters(model)
     steps = steps_per_epoch(len(data.train), config.batch_size)
     optimizer = step.make_optimizer(model, config, device)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mnist_addition.config import ConfigError, TrainConfig
 from mnist_addition.train import fit, resolve_mixed_precision
@@ -76,15 +79,11 @@ def test_seed_preset_trains_through_the_same_loop(mnist_dir):
 
 
 def test_the_stride_stem_trains_learns_and_is_recorded(mnist_dir, trained, tmp_path):
-    import json
-
     run_dir = tmp_path / "run"
     final = fit(tiny_config(mnist_dir, cpu=True, stem="stride", output_dir=str(run_dir)), progress=False)
     assert final["params"] == trained[0]["params"]  # the same weights' shapes as the pool stem
     assert final["val"]["digit_acc"] > 0.8
     assert json.loads((run_dir / "config.json").read_text())["config"]["stem"] == "stride"
-    from safetensors.torch import load_file
-
     weights = load_file(str(run_dir / "model.safetensors"))
     assert weights["features.3.weight"].shape == (16, 8, 3, 3)  # the second conv follows at once: no pooling layer
 
