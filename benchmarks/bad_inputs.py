@@ -780,7 +780,7 @@ class Issue18:
 
 
 class Issue19:
-    """The cases of issue 19: schedules in config files, and population-based training's options."""
+    """The cases of issue 19: schedules in config files, population-based training's options, --crop."""
 
     def __init__(self, base: Cases) -> None:
         self.base, self.work, self.data = base, base.work / "i19", str(base.data)
@@ -815,6 +815,13 @@ class Issue19:
                 w / "widths.yaml", "fixed: {epochs: 4}\nsearch:\n  width: {choice: [8, 16]}\n",
                 lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"),
                               "--scheduler", "pbt")),
+            "train --crop 5 (into the digits)": lambda: clean(cli(
+                "train", "--crop", "5", "--data-dir", d, "--output-dir", str(w / "c1")), 2),
+            "train --preset seed --crop 2": lambda: clean(cli(
+                "train", "--preset", "seed", "--crop", "2", "--data-dir", d, "--output-dir", str(w / "c2")), 2),
+            "a space searching crop 6": lambda: self.base.write_and_run(
+                w / "crops.yaml", "search:\n  crop: {choice: [3, 6]}\n",
+                lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
         }
         return {f"[19] {name}": case for name, case in cases.items()}
 

@@ -198,7 +198,7 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], metri
     line = sorted(front, key=lambda t: t[x_key])
     ax.step([shown(t[x_key], x_key) for t in line], [shown(t[y_key], y_key) for t in line], where="post",
             color="tab:red", marker="o", ms=7, mfc="none", label="Pareto front")
-    ax.set(xlabel=label(x_key), ylabel=label(y_key), title=f"sweep {name}: {y_key} against {x_key}".strip())
+    ax.set(xlabel=label(x_key), ylabel=label(y_key), title=f"sweep {name}\n{y_key} against {x_key}".strip())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return png_bytes(fig, 110)

@@ -218,7 +218,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     problem = state_dict_mismatch(skeleton.state_dict(), state)
     if problem:
         raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}, "
-                       f"stem {config.stem}: {problem}): the weights belong to another run or were altered")
+                       f"stem {config.stem}, crop {config.crop}: {problem}): the weights belong to another run or were altered")
     check_model_fits(config, count_parameters(skeleton), free_memory(torch.device(device)), str(device),
                      training=False)
     bad = sorted(name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())

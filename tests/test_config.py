@@ -44,6 +44,16 @@ def test_seed_preset_is_the_reference_recipe():
         TrainConfig.from_preset("seed", width=16)
     with pytest.raises(ConfigError, match="--stem is fixed for the seed preset"):
         TrainConfig.from_preset("seed", stem="stride")
+    with pytest.raises(ConfigError, match="--crop is fixed at 0 for the seed preset"):
+        TrainConfig.from_preset("seed", crop=2)
+
+
+def test_crop_is_at_most_the_border_around_the_digits():
+    assert TrainConfig(crop=4).net == {"preset": "fast", "width": 16, "stem": "pool", "crop": 4}
+    with pytest.raises(ConfigError, match=r"--crop must be in 0..4 \(got 5\): use e.g. --crop 3"):
+        TrainConfig(crop=5)
+    with pytest.raises(ConfigError, match=r"--crop must be >= 0"):
+        TrainConfig(crop=-1)
 
 
 def test_overrides_win_over_preset():

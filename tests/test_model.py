@@ -38,6 +38,33 @@ def test_stride_stem_halves_the_image_in_its_conv_and_keeps_the_weights_shapes()
         build_model("fast", 8, "none")
 
 
+@pytest.mark.parametrize("stem", ["pool", "stride"])
+def test_crop_cuts_the_border_so_the_border_never_matters(stem):
+    images = torch.randn(4, 1, 28, 28)
+    framed = images.clone()
+    framed[:, :, :3], framed[:, :, -3:], framed[:, :, :, :3], framed[:, :, :, -3:] = 9.0, -9.0, 9.0, -9.0  # only the 3-pixel frame
+    numbers = torch.arange(4)
+    for crop in range(5):
+        torch.manual_seed(0)
+        model = build_model("fast", 8, stem, crop).eval()
+        digit_logits, sum_logits = model(images, numbers)
+        assert digit_logits.shape == (4, 10) and sum_logits.shape == (4, NUM_SUMS)
+        same = torch.equal(digit_logits, model(framed, numbers)[0])
+        assert same == (crop >= 3), crop  # a crop of 3 or more never sees the frame; less does
+    with pytest.raises(ValueError, match=r"crop must be in 0..4 pixels, got 5"):
+        build_model("fast", 8, stem, 5)
+
+
+def test_crop_shrinks_the_maps_and_its_weights_never_load_into_another_crop():
+    uncropped, crop2, crop3 = (build_model("fast", 8, "stride", crop) for crop in (0, 2, 3))
+    x = torch.randn(2, 1, 28, 28)
+    assert crop3.features[:4](x).shape == (2, 8, 11, 11)  # the crop, then the stride-2 conv: 22x22 -> 11x11
+    assert crop3.classifier.in_features == 4 * 8 * 2 * 2 and uncropped.classifier.in_features == 4 * 8 * 3 * 3
+    # crops 1 and 2 leave the 3x3 map: the same shapes, but a Crop layer in front, so other names
+    assert count_parameters(crop2) == count_parameters(uncropped) > count_parameters(crop3)
+    assert set(crop2.state_dict()) != set(uncropped.state_dict())
+
+
 def test_width_scales_the_fast_model():
     assert count_parameters(build_model("fast", 8)) < count_parameters(build_model("fast", 16)) < \
         count_parameters(build_model("fast", 32))

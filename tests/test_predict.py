@@ -126,11 +126,12 @@ def _bad(tmp_path, run_dir, case):
         (bad / "config.json").write_text((run_dir / "config.json").read_text())
         (bad / "model.safetensors").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
         return [str(bad), str(good), "3"]
-    if case in ("config does not match weights", "config names another stem"):
+    if case in ("config does not match weights", "config names another stem", "config names another crop"):
         other = tmp_path / "other"
         other.mkdir()
         config = json.loads((run_dir / "config.json").read_text())
-        config["config"].update({"width": 16} if case == "config does not match weights" else {"stem": "stride"})
+        config["config"].update({"config does not match weights": {"width": 16}, "config names another stem":
+                                  {"stem": "stride"}, "config names another crop": {"crop": 2}}[case])
         (other / "config.json").write_text(json.dumps(config))
         (other / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
         return [str(other), str(good), "3"]
@@ -168,7 +169,8 @@ BAD = [
     ("truncated weights", "is unreadable"),
     ("random-bytes weights", "is unreadable"),
     ("config does not match weights", "does not match config.json"),
-    ("config names another stem", "stem stride: "),  # same shapes, other names: refused, not loaded
+    ("config names another stem", "stem stride, "),  # same shapes, other names: refused, not loaded
+    ("config names another crop", "crop 2: "),  # the same: a Crop layer in front
     ("csv exists", "exists: choose another --csv, or pass --overwrite"),
     ("folder without numbers", "pass exactly one of --numbers"),
     ("wrong count of numbers", "--numbers has 2 values for 1 images"),

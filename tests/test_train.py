@@ -88,6 +88,15 @@ def test_the_stride_stem_trains_learns_and_is_recorded(mnist_dir, trained, tmp_p
     assert weights["features.3.weight"].shape == (16, 8, 3, 3)  # the second conv follows at once: no pooling layer
 
 
+def test_a_cropped_net_trains_learns_and_is_recorded(mnist_dir, trained, tmp_path):
+    run_dir = tmp_path / "run"
+    final = fit(tiny_config(mnist_dir, cpu=True, crop=3, output_dir=str(run_dir)), progress=False)
+    assert final["params"] < trained[0]["params"]  # the 2x2 map: a smaller classifier
+    assert final["val"]["digit_acc"] > 0.8
+    assert json.loads((run_dir / "config.json").read_text())["config"]["crop"] == 3
+    assert load_file(str(run_dir / "model.safetensors"))["classifier.weight"].shape == (10, 4 * 8 * 2 * 2)
+
+
 def test_gradient_accumulation_matches_one_big_batch(mnist_dir):
     """K micro-batches of B/K accumulate to the update of one batch of B (fp32).
 
