@@ -76,6 +76,14 @@ def test_gpu_recipe_is_a_valid_config():
     assert config.preset == "fast" and config.batch_size > TrainConfig().batch_size and not config.compile
 
 
+def test_cpu_fastest_recipe_is_a_valid_config():
+    from mnist_addition.config import TrainConfig
+
+    config = TrainConfig.load(LAUNCH / "cpu_fastest.json")
+    assert (config.preset, config.stem) == ("fast", "stride") and config.crop > 0
+    assert config.epochs <= TrainConfig().epochs
+
+
 def test_slurm_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(LAUNCH / "slurm_multinode.sbatch")]).returncode == 0
 
