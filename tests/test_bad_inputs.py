@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -344,12 +343,33 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(where, finished, tmp_path,
     _one_line(capsys, argv, 130, "interrupted")
 
 
-def test_ctrl_c_while_python_loads_torch_is_one_line():
+# Holds the process at the moment it starts to import torch (a sitecustomize): the signal lands there
+# every time. A fixed sleep before the signal was a race: on a fast machine or a loaded one it landed
+# inside some library's own import code, or after the command had already answered.
+PAUSE_AT_TORCH = """
+import importlib.abc, sys, time
+class PauseAtTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            print("loading torch", file=sys.stderr, flush=True)
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, PauseAtTorch())
+"""
+
+
+def test_ctrl_c_while_python_loads_torch_is_one_line(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(PAUSE_AT_TORCH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "mnist_addition", "evaluate", "nowhere"], stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(0.3)  # torch takes seconds to import: the signal lands during the imports
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=60)[1].strip()
+                            text=True, env=env)
+    try:
+        assert proc.stderr.readline().strip() == "loading torch"
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1].strip()
+    finally:
+        proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err and err.splitlines()[-1].endswith("interrupted"), err
 
 
