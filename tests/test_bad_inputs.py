@@ -344,8 +344,7 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(where, finished, tmp_path,
 
 
 # Holds the process at the moment it starts to import torch (a sitecustomize): the signal lands there
-# every time. A fixed sleep before the signal was a race: on a fast machine or a loaded one it landed
-# inside some library's own import code, or after the command had already answered.
+# every time, not wherever a fixed sleep happened to end.
 PAUSE_AT_TORCH = """
 import importlib.abc, sys, time
 class PauseAtTorch(importlib.abc.MetaPathFinder):
@@ -362,8 +361,10 @@ sys.meta_path.insert(0, PauseAtTorch())
 def test_ctrl_c_while_python_loads_torch_is_one_line(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(PAUSE_AT_TORCH)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    # SIGINT as a terminal delivers it: a shell that starts the tests in the background (`cmd &`,
+    # nohup) leaves SIGINT ignored, and an ignored SIGINT stays ignored in every child.
     proc = subprocess.Popen([sys.executable, "-m", "mnist_addition", "evaluate", "nowhere"], stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stderr.readline().strip() == "loading torch"
         proc.send_signal(signal.SIGINT)
