@@ -269,7 +269,7 @@ class TrainConfig:
 
 # The range of every whole-number field, (lowest, highest, an example): beyond them something
 # overflows (a seed above 2**32 - 1 in NumPy's generator, a width whose parameter count exceeds
-# int64) or nothing sensible can run (1e23 epochs).
+# int64) or nothing sensible can run (1e23 epochs). crop's 4 is model.MAX_CROP (this module imports no torch).
 INT_RANGES: dict[str, tuple[int, int, int]] = {
     "width": (1, 65_536, 16), "crop": (0, 4, 3), "epochs": (1, 100_000, 2), "batch_size": (1, 1_000_000, 256),
     "shift": (0, 8, 1), "seed": (0, 2**32 - 1, 0), "val_size": (1, 10_000_000, 5000),

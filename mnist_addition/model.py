@@ -44,7 +44,7 @@ class SeedNet(nn.Module):
 
 
 IMAGE_SIZE = 28
-MAX_CROP = 4  # MNIST's digits are scaled into a 20x20 box in the middle of the 28x28 image
+MAX_CROP = 4  # MNIST's digits are scaled into a 20x20 box in the middle; config.INT_RANGES["crop"] says the same
 
 
 class Crop(nn.Module):
@@ -128,8 +128,8 @@ class FastNet(nn.Module):
             *([Crop(crop)] if crop else []),  # (B, 1, side, side)
             *first,  # (B, w, side/2, side/2): 14x14 uncropped
             *_conv_bn_relu(w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, side/4, side/4): 7x7
-            *_conv_bn_relu(2 * w, 4 * w),  # (B, 4w, 7, 7)
-            *_conv_bn_relu(4 * w, 4 * w),  # (B, 4w, 7, 7)
+            *_conv_bn_relu(2 * w, 4 * w),  # (B, 4w, side/4, side/4)
+            *_conv_bn_relu(4 * w, 4 * w),  # (B, 4w, side/4, side/4)
             nn.MaxPool2d(2), nn.Flatten(),  # (B, 4w * 3 * 3), (B, 4w * 2 * 2) from crop 3 on
         )
         self.classifier = nn.Linear(4 * w * (side // 8) ** 2, NUM_DIGITS)
