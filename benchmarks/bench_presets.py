@@ -59,7 +59,7 @@ def data_share(split, config: TrainConfig, epoch_seconds: float) -> float:
     synchronize(device)
     start = time.perf_counter()
     for _ in train_batches(split, config.batch_size, config.seed, 1, config.shift, rotate=config.rotate,
-                           scale=config.scale):
+                           scale=config.scale, elastic=config.elastic):
         pass
     synchronize(device)
     return (time.perf_counter() - start) / epoch_seconds

@@ -72,6 +72,8 @@ class TrainConfig:
     crop: int = _f(0, "pixels cut from each side of the 28x28 image before the first layer (fast only): MNIST's "
                       "digits sit in a 20x20 box in the middle, so 3 keeps 22x22 (99% of the ink) at about half "
                       "the compute; at most 4")
+    dropout: float = _f(0.0, "fraction of the digit classifier's inputs zeroed at random while training (fast only; "
+                             "0 = off)")
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = _f(2, "passes over the 55,000 training images", smoke=1, sweep_smoke=2)
     batch_size: int = _f(256, "images per optimizer step (global, summed over processes)", smoke=128)
@@ -86,6 +88,8 @@ class TrainConfig:
     shift: int = _f(1, "random translation of training images by up to this many pixels (0 = off)")
     rotate: float = _f(0.0, "random rotation of training images by up to this many degrees (0 = off)")
     scale: float = _f(0.0, "random scaling of training images by up to this fraction, e.g. 0.1: 90%..110% (0 = off)")
+    elastic: float = _f(0.0, "random elastic distortion of training images: a smooth field of displacements of up "
+                             "to this many pixels, e.g. 2 (0 = off)")
     seed: int = _f(0, "seed for initialisation, data order, training numbers and augmentation")
     # a list: set in a --config file (no flag); see hparams.py
     hparam_schedule: list[dict[str, Any]] = _f(None, "changes of lr, weight_decay, sum_weight, label_smoothing from "
@@ -178,7 +182,8 @@ class TrainConfig:
     @property
     def net(self) -> dict[str, Any]:
         """What ``model.build_model`` and ``model.parameter_count`` take: ``build_model(**config.net)``."""
-        return {"preset": self.preset, "width": self.width, "stem": self.stem, "crop": self.crop}
+        return {"preset": self.preset, "width": self.width, "stem": self.stem, "crop": self.crop,
+                "dropout": self.dropout}
 
     @property
     def trackers(self) -> tuple[str, ...]:
@@ -228,6 +233,9 @@ class TrainConfig:
              "drop --stem, or use --preset fast")
         need(self.preset != "seed" or self.crop == 0, "crop", "is fixed at 0 for the seed preset",
              "drop --crop, or use --preset fast")
+        need(self.preset != "seed" or self.dropout == 0.0, "dropout", "is fixed at 0 for the seed preset",
+             "drop --dropout, or use --preset fast")
+        need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", "use 0 to turn it off, e.g. --dropout 0.2")
         need(0.0 <= self.sum_weight <= 1.0, "sum_weight", "must be in [0, 1]", "use e.g. --sum-weight 0.5")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)", "use e.g. --momentum 0.9")
         need(0 <= self.weight_decay <= MAX_WEIGHT_DECAY, "weight_decay", f"must be in [0, {MAX_WEIGHT_DECAY:g}]",
@@ -236,6 +244,7 @@ class TrainConfig:
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", "use 0 to turn it off")
         need(0.0 <= self.rotate <= 180.0, "rotate", "must be in [0, 180] degrees", "use 0 to turn it off, e.g. --rotate 10")
         need(0.0 <= self.scale <= 0.5, "scale", "must be in [0, 0.5]", "use 0 to turn it off, e.g. --scale 0.1")
+        need(0.0 <= self.elastic <= 8.0, "elastic", "must be in [0, 8] pixels", "use 0 to turn it off, e.g. --elastic 2")
         need(self.batch_size % self.gradient_accumulation_steps == 0, "gradient_accumulation_steps",
              f"must divide --batch-size {self.batch_size}", "pick a divisor of the batch size")
         unknown = [name for name in self.trackers if name not in TRACKERS]

@@ -277,13 +277,20 @@ def _shift(images: torch.Tensor, offsets: torch.Tensor, max_shift: int) -> torch
 
 
 AFFINE_CHUNK = 4096  # images warped at once: bounds the sampling grid's memory (~25 MB a chunk)
+ELASTIC_GRID = 4  # control points a side of the elastic displacement field (about one every 9 pixels)
 
 
-def random_affine(images: torch.Tensor, params: torch.Tensor, max_rotate: float, max_scale: float) -> torch.Tensor:
+def random_warp(images: torch.Tensor, params: torch.Tensor, max_rotate: float, max_scale: float,
+                field: torch.Tensor | None = None, max_elastic: float = 0.0) -> torch.Tensor:
     """Rotate image i by ``params[0, i] * max_rotate`` degrees and scale it by ``1 + params[1, i] *
-    max_scale`` about its centre (``params`` in [-1, 1], on the images' device), bilinear, filling
-    with background. Off (the images themselves) when both maxima are 0."""
-    if not max_rotate and not max_scale:
+    max_scale`` about its centre (``params`` in [-1, 1], on the images' device), and, with
+    ``max_elastic`` > 0, distort it elastically: ``field[i]`` (2 x ELASTIC_GRID x ELASTIC_GRID, in
+    [-1, 1]) holds random displacements of up to ``max_elastic`` pixels at a coarse grid of control
+    points, interpolated bicubically to every pixel (a smooth random field: the control-point form
+    of Simard et al.'s elastic distortion, as the ``elasticdeform`` package draws it). One bilinear
+    resampling for all of it, filling with background. Off (the images themselves) when all maxima are 0."""
+    elastic = field is not None and max_elastic > 0
+    if not max_rotate and not max_scale and not elastic:
         return images
     angle = params[0] * (max_rotate * math.pi / 180.0)
     scale = 1.0 + params[1] * max_scale
@@ -292,9 +299,13 @@ def random_affine(images: torch.Tensor, params: torch.Tensor, max_rotate: float,
     theta = torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1)  # (B, 2, 3)
     background = images.amin(dim=(1, 2, 3), keepdim=True)
     out = torch.empty_like(images)
+    h, w = images.shape[-2:]
     for lo in range(0, len(images), AFFINE_CHUNK):
         hi = min(lo + AFFINE_CHUNK, len(images))
         grid = torch.nn.functional.affine_grid(theta[lo:hi], list(images[lo:hi].shape), align_corners=False)
+        if elastic:  # pixels -> grid units (the image spans 2 of them), (B, 2, H, W) -> (B, H, W, 2)
+            pixels = torch.nn.functional.interpolate(field[lo:hi], size=(h, w), mode="bicubic", align_corners=True)
+            grid = grid + pixels.permute(0, 2, 3, 1) * (2.0 * max_elastic / torch.tensor([w, h], device=grid.device))
         out[lo:hi] = torch.nn.functional.grid_sample(images[lo:hi] - background[lo:hi], grid, mode="bilinear",
                                                      padding_mode="zeros", align_corners=False) + background[lo:hi]
     return out
@@ -302,18 +313,18 @@ def random_affine(images: torch.Tensor, params: torch.Tensor, max_rotate: float,
 
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: int = 0,
                   rank: int = 0, world: int = 1, start_step: int = 0, rotate: float = 0.0,
-                  scale: float = 0.0) -> Iterator[Batch]:
-    """One epoch of shuffled training batches; order, numbers, shifts, rotations and scalings are
-    fresh per (seed, epoch).
+                  scale: float = 0.0, elastic: float = 0.0) -> Iterator[Batch]:
+    """One epoch of shuffled training batches; order, numbers, shifts, rotations, scalings and
+    elastic distortions are fresh per (seed, epoch).
 
     With ``world`` processes each global batch of ``batch_size`` is cut into ``world`` equal shards
     and this process yields shard ``rank``: all processes step in lock-step on disjoint images.
     Everything random is drawn up front for the whole epoch, so ``start_step`` (resuming mid-epoch)
     skips batches without changing the ones that follow. The last partial batch is dropped.
 
-    The whole epoch of this process's shard is gathered, rotated and scaled (``rotate`` degrees,
-    ``scale`` a fraction: ``random_affine``) and shifted at once, on the training device (airbench's
-    way): each step is then a slice, with no kernel and no host work of its own.
+    The whole epoch of this process's shard is gathered, rotated, scaled and distorted (``rotate``
+    degrees, ``scale`` a fraction, ``elastic`` pixels: ``random_warp``) and shifted at once, on the
+    training device (airbench's way): each step is then a slice, with no kernel and no host work of its own.
     """
     n = len(split)
     device = split.images.device
@@ -321,7 +332,9 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: i
     numbers = train_numbers(n, seed, epoch, device)
     offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=epoch_generator(seed, epoch, 2, device), device=device)
     warps = torch.rand((2, n), generator=epoch_generator(seed, epoch, 3, device), device=device) * 2 - 1 \
-        if rotate or scale else None
+        if rotate or scale else torch.zeros((2, n), device=device)
+    fields = torch.rand((n, 2, ELASTIC_GRID, ELASTIC_GRID), generator=epoch_generator(seed, epoch, 4, device),
+                        device=device) * 2 - 1 if elastic else None
     steps, per_rank = n // batch_size, batch_size // world
     if start_step >= steps:
         return
@@ -329,8 +342,9 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: i
     positions = torch.arange(steps * batch_size, device=device).view(steps, world, per_rank)[start_step:, rank].flatten()
     idx = perm[positions]
     images = split.images[idx]
-    if warps is not None:
-        images = random_affine(images, warps[:, positions], rotate, scale)
+    if rotate or scale or elastic:
+        images = random_warp(images, warps[:, positions], rotate, scale,
+                             None if fields is None else fields[positions], elastic)
     images = random_shift(images, offsets[:, positions], shift)
     digits, r = split.digits[idx], numbers[idx]
     sums = digits + r

@@ -107,6 +107,9 @@ class FastNet(nn.Module):
     weights have the same shapes; their names differ (no pooling layer), so one stem's weights
     never load into the other's net.
 
+    ``dropout`` zeroes that fraction of the classifier's inputs while training (the map's values, so
+    whole strokes at a place are dropped for one image); evaluation, predict and ONNX see no dropout.
+
     ``crop`` cuts that many pixels from each side of the image before the first layer: MNIST's
     digits are scaled into a 20x20 box and centred in the 28x28 image, so the border is almost
     always background (1% of the ink lies outside the central 22x22), and every layer's map
@@ -115,7 +118,7 @@ class FastNet(nn.Module):
     at the front, so a cropped net's weights never load into an uncropped one (shapes or names differ).
     """
 
-    def __init__(self, width: int = 16, stem: str = "pool", crop: int = 0) -> None:
+    def __init__(self, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         w = width
         if stem not in ("pool", "stride"):  # config.STEMS
@@ -132,28 +135,30 @@ class FastNet(nn.Module):
             *_conv_bn_relu(4 * w, 4 * w),  # (B, 4w, side/4, side/4)
             nn.MaxPool2d(2), nn.Flatten(),  # (B, 4w * 3 * 3), (B, 4w * 2 * 2) from crop 3 on
         )
+        self.dropout = dropout  # a function in forward, not a layer: the weights' names stay those of dropout 0
         self.classifier = nn.Linear(4 * w * (side // 8) ** 2, NUM_DIGITS)
         self.adder = AdderHead()
 
     def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        digit_logits = self.classifier(self.features(images))  # (B, 10)
+        features = F.dropout(self.features(images), self.dropout, self.training) if self.dropout else self.features(images)
+        digit_logits = self.classifier(features)  # (B, 10)
         return digit_logits, self.adder(digit_logits, numbers)
 
 
-def build_model(preset: str, width: int = 16, stem: str = "pool", crop: int = 0) -> nn.Module:
-    """The network for a preset (``TrainConfig.preset`` / ``.width`` / ``.stem`` / ``.crop``)."""
+def build_model(preset: str, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0) -> nn.Module:
+    """The network for a preset (``TrainConfig.net``: preset, width, stem, crop, dropout)."""
     if preset == "seed":
         return SeedNet()
     if preset == "fast":
-        return FastNet(width, stem, crop)
+        return FastNet(width, stem, crop, dropout)
     raise ValueError(f"unknown preset {preset!r}: use 'fast' or 'seed'")
 
 
-def parameter_count(preset: str, width: int = 16, stem: str = "pool", crop: int = 0) -> int:
+def parameter_count(preset: str, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0) -> int:
     """Parameters of a preset without allocating them (built on the meta device): sizes are checked
     before anything is allocated or written."""
     with torch.device("meta"):
-        return count_parameters(build_model(preset, width, stem, crop))
+        return count_parameters(build_model(preset, width, stem, crop, dropout))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -322,7 +322,7 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
                     checkpointer.begin_epoch(state)
                     for images, numbers, digits, sums in train_batches(
                             run.train, config.batch_size, config.seed, state.epoch, config.shift, run.rank,
-                            run.world, first, config.rotate, config.scale):
+                            run.world, first, config.rotate, config.scale, config.elastic):
                         loss_sum += step.train_step(run, images, numbers, digits, sums, run.lr_at(state.global_step))
                         state.advance(len(digits))
                         if bar.enabled and (state.step % config.log_every == 0 or state.step == run.steps):

@@ -158,16 +158,53 @@ def test_resuming_mid_epoch_yields_the_same_remaining_batches():
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_random_affine_rotates_and_scales_about_the_centre():
+def test_random_warp_rotates_and_scales_about_the_centre():
     image = torch.full((1, 1, 28, 28), -0.42)
     image[0, 0, 4:10, 13:15] = 3.0  # a bar above the centre
-    quarter = D.random_affine(image, torch.tensor([[1.0], [0.0]]), 90.0, 0.0)  # +90 degrees, no scaling
+    quarter = D.random_warp(image, torch.tensor([[1.0], [0.0]]), 90.0, 0.0)  # +90 degrees, no scaling
     assert torch.allclose(quarter, torch.rot90(image, -1, dims=(2, 3)), atol=1e-5)  # clockwise on screen: exact
-    bigger = D.random_affine(image, torch.tensor([[0.0], [1.0]]), 0.0, 0.5)  # 1.5x about the centre
+    bigger = D.random_warp(image, torch.tensor([[0.0], [1.0]]), 0.0, 0.5)  # 1.5x about the centre
     rows = torch.nonzero(bigger[0, 0].amax(1) > 0).flatten()
     assert rows.min() < 4 and rows.max() < 14 - 1  # the bar grows away from the centre, and stays above it
     assert torch.allclose(bigger[0, 0, :, 0], torch.full((28,), -0.42))  # the background fills in, not zeros
-    assert torch.equal(D.random_affine(image, torch.tensor([[0.7], [0.3]]), 0.0, 0.0), image)  # off
+    assert torch.equal(D.random_warp(image, torch.tensor([[0.7], [0.3]]), 0.0, 0.0), image)  # off
+
+
+def test_elastic_field_displaces_by_its_pixels_and_zero_displaces_nothing():
+    image = torch.full((1, 1, 28, 28), -0.42)
+    image[0, 0, 6:22, 10:16] = 3.0
+    right = torch.zeros(1, 2, D.ELASTIC_GRID, D.ELASTIC_GRID)
+    right[:, 0] = 1.0  # every control point reads 2 pixels to the right: the content moves 2 pixels left
+    moved = D.random_warp(image, torch.zeros(2, 1), 0.0, 0.0, right, 2.0)
+    assert torch.allclose(moved[..., :-2], image[..., 2:], atol=1e-4)
+    assert torch.allclose(moved[..., -2:], torch.full((1, 1, 28, 2), -0.42), atol=1e-4)  # background fills in
+    still = D.random_warp(image, torch.zeros(2, 1), 0.0, 0.0, torch.zeros_like(right), 2.0)
+    assert torch.allclose(still, image, atol=1e-5)
+    field = torch.rand(1, 2, D.ELASTIC_GRID, D.ELASTIC_GRID) * 2 - 1
+    bent = D.random_warp(image, torch.zeros(2, 1), 0.0, 0.0, field, 3.0)
+    assert not torch.allclose(bent, image, atol=1e-2)  # a random field bends the bar
+    assert torch.equal(D.random_warp(image, torch.zeros(2, 1), 0.0, 0.0, field, 0.0), image)  # off
+
+
+def test_elastic_distortions_are_seeded_sharded_and_resume_mid_epoch():
+    split = _split(64)
+    plain = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1))
+    whole = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, elastic=2.0))
+    again = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, elastic=2.0))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole, again))
+    assert not torch.equal(whole[0][0], plain[0][0])
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(whole, plain) for k in (1, 2, 3))
+    other = list(D.train_batches(split, 16, seed=0, epoch=4, shift=1, elastic=2.0))
+    assert not torch.equal(torch.cat([b[0] for b in other]).sum(0), torch.cat([b[0] for b in whole]).sum(0))
+    # on top of rotations it bends the rotated images again; resuming and sharding keep both
+    both = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0, elastic=2.0))
+    rotated = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0))
+    assert not torch.equal(both[0][0], rotated[0][0]) and not torch.equal(both[0][0], whole[0][0])
+    rest = list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0, elastic=2.0, start_step=2))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(both[2:], rest))
+    shards = [list(D.train_batches(split, 16, seed=0, epoch=3, shift=1, rotate=12.0, elastic=2.0, rank=r, world=2))
+              for r in range(2)]
+    assert all(torch.equal(torch.cat([shards[0][i][0], shards[1][i][0]]), both[i][0]) for i in range(len(both)))
 
 
 def test_rotations_and_scalings_are_seeded_sharded_and_resume_mid_epoch():

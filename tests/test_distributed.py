@@ -187,10 +187,10 @@ CRASHING_RUN = textwrap.dedent("""
 
 
 def _resume_args(mnist_dir: Path, device: list[str] = CPU) -> list[str]:
-    # with every augmentation on: rotations, scalings and shifts are drawn per (seed, epoch), so a
-    # resumed run sees the same images
+    # with every augmentation on: rotations, scalings, elastic fields and shifts are drawn per
+    # (seed, epoch), so a resumed run sees the same images
     return ["--width", "8", "--epochs", "3", "--lr", "0.01", "--data-dir", str(mnist_dir), "--checkpoint-every", "4",
-            "--keep-checkpoints", "3", "--rotate", "10", "--scale", "0.1", *COMMON, *device]
+            "--keep-checkpoints", "3", "--rotate", "10", "--scale", "0.1", "--elastic", "2", *COMMON, *device]
 
 
 def _train_to_the_end(args: list[str], run: Path) -> Path:

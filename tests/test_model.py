@@ -65,6 +65,18 @@ def test_crop_shrinks_the_maps_and_its_weights_never_load_into_another_crop():
     assert set(crop2.state_dict()) != set(uncropped.state_dict())
 
 
+def test_dropout_acts_in_training_only_and_keeps_the_weights_names():
+    torch.manual_seed(0)
+    plain, dropped = build_model("fast", 8), build_model("fast", 8, dropout=0.5)
+    assert list(plain.state_dict()) == list(dropped.state_dict())  # no layer of its own: weights load both ways
+    dropped.load_state_dict(plain.state_dict())
+    x, r = torch.randn(4, 1, 28, 28), torch.arange(4)
+    plain.eval(), dropped.eval()
+    assert all(torch.equal(a, b) for a, b in zip(plain(x, r), dropped(x, r)))  # evaluation: no dropout
+    plain.train(), dropped.train()
+    assert not torch.equal(plain(x, r)[0], dropped(x, r)[0])  # training: half the classifier's inputs zeroed
+
+
 def test_width_scales_the_fast_model():
     assert count_parameters(build_model("fast", 8)) < count_parameters(build_model("fast", 16)) < \
         count_parameters(build_model("fast", 32))
