@@ -24,6 +24,7 @@ from .errors import UserError, shown
 
 PRESETS = ("fast", "seed")
 STEMS = ("pool", "stride")  # model.FastNet's first layer
+TTA_VIEWS = (1, 5, 9)  # model.TTA_SHIFTS's keys (this module imports no torch)
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 # The experiment trackers Accelerate speaks to (its LoggerType names); `--log-with` takes any of them,
 # comma-separated. Each is an extra of the same name: pip install -e ".[mlflow]".
@@ -74,6 +75,9 @@ class TrainConfig:
                       "the compute; at most 4")
     dropout: float = _f(0.0, "fraction of the digit classifier's inputs zeroed at random while training (fast only; "
                              "0 = off)")
+    tta: int = _f(1, "views of each image the net averages when it evaluates or predicts (test-time augmentation, "
+                     "fast only): 1 (the image), 5 (also shifted one pixel up, down, left, right) or 9 (every shift "
+                     "of up to one pixel); training is unchanged", TTA_VIEWS)
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = _f(2, "passes over the 55,000 training images", smoke=1, sweep_smoke=2)
     batch_size: int = _f(256, "images per optimizer step (global, summed over processes)", smoke=128)
@@ -183,7 +187,7 @@ class TrainConfig:
     def net(self) -> dict[str, Any]:
         """What ``model.build_model`` and ``model.parameter_count`` take: ``build_model(**config.net)``."""
         return {"preset": self.preset, "width": self.width, "stem": self.stem, "crop": self.crop,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "tta": self.tta}
 
     @property
     def trackers(self) -> tuple[str, ...]:
@@ -219,7 +223,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                need(False, f.name, "is not a known choice", "use one of " + ", ".join(choices))
+                need(False, f.name, "is not a known choice", "use one of " + ", ".join(map(str, choices)))
         for name, (low, high, example) in INT_RANGES.items():  # what the code can use: no overflow anywhere
             value = getattr(self, name)
             need(value >= low, name, f"must be {'at least 1' if low == 1 else f'>= {low}'}",
@@ -235,6 +239,8 @@ class TrainConfig:
              "drop --crop, or use --preset fast")
         need(self.preset != "seed" or self.dropout == 0.0, "dropout", "is fixed at 0 for the seed preset",
              "drop --dropout, or use --preset fast")
+        need(self.preset != "seed" or self.tta == 1, "tta", "is fixed at 1 for the seed preset",
+             "drop --tta, or use --preset fast")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", "use 0 to turn it off, e.g. --dropout 0.2")
         need(0.0 <= self.sum_weight <= 1.0, "sum_weight", "must be in [0, 1]", "use e.g. --sum-weight 0.5")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)", "use e.g. --momentum 0.9")

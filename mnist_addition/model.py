@@ -62,6 +62,25 @@ class Crop(nn.Module):
         return f"pixels={self.pixels}"
 
 
+# The shifts (down, right; pixels) of each image a net evaluates with ``tta`` views (TrainConfig.TTA_VIEWS)
+TTA_SHIFTS = {1: ((0, 0),), 5: ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)),
+              9: tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))}
+
+
+def shifted_views(images: torch.Tensor, shifts: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """(B, C, H, W) -> (V * B, C, H, W): every image moved by each (down, right) of ``shifts`` (at
+    most one pixel), view by view; the pixels moved in are the image's background (its minimum)."""
+    h, w = images.shape[-2:]
+    background = images.amin(dim=(1, 2, 3), keepdim=True)
+    padded = F.pad(images - background, (1, 1, 1, 1)) + background  # (B, C, H + 2, W + 2)
+    return torch.cat([padded[:, :, 1 - dy:1 - dy + h, 1 - dx:1 - dx + w] for dy, dx in shifts])
+
+
+def _mean_log_probs(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """(V * B, K) logits of V views -> (B, K): the views' mean log-probabilities (fp32)."""
+    return logits.float().log_softmax(dim=1).view(views, -1, logits.shape[1]).mean(dim=0)
+
+
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     # bias=False: BatchNorm's shift makes a conv bias redundant
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
@@ -110,6 +129,10 @@ class FastNet(nn.Module):
     ``dropout`` zeroes that fraction of the classifier's inputs while training (the map's values, so
     whole strokes at a place are dropped for one image); evaluation, predict and ONNX see no dropout.
 
+    ``tta`` (1, 5 or 9) is test-time augmentation: in evaluation (``eval()``: validation, test,
+    predict, the ONNX graph) the net scores each image also shifted by one pixel (``TTA_SHIFTS``)
+    and returns the views' mean log-probabilities for the digit and the sum; training is unchanged.
+
     ``crop`` cuts that many pixels from each side of the image before the first layer: MNIST's
     digits are scaled into a 20x20 box and centred in the 28x28 image, so the border is almost
     always background (1% of the ink lies outside the central 22x22), and every layer's map
@@ -118,8 +141,12 @@ class FastNet(nn.Module):
     at the front, so a cropped net's weights never load into an uncropped one (shapes or names differ).
     """
 
-    def __init__(self, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0) -> None:
+    def __init__(self, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0,
+                 tta: int = 1) -> None:
         super().__init__()
+        if tta not in TTA_SHIFTS:
+            raise ValueError(f"tta must be one of {', '.join(map(str, TTA_SHIFTS))} views, got {tta!r}")
+        self.tta = tta
         w = width
         if stem not in ("pool", "stride"):  # config.STEMS
             raise ValueError(f"unknown stem {stem!r}: use 'pool' or 'stride'")
@@ -140,25 +167,34 @@ class FastNet(nn.Module):
         self.adder = AdderHead()
 
     def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training or self.tta == 1:
+            return self._forward(images, numbers)
+        views = self.tta  # test-time augmentation: one forward over every view of the batch
+        digit_logits, sum_logits = self._forward(shifted_views(images, TTA_SHIFTS[views]), numbers.repeat(views))
+        return _mean_log_probs(digit_logits, views), _mean_log_probs(sum_logits, views)
+
+    def _forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = F.dropout(self.features(images), self.dropout, self.training) if self.dropout else self.features(images)
         digit_logits = self.classifier(features)  # (B, 10)
         return digit_logits, self.adder(digit_logits, numbers)
 
 
-def build_model(preset: str, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0) -> nn.Module:
-    """The network for a preset (``TrainConfig.net``: preset, width, stem, crop, dropout)."""
+def build_model(preset: str, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0,
+                tta: int = 1) -> nn.Module:
+    """The network for a preset (``TrainConfig.net``: preset, width, stem, crop, dropout, tta)."""
     if preset == "seed":
         return SeedNet()
     if preset == "fast":
-        return FastNet(width, stem, crop, dropout)
+        return FastNet(width, stem, crop, dropout, tta)
     raise ValueError(f"unknown preset {preset!r}: use 'fast' or 'seed'")
 
 
-def parameter_count(preset: str, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0) -> int:
+def parameter_count(preset: str, width: int = 16, stem: str = "pool", crop: int = 0, dropout: float = 0.0,
+                    tta: int = 1) -> int:
     """Parameters of a preset without allocating them (built on the meta device): sizes are checked
     before anything is allocated or written."""
     with torch.device("meta"):
-        return count_parameters(build_model(preset, width, stem, crop, dropout))
+        return count_parameters(build_model(preset, width, stem, crop, dropout, tta))
 
 
 def count_parameters(model: nn.Module) -> int:

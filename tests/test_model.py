@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mnist_addition import model as M
 from mnist_addition.model import NUM_SUMS, AdderHead, build_model, count_parameters, param_groups
 
 
@@ -75,6 +76,40 @@ def test_dropout_acts_in_training_only_and_keeps_the_weights_names():
     assert all(torch.equal(a, b) for a, b in zip(plain(x, r), dropped(x, r)))  # evaluation: no dropout
     plain.train(), dropped.train()
     assert not torch.equal(plain(x, r)[0], dropped(x, r)[0])  # training: half the classifier's inputs zeroed
+
+
+def test_shifted_views_move_each_image_one_pixel_and_fill_in_its_background():
+    image = torch.full((1, 1, 28, 28), -0.42)
+    image[0, 0, 10, 12] = 2.0
+    views = M.shifted_views(image, M.TTA_SHIFTS[9])
+    assert views.shape == (9, 1, 28, 28)
+    for view, (dy, dx) in zip(views, M.TTA_SHIFTS[9]):
+        assert view[0, 10 + dy, 12 + dx] == 2.0 and (view > 0).sum() == 1  # moved down dy, right dx
+        assert view.amin() == -0.42
+    edge = torch.full((1, 1, 28, 28), -0.42)
+    edge[0, 0, :, 0] = 2.0  # ink on the left border: shifted left it leaves, shifted right it stays
+    left, right = M.shifted_views(edge, ((0, -1), (0, 1)))
+    assert (left > 0).sum() == 0 and (right[0, :, 1] == 2.0).all()
+
+
+@pytest.mark.parametrize("views", [5, 9])
+def test_tta_averages_the_views_log_probabilities_in_evaluation_only(views):
+    torch.manual_seed(0)
+    plain, tta = build_model("fast", 8), build_model("fast", 8, tta=views)
+    assert list(plain.state_dict()) == list(tta.state_dict())  # no weights of its own
+    tta.load_state_dict(plain.state_dict())
+    x, r = torch.randn(3, 1, 28, 28), torch.tensor([0, 4, 9])
+    plain.eval(), tta.eval()
+    digit, total = tta(x, r)
+    each = [plain(M.shifted_views(x, (shift,)), r) for shift in M.TTA_SHIFTS[views]]
+    assert torch.allclose(digit, torch.stack([d.log_softmax(1) for d, _ in each]).mean(0), atol=1e-5)
+    assert torch.allclose(total, torch.stack([s.log_softmax(1) for _, s in each]).mean(0), atol=1e-5)
+    assert not torch.allclose(digit, plain(x, r)[0].log_softmax(1), atol=1e-4)  # the shifted views count
+    plain.train(), tta.train()
+    torch.manual_seed(1)
+    trained = plain(x, r)
+    torch.manual_seed(1)
+    assert all(torch.equal(a, b) for a, b in zip(trained, tta(x, r)))  # training sees the image once
 
 
 def test_width_scales_the_fast_model():

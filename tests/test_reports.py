@@ -82,6 +82,33 @@ def test_onnx_export_matches_pytorch(run_dir, tmp_path):
         assert abs(torch.from_numpy(sum_onnx) - sum_pt).max() <= 1e-4
 
 
+@pytest.mark.skipif(not HAS_ONNX, reason="onnx extra not installed")
+def test_onnx_export_carries_the_tta_views(run_dir, tmp_path):
+    """A run with --tta 5 exports its five views into the graph: onnxruntime matches PyTorch's TTA."""
+    import json
+    import shutil
+
+    import onnxruntime as ort
+
+    from mnist_addition.predict import load_model
+
+    tta_run = tmp_path / "tta-run"
+    shutil.copytree(run_dir, tta_run)
+    config = json.loads((tta_run / "config.json").read_text())
+    config["config"]["tta"] = 5  # the same weights, evaluated with five views
+    (tta_run / "config.json").write_text(json.dumps(config))
+    assert main(["export", str(tta_run), "--output", str(tmp_path / "m.onnx")]) == 0
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    model, plain = load_model(tta_run), load_model(run_dir)
+    images, numbers = torch.randn(7, 1, 28, 28), torch.randint(0, 10, (7,))
+    digit_onnx, sum_onnx = session.run(None, {"image": images.numpy(), "number": numbers.numpy()})
+    with torch.no_grad():
+        digit_pt, sum_pt = model(images, numbers)
+        assert not torch.allclose(digit_pt, plain(images, numbers)[0].log_softmax(1), atol=1e-4)
+    assert abs(torch.from_numpy(digit_onnx) - digit_pt).max() <= 1e-4
+    assert abs(torch.from_numpy(sum_onnx) - sum_pt).max() <= 1e-4
+
+
 @pytest.mark.parametrize("extra,match", [
     (["--format", "tflite"], "unknown export format 'tflite': use --format onnx"),
     (["--output", "EXISTING"], "exists: choose another --output, or pass --overwrite"),

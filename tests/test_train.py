@@ -97,6 +97,20 @@ def test_a_cropped_net_trains_learns_and_is_recorded(mnist_dir, trained, tmp_pat
     assert load_file(str(run_dir / "model.safetensors"))["classifier.weight"].shape == (10, 4 * 8 * 2 * 2)
 
 
+def test_tta_changes_evaluation_only_and_is_recorded(mnist_dir, trained, tmp_path):
+    from mnist_addition.runs import load_run
+
+    run_dir = tmp_path / "run"
+    final = fit(tiny_config(mnist_dir, cpu=True, tta=9, output_dir=str(run_dir)), progress=False)
+    plain = trained[0]
+    # the same training to the bit (tta acts in evaluation only), scored with nine views of each image
+    assert [row["train_loss"] for row in final["history"]] == [row["train_loss"] for row in plain["history"]]
+    assert final["val"]["digit_acc"] > 0.8
+    assert final["val"]["loss"] != plain["val"]["loss"]  # mean log-probabilities of the views, not one image's
+    assert json.loads((run_dir / "config.json").read_text())["config"]["tta"] == 9
+    assert load_run(run_dir).model.tta == 9  # evaluate and predict load it with its views
+
+
 def test_gradient_accumulation_matches_one_big_batch(mnist_dir):
     """K micro-batches of B/K accumulate to the update of one batch of B (fp32).
 
