@@ -819,6 +819,17 @@ class Issue19:
                 "train", "--crop", "5", "--data-dir", d, "--output-dir", str(w / "c1")), 2),
             "train --preset seed --crop 2": lambda: clean(cli(
                 "train", "--preset", "seed", "--crop", "2", "--data-dir", d, "--output-dir", str(w / "c2")), 2),
+            "train --tta 3 (5 or 9 views)": lambda: clean(cli(
+                "train", "--tta", "3", "--data-dir", d, "--output-dir", str(w / "t1")), 2),
+            "train --preset seed --tta 5": lambda: clean(cli(
+                "train", "--preset", "seed", "--tta", "5", "--data-dir", d, "--output-dir", str(w / "t2")), 2),
+            "train --elastic 20 (pixels)": lambda: clean(cli(
+                "train", "--elastic", "20", "--data-dir", d, "--output-dir", str(w / "e1")), 2),
+            "train --dropout 1": lambda: clean(cli(
+                "train", "--dropout", "1", "--data-dir", d, "--output-dir", str(w / "e2")), 2),
+            "a space searching tta 4": lambda: self.base.write_and_run(
+                w / "ttas.yaml", "search:\n  tta: {choice: [1, 4]}\n",
+                lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
             "a space searching crop 6": lambda: self.base.write_and_run(
                 w / "crops.yaml", "search:\n  crop: {choice: [3, 6]}\n",
                 lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
