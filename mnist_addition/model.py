@@ -76,11 +76,6 @@ def shifted_views(images: torch.Tensor, shifts: tuple[tuple[int, int], ...]) -> 
     return torch.cat([padded[:, :, 1 - dy:1 - dy + h, 1 - dx:1 - dx + w] for dy, dx in shifts])
 
 
-def _mean_log_probs(logits: torch.Tensor, views: int) -> torch.Tensor:
-    """(V * B, K) logits of V views -> (B, K): the views' mean log-probabilities (fp32)."""
-    return logits.float().log_softmax(dim=1).view(views, -1, logits.shape[1]).mean(dim=0)
-
-
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     # bias=False: BatchNorm's shift makes a conv bias redundant
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
@@ -169,9 +164,14 @@ class FastNet(nn.Module):
     def forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training or self.tta == 1:
             return self._forward(images, numbers)
-        views = self.tta  # test-time augmentation: one forward over every view of the batch
-        digit_logits, sum_logits = self._forward(shifted_views(images, TTA_SHIFTS[views]), numbers.repeat(views))
-        return _mean_log_probs(digit_logits, views), _mean_log_probs(sum_logits, views)
+        # test-time augmentation: one forward per view, the batch's size (a 5x larger batch was 1.4x
+        # slower per image on a 2-core CPU), the views' log-probabilities averaged in fp32
+        digit_sum, total_sum = 0.0, 0.0
+        for shift in TTA_SHIFTS[self.tta]:
+            digit_logits, sum_logits = self._forward(shifted_views(images, (shift,)), numbers)
+            digit_sum = digit_sum + digit_logits.float().log_softmax(dim=1)
+            total_sum = total_sum + sum_logits.float().log_softmax(dim=1)
+        return digit_sum / self.tta, total_sum / self.tta
 
     def _forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = F.dropout(self.features(images), self.dropout, self.training) if self.dropout else self.features(images)
