@@ -84,6 +84,18 @@ def test_cpu_fastest_recipe_is_a_valid_config():
     assert config.epochs <= TrainConfig().epochs
 
 
+def test_cpu_accurate_recipe_is_the_accurate_space_with_its_winners_values():
+    import yaml
+
+    from mnist_addition.config import TrainConfig
+    from mnist_addition.sweep import find_space
+
+    config = TrainConfig.load(LAUNCH / "cpu_accurate.json")
+    space = yaml.safe_load(find_space("accurate").read_text())
+    assert all(getattr(config, k) == v for k, v in space["fixed"].items())  # the net, budget, augmentation, views
+    assert set(space["search"]) <= set(json.loads((LAUNCH / "cpu_accurate.json").read_text()))
+
+
 def test_slurm_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(LAUNCH / "slurm_multinode.sbatch")]).returncode == 0
 
