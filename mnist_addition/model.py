@@ -121,8 +121,8 @@ class FastNet(nn.Module):
     weights have the same shapes; their names differ (no pooling layer), so one stem's weights
     never load into the other's net.
 
-    ``dropout`` zeroes that fraction of the classifier's inputs while training (the map's values, so
-    whole strokes at a place are dropped for one image); evaluation, predict and ONNX see no dropout.
+    ``dropout`` zeroes that fraction of the classifier's inputs while training (each value of the
+    flattened map on its own); evaluation, predict and ONNX see no dropout.
 
     ``tta`` (1, 5 or 9) is test-time augmentation: in evaluation (``eval()``: validation, test,
     predict, the ONNX graph) the net scores each image also shifted by one pixel (``TTA_SHIFTS``)
@@ -174,7 +174,9 @@ class FastNet(nn.Module):
         return digit_sum / self.tta, total_sum / self.tta
 
     def _forward(self, images: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = F.dropout(self.features(images), self.dropout, self.training) if self.dropout else self.features(images)
+        features = self.features(images)
+        if self.dropout:
+            features = F.dropout(features, self.dropout, self.training)
         digit_logits = self.classifier(features)  # (B, 10)
         return digit_logits, self.adder(digit_logits, numbers)
 
