@@ -39,7 +39,8 @@ def test_the_wheel_ships_the_search_spaces_and_tune_finds_them_by_name(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     spaces = sorted(n for n in names if n.endswith(".yaml"))
     assert spaces == [f"mnist_addition/sweep/spaces/{name}.yaml"
-                      for name in ("cpu_default", "default", "fastest", "gpu_recipe", "pbt", "smoke", "speed", "wide")]
+                      for name in ("accurate", "cpu_default", "default", "fastest", "gpu_recipe", "pbt", "smoke", "speed",
+                                   "wide")]
 
     # The wheel's files alone (no checkout, no tune/ beside them), from another folder.
     site = tmp_path / "site"
