@@ -300,12 +300,14 @@ def random_warp(images: torch.Tensor, params: torch.Tensor, max_rotate: float, m
     background = images.amin(dim=(1, 2, 3), keepdim=True)
     out = torch.empty_like(images)
     h, w = images.shape[-2:]
+    # pixels -> grid units (the image spans 2 of them along x and along y)
+    to_grid = 2.0 * max_elastic / torch.tensor([w, h], device=images.device) if elastic else None
     for lo in range(0, len(images), AFFINE_CHUNK):
         hi = min(lo + AFFINE_CHUNK, len(images))
         grid = torch.nn.functional.affine_grid(theta[lo:hi], list(images[lo:hi].shape), align_corners=False)
-        if elastic:  # pixels -> grid units (the image spans 2 of them), (B, 2, H, W) -> (B, H, W, 2)
+        if elastic:  # (B, 2, G, G) control points -> (B, 2, H, W) -> (B, H, W, 2), like the grid
             pixels = torch.nn.functional.interpolate(field[lo:hi], size=(h, w), mode="bicubic", align_corners=True)
-            grid = grid + pixels.permute(0, 2, 3, 1) * (2.0 * max_elastic / torch.tensor([w, h], device=grid.device))
+            grid = grid + pixels.permute(0, 2, 3, 1) * to_grid
         out[lo:hi] = torch.nn.functional.grid_sample(images[lo:hi] - background[lo:hi], grid, mode="bilinear",
                                                      padding_mode="zeros", align_corners=False) + background[lo:hi]
     return out
@@ -332,7 +334,7 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: i
     numbers = train_numbers(n, seed, epoch, device)
     offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=epoch_generator(seed, epoch, 2, device), device=device)
     warps = torch.rand((2, n), generator=epoch_generator(seed, epoch, 3, device), device=device) * 2 - 1 \
-        if rotate or scale else torch.zeros((2, n), device=device)
+        if rotate or scale else None
     fields = torch.rand((n, 2, ELASTIC_GRID, ELASTIC_GRID), generator=epoch_generator(seed, epoch, 4, device),
                         device=device) * 2 - 1 if elastic else None
     steps, per_rank = n // batch_size, batch_size // world
@@ -342,9 +344,9 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, shift: i
     positions = torch.arange(steps * batch_size, device=device).view(steps, world, per_rank)[start_step:, rank].flatten()
     idx = perm[positions]
     images = split.images[idx]
-    if rotate or scale or elastic:
-        images = random_warp(images, warps[:, positions], rotate, scale,
-                             None if fields is None else fields[positions], elastic)
+    if warps is not None or fields is not None:  # an elastic field alone warps with rotation 0 and scale 1
+        params = warps[:, positions] if warps is not None else images.new_zeros((2, len(positions)))
+        images = random_warp(images, params, rotate, scale, None if fields is None else fields[positions], elastic)
     images = random_shift(images, offsets[:, positions], shift)
     digits, r = split.digits[idx], numbers[idx]
     sums = digits + r
