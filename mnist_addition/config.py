@@ -25,6 +25,7 @@ from .errors import UserError, shown
 PRESETS = ("fast", "seed")
 STEMS = ("pool", "stride")  # model.FastNet's first layer
 TTA_VIEWS = (1, 5, 9)  # model.TTA_SHIFTS's keys (this module imports no torch)
+DEPTHS = (4, 5, 6)  # model.DEPTHS
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 # The experiment trackers Accelerate speaks to (its LoggerType names); `--log-with` takes any of them,
 # comma-separated. Each is an extra of the same name: pip install -e ".[mlflow]".
@@ -73,6 +74,8 @@ class TrainConfig:
     crop: int = _f(0, "pixels cut from each side of the 28x28 image before the first layer (fast only): MNIST's "
                       "digits sit in a 20x20 box in the middle, so 3 keeps 22x22 (99% of the ink) at about half "
                       "the compute; at most 4")
+    depth: int = _f(4, "conv layers of the fast net: 4, 5 (a second conv at 14x14) or 6 (also a third at 7x7); "
+                       "each extra layer costs about as much as the last conv", DEPTHS)
     dropout: float = _f(0.0, "fraction of the digit classifier's inputs zeroed at random while training (fast only; "
                              "0 = off)")
     tta: int = _f(1, "views of each image the net averages when it evaluates or predicts (test-time augmentation, "
@@ -187,7 +190,7 @@ class TrainConfig:
     def net(self) -> dict[str, Any]:
         """What ``model.build_model`` and ``model.parameter_count`` take: ``build_model(**config.net)``."""
         return {"preset": self.preset, "width": self.width, "stem": self.stem, "crop": self.crop,
-                "dropout": self.dropout, "tta": self.tta}
+                "dropout": self.dropout, "tta": self.tta, "depth": self.depth}
 
     @property
     def trackers(self) -> tuple[str, ...]:
@@ -239,6 +242,8 @@ class TrainConfig:
              "drop --crop, or use --preset fast")
         need(self.preset != "seed" or self.dropout == 0.0, "dropout", "is fixed at 0 for the seed preset",
              "drop --dropout, or use --preset fast")
+        need(self.preset != "seed" or self.depth == 4, "depth", "is fixed for the seed preset",
+             "drop --depth, or use --preset fast")
         need(self.preset != "seed" or self.tta == 1, "tta", "is fixed at 1 for the seed preset",
              "drop --tta, or use --preset fast")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", "use 0 to turn it off, e.g. --dropout 0.2")

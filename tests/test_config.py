@@ -20,6 +20,7 @@ from mnist_addition.config import ConfigError, TrainConfig
     (dict(optimizer="lbfgs"), r"--optimizer is not a known choice.*adamw, sgd"),
     (dict(shift=9), r"--shift must be in 0..8"),
     (dict(tta=3), r"--tta is not a known choice.*use one of 1, 5, 9"),
+    (dict(depth=3), r"--depth is not a known choice.*use one of 4, 5, 6"),
     (dict(dropout=1.0), r"--dropout must be in \[0, 1\).*--dropout 0.2"),
     (dict(elastic=8.5), r"--elastic must be in \[0, 8\] pixels"),
     (dict(elastic=-1.0), r"--elastic must be in \[0, 8\] pixels.*--elastic 2"),
@@ -52,12 +53,15 @@ def test_seed_preset_is_the_reference_recipe():
         TrainConfig.from_preset("seed", crop=2)
     with pytest.raises(ConfigError, match="--tta is fixed at 1 for the seed preset"):
         TrainConfig.from_preset("seed", tta=5)
+    with pytest.raises(ConfigError, match="--depth is fixed for the seed preset"):
+        TrainConfig.from_preset("seed", depth=6)
     with pytest.raises(ConfigError, match="--dropout is fixed at 0 for the seed preset"):
         TrainConfig.from_preset("seed", dropout=0.2)
 
 
 def test_crop_is_at_most_the_border_around_the_digits():
-    assert TrainConfig(crop=4).net == {"preset": "fast", "width": 16, "stem": "pool", "crop": 4, "dropout": 0.0, "tta": 1}
+    assert TrainConfig(crop=4).net == {"preset": "fast", "width": 16, "stem": "pool", "crop": 4, "dropout": 0.0, "tta": 1,
+                                    "depth": 4}
     with pytest.raises(ConfigError, match=r"--crop must be in 0..4 \(got 5\): use e.g. --crop 3"):
         TrainConfig(crop=5)
     with pytest.raises(ConfigError, match=r"--crop must be >= 0"):

@@ -78,6 +78,30 @@ def test_dropout_acts_in_training_only_and_keeps_the_weights_names():
     assert not torch.equal(plain(x, r)[0], dropped(x, r)[0])  # training: half the classifier's inputs zeroed
 
 
+def test_depth_adds_convs_at_14x14_then_7x7_and_depth_4_is_the_net_runs_saved():
+    nets = {depth: build_model("fast", 8, "pool", 2, depth=depth) for depth in M.DEPTHS}
+    convs = {depth: [m for m in net.features if isinstance(m, torch.nn.Conv2d)] for depth, net in nets.items()}
+    assert [len(c) for c in convs.values()] == [4, 5, 6]
+    assert (convs[5][2].in_channels, convs[5][2].out_channels) == (16, 16)  # after the 2w conv, before its pool
+    assert (convs[6][5].in_channels, convs[6][5].out_channels) == (32, 32)  # a third 4w conv at 7x7
+    x = torch.randn(2, 1, 28, 28)
+    for depth, net in nets.items():
+        pools = [i for i, m in enumerate(net.features) if isinstance(m, torch.nn.MaxPool2d)]
+        assert net.features[:pools[1]](x).shape == (2, 16, 12, 12), depth  # the extra 2w conv runs at 12x12
+        assert net.features[:pools[2]](x).shape == (2, 32, 6, 6), depth
+        digit_logits, sum_logits = net.eval()(x, torch.arange(2))
+        assert digit_logits.shape == (2, 10) and sum_logits.shape == (2, NUM_SUMS)
+    # depth 4 is the net every earlier run saved: the same layers under the same names
+    assert [k for k in nets[4].state_dict() if k.endswith(".weight")][:5] == [
+        "features.1.weight", "features.2.weight", "features.5.weight", "features.6.weight", "features.9.weight"]
+    for deeper in (5, 6):  # a checkpoint of one depth never loads into another
+        with pytest.raises(RuntimeError):
+            nets[deeper].load_state_dict(nets[4].state_dict())
+    assert count_parameters(nets[4]) < count_parameters(nets[5]) < count_parameters(nets[6])
+    with pytest.raises(ValueError, match="depth must be one of 4, 5, 6 conv layers, got 7"):
+        build_model("fast", 8, depth=7)
+
+
 def test_shifted_views_move_each_image_one_pixel_and_fill_in_its_background():
     image = torch.full((1, 1, 28, 28), -0.42)
     image[0, 0, 10, 12] = 2.0

@@ -97,6 +97,18 @@ def test_a_cropped_net_trains_learns_and_is_recorded(mnist_dir, trained, tmp_pat
     assert load_file(str(run_dir / "model.safetensors"))["classifier.weight"].shape == (10, 4 * 8 * 2 * 2)
 
 
+def test_a_deeper_net_trains_learns_and_loads_back(mnist_dir, trained, tmp_path):
+    from mnist_addition.runs import load_run
+
+    run_dir = tmp_path / "run"
+    final = fit(tiny_config(mnist_dir, cpu=True, depth=6, output_dir=str(run_dir)), progress=False)
+    assert final["params"] == trained[0]["params"] + 9 * 16 * 16 + 2 * 16 + 9 * 32 * 32 + 2 * 32  # two conv-BNs
+    assert final["val"]["digit_acc"] > 0.8
+    assert json.loads((run_dir / "config.json").read_text())["config"]["depth"] == 6
+    model = load_run(run_dir).model  # evaluate, predict and export rebuild the same depth
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.features) == 6
+
+
 def test_tta_changes_evaluation_only_and_is_recorded(mnist_dir, trained, tmp_path):
     from mnist_addition.runs import load_run
 
