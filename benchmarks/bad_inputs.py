@@ -827,6 +827,10 @@ class Issue19:
                 "train", "--elastic", "20", "--data-dir", d, "--output-dir", str(w / "e1")), 2),
             "train --dropout 1": lambda: clean(cli(
                 "train", "--dropout", "1", "--data-dir", d, "--output-dir", str(w / "e2")), 2),
+            "train --depth 8 (4, 5 or 6 convs)": lambda: clean(cli(
+                "train", "--depth", "8", "--data-dir", d, "--output-dir", str(w / "d1")), 2),
+            "train --preset seed --depth 6": lambda: clean(cli(
+                "train", "--preset", "seed", "--depth", "6", "--data-dir", d, "--output-dir", str(w / "d2")), 2),
             "a space searching tta 4": lambda: self.base.write_and_run(
                 w / "ttas.yaml", "search:\n  tta: {choice: [1, 4]}\n",
                 lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
