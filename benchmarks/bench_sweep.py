@@ -95,18 +95,25 @@ def sweep(args: argparse.Namespace, cpus: float, console: Console) -> tuple[dict
 
 
 def time_table(summary: dict, command_seconds: float, console: Console) -> None:
+    """Where the time went. Trials' rows are shares of the trials' summed time, the rest shares of
+    the sweep's wall time. Ray's own time is the wall time less the trials' only when trials ran
+    one at a time; when they overlapped, the table says how many ran at once on average instead."""
     wall, in_trials, training = summary["wall_seconds"], summary["sum_trial_seconds"], summary["sum_train_seconds"]
     n = summary["trials"]
     table = Table(title=f"Where a {n}-trial sweep's time went ({summary['epochs_run']} epochs run)")
-    for col in ("", "seconds", "per trial", "share of wall"):
+    for col in ("", "seconds", "per trial", "share"):
         table.add_column(col, justify="left" if not col else "right")
     for label, seconds in (("training (baseline: the trials' own train_seconds)", training),
-                           ("rest of the trials: start-up, data, validation, checkpoints, uploads", in_trials - training),
-                           ("Ray: scheduling, actor start-up, results (exact when trials run one at a time)",
-                            wall - in_trials),
-                           ("sweep wall time (Tuner.fit)", wall),
+                           ("rest of the trials: start-up, data, validation, checkpoints, uploads", in_trials - training)):
+        table.add_row(label, f"{seconds:.1f}", f"{seconds / n:.1f}", f"{100 * seconds / in_trials:.1f}% of trials")
+    if in_trials <= wall:
+        table.add_row("Ray: scheduling, actor start-up, results", f"{wall - in_trials:.1f}",
+                      f"{(wall - in_trials) / n:.1f}", f"{100 * (wall - in_trials) / wall:.1f}% of wall")
+    else:  # overlapping trials: wall - in_trials would be negative, not Ray's time
+        table.add_row(f"Ray: not separable, {in_trials / wall:.2f} trials ran at once on average", "-", "-", "-")
+    for label, seconds in (("sweep wall time (Tuner.fit)", wall),
                            ("whole command (data check, Ray start and stop, result files)", command_seconds)):
-        table.add_row(label, f"{seconds:.1f}", f"{seconds / n:.1f}", f"{100 * seconds / wall:.1f}%")
+        table.add_row(label, f"{seconds:.1f}", f"{seconds / n:.1f}", f"{100 * seconds / wall:.1f}% of wall")
     console.print(table)
 
 
