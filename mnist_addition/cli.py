@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .catalog import NUMERIC_DESCENDING, SORT_KEYS
-from .config import INT_RANGES, TrainConfig, field_kinds, flag, smoke_overrides
+from .config import INT_RANGES, TTA_VIEWS, TrainConfig, field_kinds, flag, smoke_overrides
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError, shown
 
 RUN_DIR_HELP = "a run folder written by 'mnist-addition train'"
@@ -95,6 +95,7 @@ def build_parser(tune_flags: bool = True) -> argparse.ArgumentParser:
     ev = _run_command(sub, "evaluate", "re-evaluate a saved model on the test set")
     ev.add_argument("--all-numbers", action="store_true", help="pair every test image with all ten numbers (100,000 pairs)")
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
+    _tta_flag(ev)
     _run_command(sub, "report", "(re)draw a run's pictures: confusion matrices, samples, mistakes")
 
     ex = sub.add_parser("export", help="export a run's model (ONNX: image and number batches in, both logits out)")
@@ -115,6 +116,7 @@ def build_parser(tune_flags: bool = True) -> argparse.ArgumentParser:
     pr.add_argument("--csv", type=Path, help="also write file,number,digit,sum,digit_prob,sum_prob rows here")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _tta_flag(pr)
 
     rs = sub.add_parser("runs", help="one table of the runs and sweeps under folders (JSON files only: fast)",
                         description="List every run folder (config.json) and sweep (sweep.json) under FOLDERs: status "
@@ -150,6 +152,11 @@ def _run_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     command.add_argument("--data-dir", help="folder with MNIST/raw/*-ubyte (default: the run's, then $MNIST_ADDITION_DATA)")
     command.add_argument("--no-download", action="store_true", help="never try to download MNIST")
     return command
+
+
+def _tta_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tta", type=int, choices=TTA_VIEWS, help="views of each image to average (1, 5 or 9; "
+                         "a fast run only) instead of the run's own (config.json's tta); the weights are the same")
 
 
 def _whole(what: str, low: int, high: int) -> Any:
@@ -199,9 +206,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     from .tables import results
 
-    metrics = evaluate_run(args.run_dir, args.data_dir, args.all_numbers, download=not args.no_download)
+    metrics = evaluate_run(args.run_dir, args.data_dir, args.all_numbers, download=not args.no_download, tta=args.tta)
     if args.json:
-        print(json.dumps({"test": metrics, "all_numbers": args.all_numbers}))
+        print(json.dumps({"test": metrics, "all_numbers": args.all_numbers, "tta": args.tta}))
         return 0
     Console().print(*results({"test": metrics}, None), sep="\n")
     pairs = "every test image x all 10 numbers" if args.all_numbers else "official test set, fixed numbers"
@@ -232,7 +239,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tables import predictions_table
 
     files, numbers = inputs(args.image, args.number, args.numbers, args.random_numbers, args.seed)
-    rows = predict_files(args.run_dir, files, numbers, args.csv, args.overwrite)
+    rows = predict_files(args.run_dir, files, numbers, args.csv, args.overwrite, args.tta)
     if args.json:
         print(json.dumps(rows if files != [args.image] else rows[0]))
         return 0

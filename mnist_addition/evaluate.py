@@ -76,12 +76,13 @@ def training_precision(setup: dict[str, Any], device: str) -> torch.autocast:
 
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, all_numbers: bool = False,
-                 download: bool = True) -> dict[str, Any]:
+                 download: bool = True, tta: int | None = None) -> dict[str, Any]:
     """A saved run's test metrics, on its training device and precision where this machine has
-    them; ``all_numbers`` pairs every test image with all ten numbers (100,000 pairs)."""
+    them; ``all_numbers`` pairs every test image with all ten numbers (100,000 pairs); ``tta``
+    scores with that many views instead of the run's own."""
     from .runs import load_run
 
-    config, model, setup = load_run(run_dir)
+    config, model, setup = load_run(run_dir, tta=tta)
     device = training_device(setup)
     model.to(device)
     test = run_test_split(config, data_dir, download).to(device)

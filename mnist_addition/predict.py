@@ -28,9 +28,10 @@ class ImageError(UserError, ValueError):
     """An input image is unusable; the message names the file and what to do."""
 
 
-def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained model of a run folder (weights from safetensors only; no pickle), in eval mode."""
-    return load_run(run_dir, device).model
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta: int | None = None) -> nn.Module:
+    """The trained model of a run folder (weights from safetensors only; no pickle), in eval mode;
+    ``tta`` views instead of the run's own, if given."""
+    return load_run(run_dir, device, tta).model
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -217,7 +218,7 @@ def inputs(image: Path, number: int | None = None, numbers: list[int] | None = N
 
 
 def predict_files(run_dir: Path, images: list[Path], numbers: list[int], csv: Path | None = None,
-                  overwrite: bool = False) -> list[dict[str, Any]]:
+                  overwrite: bool = False, tta: int | None = None) -> list[dict[str, Any]]:
     """``predict``'s rows (with their ``file``) for image files and numbers, using the model of
     ``run_dir``; with ``csv``, also written there (never over a file of the run or an input
     image; an existing file only with ``overwrite``). Every file is checked before any output."""
@@ -226,7 +227,7 @@ def predict_files(run_dir: Path, images: list[Path], numbers: list[int], csv: Pa
     if csv is not None:
         check_output_file(csv, overwrite, "--csv", protected=(*run_files(run_dir), *images))
     batch = torch.stack([load_image(f) for f in images])
-    model = load_model(run_dir)
+    model = load_model(run_dir, tta=tta)
     rows = [{"file": str(f), **r} for f, r in zip(images, predict(model, batch, numbers))]
     if csv is not None:
         replace_file(csv, lambda tmp: write_csv(rows, tmp), "--csv")

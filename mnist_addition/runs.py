@@ -199,13 +199,19 @@ class SavedRun(NamedTuple):
     setup: dict[str, Any]  # how it trained: device, precision, processes (config.json)
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> SavedRun:
-    """Rebuild the model of a finished run from its config.json and model.safetensors."""
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta: int | None = None) -> SavedRun:
+    """Rebuild the model of a finished run from its config.json and model.safetensors; ``tta``, if
+    given, evaluates with that many views instead of the run's own (the weights are the same)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
     config, setup = read_run_config(run_dir)
+    if tta is not None and tta != config.tta:
+        if config.preset != "fast":
+            raise RunError(f"--tta {tta}: {run_dir} is a {config.preset!r} run, which evaluates one view only: "
+                           "drop --tta")
+        config = config.replace(tta=tta)
     weights_path = member(run_dir, "model.safetensors", f"{run_dir} has no model.safetensors: training did not "
                                                         "finish; resume it (train --resume) or pick another run")
     try:
@@ -218,7 +224,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     problem = state_dict_mismatch(skeleton.state_dict(), state)
     if problem:
         raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}, "
-                       f"stem {config.stem}, crop {config.crop}: {problem}): the weights belong to another run or were altered")
+                       f"stem {config.stem}, crop {config.crop}, depth {config.depth}: {problem}): the weights belong to another run or were altered")
     check_model_fits(config, count_parameters(skeleton), free_memory(torch.device(device)), str(device),
                      training=False)
     bad = sorted(name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())

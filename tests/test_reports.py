@@ -109,6 +109,49 @@ def test_onnx_export_carries_the_tta_views(run_dir, tmp_path):
     assert abs(torch.from_numpy(sum_onnx) - sum_pt).max() <= 1e-4
 
 
+def test_evaluate_and_predict_score_other_tta_views_without_touching_the_run(run_dir, tmp_path, capsys):
+    """evaluate/predict --tta N score the run's weights with N views: what a run whose config.json
+    says tta N scores; the run folder is left as it was; a seed run refuses in one line."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from .conftest import synthetic_digits
+
+    before = {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()}
+
+    def evaluate(run, *extra):
+        assert main(["evaluate", str(run), "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    plain, five = evaluate(run_dir), evaluate(run_dir, "--tta", "5")
+    assert (plain["tta"], five["tta"]) == (None, 5) and five["test"]["n"] == plain["test"]["n"]
+    assert five["test"]["loss"] != plain["test"]["loss"]  # the views' mean log-probabilities
+    edited = tmp_path / "tta5"
+    shutil.copytree(run_dir, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["config"]["tta"] = 5
+    (edited / "config.json").write_text(json.dumps(config))
+    assert evaluate(edited)["test"] == five["test"]  # the same as a run trained to evaluate with 5 views
+    assert evaluate(edited, "--tta", "1")["test"] == plain["test"]  # and back
+
+    image = tmp_path / "a.png"
+    Image.fromarray(synthetic_digits(1, seed=3)[0][0].to(torch.uint8).numpy()).save(image)
+    probs = {}
+    for views in ("1", "9"):
+        assert main(["predict", str(run_dir), str(image), "4", "--json", "--tta", views]) == 0
+        probs[views] = json.loads(capsys.readouterr().out)["digit_probs"]
+    assert probs["1"] != probs["9"] and abs(sum(probs["9"]) - 1) < 1e-4
+    assert {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()} == before
+
+    config["config"].update(preset="seed", width=32, tta=1)
+    (edited / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(edited), "--tta", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a 'seed' run, which evaluates one view only: drop --tta" in err and "\n" not in err
+
+
 @pytest.mark.parametrize("extra,match", [
     (["--format", "tflite"], "unknown export format 'tflite': use --format onnx"),
     (["--output", "EXISTING"], "exists: choose another --output, or pass --overwrite"),
