@@ -170,7 +170,7 @@ BAD = [
     ("random-bytes weights", "is unreadable"),
     ("config does not match weights", "does not match config.json"),
     ("config names another stem", "stem stride, "),  # same shapes, other names: refused, not loaded
-    ("config names another crop", "crop 2: "),  # the same: a Crop layer in front
+    ("config names another crop", "crop 2, depth 4: "),  # the same: a Crop layer in front
     ("csv exists", "exists: choose another --csv, or pass --overwrite"),
     ("folder without numbers", "pass exactly one of --numbers"),
     ("wrong count of numbers", "--numbers has 2 values for 1 images"),
