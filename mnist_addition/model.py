@@ -131,9 +131,9 @@ class FastNet(nn.Module):
 
     ``depth`` is the number of conv layers: 4 as above; 5 adds a second 2w-channel conv before the
     14x14 map is pooled, 6 also a third 4w-channel conv at 7x7. Each extra layer costs about as many
-    multiply-adds as the last conv (at width 24 and crop 2 the net's 1.5x and 2x of depth 4's). Depth 4
-    builds the same layers under the same names as before the option existed; the layers after an
-    extra one are renumbered, so one depth's weights never load into another's net.
+    multiply-adds as the last conv: depth 5 has about 1.5x, depth 6 about 2x those of depth 4.
+    Depth 4 builds the same layers under the same names as before the option existed; the layers
+    after an extra one are renumbered, so one depth's weights never load into another's net.
 
     ``crop`` cuts that many pixels from each side of the image before the first layer: MNIST's
     digits are scaled into a 20x20 box and centred in the 28x28 image, so the border is almost

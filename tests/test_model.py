@@ -102,6 +102,14 @@ def test_depth_adds_convs_at_14x14_then_7x7_and_depth_4_is_the_net_runs_saved():
         build_model("fast", 8, depth=7)
 
 
+def test_the_configs_copies_of_the_models_choices_agree():
+    """config.py imports no torch, so it keeps its own copies of the model's choices."""
+    from mnist_addition import config as C
+
+    assert C.DEPTHS == M.DEPTHS and C.TTA_VIEWS == tuple(M.TTA_SHIFTS)
+    assert C.INT_RANGES["crop"][:2] == (0, M.MAX_CROP)
+
+
 def test_shifted_views_move_each_image_one_pixel_and_fill_in_its_background():
     image = torch.full((1, 1, 28, 28), -0.42)
     image[0, 0, 10, 12] = 2.0
