@@ -189,7 +189,9 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any, optimizer: t
 
 
 # The plot and the reports read these of every history row; every value of a row is a finite number.
-HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_digit_acc", "val_sum_acc", "val_both_acc")
+HISTORY_KEYS = ("epoch", "train_loss")
+# ... and these of every row of a run with a validation split (none has them: a --val-size 0 refit)
+VAL_KEYS = ("val_loss", "val_digit_acc", "val_sum_acc", "val_both_acc")
 WEIGHTS_FROM = "weights_from"  # the one text of a row: whose weights a continued run copied before this epoch
 MAX_COUNT = 2**62  # epochs, steps, samples: any larger is an altered file (and would overflow int64)
 
@@ -224,8 +226,12 @@ def _out_of_range(state: dict[str, Any]) -> str | None:
     for name in ("loss_sum", "train_seconds"):
         if not (math.isfinite(state[name]) and 0 <= state[name]):
             return f"{name} {shown(state[name])} is not a finite number >= 0"
+    validated = None
     for i, row in enumerate(state["history"], 1):
+        if isinstance(row, dict) and validated is None:
+            validated = VAL_KEYS[0] in row  # every row as the first: validated, or a refit
         if not isinstance(row, dict) or row.get("epoch") != i or not all(k in row for k in HISTORY_KEYS) or \
+                any((k in row) != validated for k in VAL_KEYS) or \
                 not all(_number(v) or (k == WEIGHTS_FROM and isinstance(v, str)) for k, v in row.items()):
             return f"history row {i} is not epoch {i}'s metrics (got {shown(row)})"
     return _bad_schedule(state.get("schedule"))

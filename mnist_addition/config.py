@@ -82,7 +82,7 @@ class TrainConfig:
                      "fast only): 1 (the image), 5 (also shifted one pixel up, down, left, right) or 9 (every shift "
                      "of up to one pixel); training is unchanged", TTA_VIEWS)
     # --- optimisation ------------------------------------------------------------------------
-    epochs: int = _f(2, "passes over the 55,000 training images", smoke=1, sweep_smoke=2)
+    epochs: int = _f(2, "passes over the training images (55,000; 60,000 with --val-size 0)", smoke=1, sweep_smoke=2)
     batch_size: int = _f(256, "images per optimizer step (global, summed over processes)", smoke=128)
     lr: float = _f(8e-3, "peak learning rate")
     optimizer: str = _f("adamw", "optimizer", ("adamw", "sgd"))
@@ -104,7 +104,8 @@ class TrainConfig:
                                                      "(what tune --scheduler pbt finds; set in a --config file)",
                                                sweep="--scheduler pbt", factory=list)
     # --- data sizes --------------------------------------------------------------------------
-    val_size: int = _f(5000, "images held out of the official training set for validation")
+    val_size: int = _f(5000, "images held out of the official training set for validation (0 = none: the final "
+                             "refit of a recipe chosen on validation, on all 60,000 images)")
     train_limit: int = _f(0, "use only the first N training images (0 = all); for smoke tests", smoke=10_000)
     eval_limit: int = _f(0, "evaluate on only the first N validation/test images (0 = all)", smoke=1000)
     # --- infrastructure (do not change the maths) ---------------------------------------------
@@ -292,7 +293,7 @@ class TrainConfig:
 # int64) or nothing sensible can run (1e23 epochs). crop's 4 is model.MAX_CROP (this module imports no torch).
 INT_RANGES: dict[str, tuple[int, int, int]] = {
     "width": (1, 65_536, 16), "crop": (0, 4, 3), "epochs": (1, 100_000, 2), "batch_size": (1, 1_000_000, 256),
-    "shift": (0, 8, 1), "seed": (0, 2**32 - 1, 0), "val_size": (1, 10_000_000, 5000),
+    "shift": (0, 8, 1), "seed": (0, 2**32 - 1, 0), "val_size": (0, 10_000_000, 5000),
     "train_limit": (0, 1_000_000_000, 0), "eval_limit": (0, 1_000_000_000, 0),
     "gradient_accumulation_steps": (1, 1_000_000, 1), "eval_batch_size": (1, 1_000_000, 1000),
     "log_every": (1, 1_000_000_000, 20), "checkpoint_every": (0, 1_000_000_000, 0),

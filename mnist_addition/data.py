@@ -221,7 +221,10 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0, device: torch.device
 
 
 def make_splits(mnist: Mnist, val_size: int = 5000, train_limit: int = 0, eval_limit: int = 0) -> PairedMnist:
-    """55,000 train / 5,000 val (fixed split of the official train set) and the official test set."""
+    """55,000 train / 5,000 val (fixed split of the official train set) and the official test set.
+
+    ``val_size`` 0 leaves the validation split empty: every training image trains (a refit).
+    """
     n = len(mnist.train_labels)
     if val_size >= n:
         raise ConfigError(f"--val-size {val_size} leaves no training images (the training file has {n}): "

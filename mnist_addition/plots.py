@@ -40,13 +40,20 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "", labe
     # the training loss includes label smoothing (it cannot reach 0); validation loss does not
     train_label = f"train (label smoothing {label_smoothing:g})" if label_smoothing else "train"
     ax_loss.plot(epochs, [row["train_loss"] for row in history], "o-", label=train_label)
-    ax_loss.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
+    validated = "val_loss" in history[0]  # not in a --val-size 0 refit
+    if validated:
+        ax_loss.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss", yscale="log")
     ax_loss.legend()
-    for key, label, marker in (("val_digit_acc", "digit", "o-"), ("val_sum_acc", "sum", "s-")):
-        ax_acc.plot(epochs, [100 * row[key] for row in history], marker, label=label)
+    if validated:
+        for key, label, marker in (("val_digit_acc", "digit", "o-"), ("val_sum_acc", "sum", "s-")):
+            ax_acc.plot(epochs, [100 * row[key] for row in history], marker, label=label)
+        low = min(100 * min(row["val_digit_acc"], row["val_sum_acc"]) for row in history)
+    else:
+        ax_acc.text(0.5, 0.5, "no validation split (--val-size 0)", ha="center", va="center",
+                    transform=ax_acc.transAxes)
+        low = 99.27
     ax_acc.axhline(99.27, color="grey", ls="--", lw=1, label="seed net, 25 epochs")
-    low = min(100 * min(row["val_digit_acc"], row["val_sum_acc"]) for row in history)
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Accuracy", ylim=(max(low - 0.5, 0), 100))
     ax_acc.legend(loc="lower right")
     for ax in (ax_loss, ax_acc):

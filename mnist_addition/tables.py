@@ -17,9 +17,9 @@ def start_line(config: Any, resume: bool, processes: int) -> str:
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """One line per epoch of ``train``: loss, validation accuracies, speed."""
-    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  "
-            f"val digit {100 * row['val_digit_acc']:.2f}%  sum {100 * row['val_sum_acc']:.2f}%  "
-            f"{row['images_per_s']:,.0f} img/s")
+    val = (f"val digit {100 * row['val_digit_acc']:.2f}%  sum {100 * row['val_sum_acc']:.2f}%"
+           if "val_digit_acc" in row else "no validation (--val-size 0)")
+    return f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  {val}  {row['images_per_s']:,.0f} img/s"
 
 
 def results(final: dict[str, Any], run_dir: str | Path | None) -> list[Any]:

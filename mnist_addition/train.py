@@ -432,7 +432,8 @@ def score(run: Run, split: Split) -> dict[str, Any]:
 def epoch_row(run: Run, state: TrainState, seconds: float, first: int, test_every_epoch: bool) -> dict[str, Any]:
     """The epoch's line in metrics.jsonl: training loss, validation (and test) metrics, speed."""
     row: dict[str, Any] = {"epoch": state.epoch, "train_loss": state.loss_sum / run.steps}
-    row.update({f"val_{k}": v for k, v in score(run, run.val).items()})
+    if len(run.val):  # --val-size 0: a refit on every training image, nothing to validate on
+        row.update({f"val_{k}": v for k, v in score(run, run.val).items()})
     if test_every_epoch:
         row.update({f"test_{k}": v for k, v in score(run, run.test).items()})
     row.update({"images_per_s": (run.steps - first) * run.config.batch_size / seconds, "epoch_seconds": seconds,
@@ -458,7 +459,7 @@ def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool
         torch.tensor([state.samples_per_process], device=run.device)).tolist()
     test_metrics = (_strip(history[-1], "test_") if test_every_epoch  # score the test set once
                     else score(run, run.test) if score_test else None)
-    final = {"val": _strip(history[-1], "val_"), "test": test_metrics, "params": run.setup["params"],
+    final = {"val": _strip(history[-1], "val_") or None, "test": test_metrics, "params": run.setup["params"],
              "train_seconds": state.train_seconds, "epochs": config.epochs,
              "images_per_s": run.steps * config.batch_size * config.epochs / max(state.train_seconds, 1e-9),
              "setup": run.setup}

@@ -93,6 +93,10 @@ def check_against_data(space: Space, base: dict[str, Any], train_file_images: in
         if config.train_limit:
             n_train = min(n_train, config.train_limit)
         try:
+            if config.val_size == 0:
+                raise ConfigError("val_size 0 leaves no validation split, and a sweep ranks its trials on "
+                                  "validation: sweep with one (e.g. 5000), then refit the winner with "
+                                  "train --config best_config.json --val-size 0")
             if n_train < 1:
                 raise ConfigError(f"--val-size {config.val_size} leaves no training images (the training file has "
                                   f"{train_file_images}): use a smaller value")
