@@ -94,6 +94,15 @@ def test_split_sizes_and_fixed_numbers(mnist_dir):
     assert [int(mnist.train_labels[i]) for i in val_ids] == a.val.digits.tolist()  # labels travel with images
 
 
+def test_val_size_0_trains_on_every_training_image(mnist_dir):
+    """The refit after choosing on validation: an empty validation split, the whole training file trains."""
+    mnist = D.load_mnist(mnist_dir, download=False)
+    refit = D.make_splits(mnist, val_size=0)
+    assert (len(refit.train), len(refit.val), len(refit.test)) == (600, 0, 200)
+    assert sorted(refit.train.digits.tolist()) == sorted(mnist.train_labels.tolist())
+    assert torch.equal(refit.test.numbers, D.make_splits(mnist, val_size=100).test.numbers)  # the same test pairs
+
+
 def test_train_numbers_are_seeded_per_epoch():
     assert torch.equal(D.train_numbers(1000, seed=3, epoch=1), D.train_numbers(1000, seed=3, epoch=1))
     assert not torch.equal(D.train_numbers(1000, seed=3, epoch=1), D.train_numbers(1000, seed=3, epoch=2))

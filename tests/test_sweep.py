@@ -555,7 +555,11 @@ def test_sweep_errors_are_one_line_and_touch_nothing(tmp_path, mnist_dir, capsys
     onecycle.write_text(yaml.safe_dump({"fixed": {**TINY, "epochs": 4, "schedule": "onecycle"},
                                         "search": {"lr": {"uniform": [0.01, 0.02]}}}))
     owned.write_text(yaml.safe_dump({"fixed": {**TINY, "hparam_schedule": []}, "search": {"lr": {"uniform": [0.01, 0.02]}}}))
+    refit = tmp_path / "refit.yaml"  # a sweep ranks on validation: a space without it is refused
+    refit.write_text(yaml.safe_dump({"fixed": {**TINY, "val_size": 0}, "search": {"lr": {"uniform": [0.01, 0.02]}}}))
     cases = [
+        (["--space", str(refit), "--data-dir", str(mnist_dir)],
+         "val_size 0 leaves no validation split, and a sweep ranks its trials on validation", 2),
         (["--space", str(bad)], "lr: uniform needs low < high", 2),
         (["--space", "nonsense"], "--space nonsense: no such file", 2),
         (["--space", str(space), "--metric", "val_loss", "--mode", "max"], "would pick the worst trial", 2),

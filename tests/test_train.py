@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mnist_addition.config import ConfigError, TrainConfig
+from mnist_addition.errors import Interrupted
 from mnist_addition.train import fit, resolve_mixed_precision
 
 from .conftest import tiny_config
@@ -107,6 +108,31 @@ def test_a_deeper_net_trains_learns_and_loads_back(mnist_dir, trained, tmp_path)
     assert json.loads((run_dir / "config.json").read_text())["config"]["depth"] == 6
     model = load_run(run_dir).model  # evaluate, predict and export rebuild the same depth
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.features) == 6
+
+
+def test_a_refit_without_validation_trains_on_every_image_and_resumes_bit_identically(mnist_dir, tmp_path):
+    """--val-size 0: the final fit of a recipe chosen on validation, on the whole training file. No
+    validation metrics anywhere (rows, final), the test set still scored, and its checkpoints (a
+    history without validation keys) resume to the same numbers as a run never stopped."""
+    from mnist_addition.checkpoint import list_checkpoints, read_state
+
+    config = tiny_config(mnist_dir, cpu=True, val_size=0, epochs=2)
+    whole = fit(config.replace(output_dir=str(tmp_path / "whole")), progress=False)
+    assert whole["val"] is None and whole["test"]["n"] == 200 and whole["test"]["digit_acc"] > 0.6
+    assert whole["setup"]["train_samples_per_process"] == [2 * (600 // 32 * 32)]  # full batches of all 600 images
+    assert all(not any(k.startswith("val_") for k in row) for row in whole["history"])
+    assert (tmp_path / "whole" / "curves.png").is_file()
+
+    def stop_after_epoch_1(row):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        fit(config.replace(output_dir=str(run)), stop_after_epoch_1, progress=False)
+    assert [len(read_state(p)["history"]) for p in list_checkpoints(run)][-1] == 1
+    resumed = fit(config.replace(output_dir=str(run)), progress=False, resume=True)
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]
+    assert resumed["test"] == whole["test"]
 
 
 def test_tta_changes_evaluation_only_and_is_recorded(mnist_dir, trained, tmp_path):
