@@ -23,7 +23,8 @@ config retrained on the official test set.
 3. Retrains ``best_config.json`` as ``mnist-addition train --config`` would, for ``--seeds`` seeds
    (seed 0 is the config the sweep selected), and scores the official 10k test set, which the
    sweep never saw; ``--baseline [CONFIG]`` retrains the ``fast`` default (or CONFIG) for the same
-   seeds beside it.
+   seeds beside it; ``--refit`` also retrains it with ``--val-size 0`` (all 60,000 training
+   images: the final refit of the recipe the sweep chose on validation).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--baseline", nargs="?", const="fast", metavar="CONFIG",
                         help="also retrain a baseline for the same seeds, side by side: the `fast` default, "
                              "or a config file (e.g. launch/gpu_recipe.json)")
+    parser.add_argument("--refit", action="store_true",
+                        help="also retrain best_config.json on all 60,000 training images (--val-size 0)")
     parser.add_argument("--storage-path", default="runs/bench-sweeps")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
@@ -140,7 +143,7 @@ def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict
     """best_config.json retrained for --seeds seeds, scored on the official test set (and with
     --baseline, the `fast` default or the given config for the same seeds, in the same process)."""
     best = TrainConfig.load(sweep_dir / BEST_FILE)
-    data = make_splits(load_mnist(args.data_dir, download=False), best.val_size)
+    mnist = load_mnist(args.data_dir, download=False)
     searched = {k: getattr(best, k) for k in json.loads((sweep_dir / "sweep.json").read_text())["space"]["search"]}
     label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items()) \
         + ("" if "epochs" in searched else f" epochs={best.epochs}")
@@ -148,23 +151,29 @@ def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict
     if args.baseline:
         fast = args.baseline == "fast"
         configs[baseline] = TrainConfig.from_preset("fast") if fast else TrainConfig.load(args.baseline)
+    refit = f"{label} (refit, --val-size 0)"
+    if args.refit:
+        configs[refit] = best.replace(val_size=0)
+    splits = {size: make_splits(mnist, size) for size in {c.val_size for c in configs.values()}}
     retrain_started = time.perf_counter()
     results = {name: [] for name in configs}
     for seed in range(args.seeds):
         for name, config in configs.items():
-            final = fit(config.replace(seed=seed, data_dir=args.data_dir), data=data, progress=False)
+            final = fit(config.replace(seed=seed, data_dir=args.data_dir), data=splits[config.val_size], progress=False)
             row = {"seed": seed, "digit": final["test"]["digit_acc"], "sum": final["test"]["sum_acc"],
-                   "both": final["test"]["both_acc"], "val_both": final["val"]["both_acc"],
+                   "both": final["test"]["both_acc"], "val_both": (final["val"] or {}).get("both_acc"),
                    "seconds": final["train_seconds"]}
             results[name].append(row)
-            console.print(f"{name}, seed {seed}: val both {100 * row['val_both']:.2f}%  test digit "
+            val = "-" if row["val_both"] is None else f"{100 * row['val_both']:.2f}%"
+            console.print(f"{name}, seed {seed}: val both {val}  test digit "
                           f"{100 * row['digit']:.2f}%  sum {100 * row['sum']:.2f}%  ({row['seconds']:.0f} s)")
 
     table = Table(title=f"Best config retrained ({args.seeds} seeds; official 10k test set, never used by the sweep)")
     for col in ("config", "val both %", "test digit %", "test sum %", "test both %", "train s"):
         table.add_column(col, justify="left" if col == "config" else "right")
     for name, rows in results.items():
-        table.add_row(name, *(_mean_std([r[key] * 100 for r in rows]) for key in ("val_both", "digit", "sum", "both")),
+        table.add_row(name, *(_mean_std([r[key] * 100 for r in rows if r[key] is not None])
+                              for key in ("val_both", "digit", "sum", "both")),
                       _mean_std([r["seconds"] for r in rows]))
     console.print(table)
     if best.hparam_schedule:  # PBT: the schedule retrained is the winner's, replayed from scratch
@@ -172,10 +181,13 @@ def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict
                       f"weight decay from epoch 1, then {json.dumps(best.hparam_schedule)}")
     retrain_seconds = time.perf_counter() - retrain_started
     console.print(f"retraining {retrain_seconds / 60:.1f} min on this machine")
-    return {"seconds": retrain_seconds, "rows": results[label], "baseline": results.get(baseline)}
+    return {"seconds": retrain_seconds, "rows": results[label], "baseline": results.get(baseline),
+            "refit": results.get(refit)}
 
 
 def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
     return f"{statistics.fmean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
