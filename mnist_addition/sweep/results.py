@@ -197,7 +197,8 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
         console.print(f"so far {unmet}")  # the sweep is not over: --resume may still find one
     if best is not None:
         console.print(f"next: mnist-addition train --config {store.where(BEST_FILE)}"
-                      f"{' --data-dir ' + options.data_dir if options.data_dir else ''}")
+                      f"{' --data-dir ' + options.data_dir if options.data_dir else ''}"
+                      "  (with --val-size 0: the final fit on every training image)")
     return summary
 
 
