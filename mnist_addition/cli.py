@@ -92,8 +92,10 @@ def build_parser(tune_flags: bool = True) -> argparse.ArgumentParser:
                        "it, or (finished) do nothing; one command for the first start and every restart")
     add_config_flags(train)
 
-    ev = _run_command(sub, "evaluate", "re-evaluate a saved model on the test set")
+    ev = _run_command(sub, "evaluate", "re-evaluate a saved model on the test set (or its validation split)")
     ev.add_argument("--all-numbers", action="store_true", help="pair every test image with all ten numbers (100,000 pairs)")
+    ev.add_argument("--split", choices=("test", "val"), default="test",
+                    help="the official test set, or the run's validation split (choose --tta on it, not on test)")
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
     _tta_flag(ev)
     _run_command(sub, "report", "(re)draw a run's pictures: confusion matrices, samples, mistakes")
@@ -216,12 +218,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     from .tables import results
 
-    metrics = evaluate_run(args.run_dir, args.data_dir, args.all_numbers, download=not args.no_download, tta=args.tta)
+    metrics = evaluate_run(args.run_dir, args.data_dir, args.all_numbers, download=not args.no_download, tta=args.tta,
+                           split=args.split)
     if args.json:
-        print(json.dumps({"test": metrics, "all_numbers": args.all_numbers, "tta": args.tta}))
+        print(json.dumps({args.split: metrics, "all_numbers": args.all_numbers, "tta": args.tta}))
         return 0
-    Console().print(*results({"test": metrics}, None), sep="\n")
-    pairs = "every test image x all 10 numbers" if args.all_numbers else "official test set, fixed numbers"
+    Console().print(*results({args.split: metrics}, None), sep="\n")
+    images = "test image" if args.split == "test" else "validation image"
+    pairs = (f"every {images} x all 10 numbers" if args.all_numbers
+             else "official test set, fixed numbers" if args.split == "test"
+             else "validation split (held out of the training file), fixed numbers")
     Console().print(f"{pairs}: {metrics['n']:,} pairs")
     return 0
 

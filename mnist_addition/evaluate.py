@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .backends import numerics
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Split, eval_batches, load_mnist, make_splits
 from .metrics import COUNT_KEYS, batch_counts, summarize
 
@@ -57,11 +57,17 @@ def predictions(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple
     return torch.cat(digit_pred), torch.cat(sum_pred)
 
 
-def run_test_split(config: TrainConfig, data_dir: str | os.PathLike | None = None, download: bool = True) -> Split:
+def run_test_split(config: TrainConfig, data_dir: str | os.PathLike | None = None, download: bool = True,
+                   split: str = "test") -> Split:
     """The test pairs a run was scored on: its data folder (unless ``data_dir``) and its
-    --eval-limit (a --smoke run scored 1,000 pairs), so the figures match its metrics.json."""
+    --eval-limit (a --smoke run scored 1,000 pairs), so the figures match its metrics.json.
+    ``split="val"``: its validation pairs instead (the same held-out images, the same numbers)."""
+    if split == "val" and config.val_size == 0:
+        raise ConfigError("this run trained on every training image (--val-size 0): it has no validation "
+                          "split; use --split test")
     folder = data_dir if data_dir is not None else config.data_dir
-    return make_splits(load_mnist(folder, download=download), config.val_size, eval_limit=config.eval_limit).test
+    splits = make_splits(load_mnist(folder, download=download), config.val_size, eval_limit=config.eval_limit)
+    return splits.val if split == "val" else splits.test
 
 
 def training_device(setup: dict[str, Any]) -> str:
@@ -76,17 +82,18 @@ def training_precision(setup: dict[str, Any], device: str) -> torch.autocast:
 
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, all_numbers: bool = False,
-                 download: bool = True, tta: int | None = None) -> dict[str, Any]:
+                 download: bool = True, tta: int | None = None, split: str = "test") -> dict[str, Any]:
     """A saved run's test metrics, on its training device and precision where this machine has
     them; ``all_numbers`` pairs every test image with all ten numbers (100,000 pairs); ``tta``
-    scores with that many views instead of the run's own."""
+    scores with that many views instead of the run's own; ``split="val"`` scores its validation
+    split (to choose ``tta`` without looking at the test set)."""
     from .runs import load_run
 
     config, model, setup = load_run(run_dir, tta=tta)
     device = training_device(setup)
     model.to(device)
-    test = run_test_split(config, data_dir, download).to(device)
+    pairs = run_test_split(config, data_dir, download, split).to(device)
     with numerics(cuda=device == "cuda", deterministic=False), training_precision(setup, device):
         counts = (evaluate_all_numbers if all_numbers else evaluate_counts)(
-            model, test, config.eval_batch_size, config.sum_weight)
+            model, pairs, config.eval_batch_size, config.sum_weight)
     return summarize(counts)

@@ -61,6 +61,21 @@ def test_evaluate_matches_training_metrics(run_dir, capsys):
     assert got["digit_acc"] == want["digit_acc"] and got["sum_acc"] == want["sum_acc"] and got["n"] == want["n"]
 
 
+def test_evaluate_split_val_matches_the_last_epochs_validation(run_dir, mnist_dir, tmp_path, capsys):
+    """--split val scores the run's held-out pairs (choosing --tta there leaves the test set unseen);
+    a refit (--val-size 0) has none, and says so in one line."""
+    assert main(["evaluate", str(run_dir), "--split", "val", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["val"]
+    want = json.loads((run_dir / "metrics.json").read_text())["val"]
+    assert got["digit_acc"] == want["digit_acc"] and got["sum_acc"] == want["sum_acc"] and got["n"] == want["n"] == 100
+    refit = tmp_path / "refit"
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(refit), *TINY, "--val-size", "0"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(refit), "--split", "val"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no validation split; use --split test" in err and "\n" not in err
+
+
 def test_evaluate_all_numbers_pairs_every_image_with_every_number(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--all-numbers", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
