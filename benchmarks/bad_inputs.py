@@ -834,6 +834,9 @@ class Issue19:
             "a space searching tta 4": lambda: self.base.write_and_run(
                 w / "ttas.yaml", "search:\n  tta: {choice: [1, 4]}\n",
                 lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
+            "a space fixing val_size 0 (a sweep ranks on validation)": lambda: self.base.write_and_run(
+                w / "refit.yaml", "fixed: {val_size: 0}\nsearch:\n  lr: {uniform: [0.001, 0.01]}\n",
+                lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
             "a space searching crop 6": lambda: self.base.write_and_run(
                 w / "crops.yaml", "search:\n  crop: {choice: [3, 6]}\n",
                 lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
