@@ -105,6 +105,7 @@ def build_parser(tune_flags: bool = True) -> argparse.ArgumentParser:
     ex.add_argument("--format", default="onnx", help="export format (only 'onnx')")
     ex.add_argument("--output", type=Path, help="output file (default: RUN_DIR/model.onnx)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _tta_flag(ex)
 
     pr = sub.add_parser("predict", help="digit and sum for an image (or a folder of images) and a number",
                         description="Predict the digit in IMAGE and IMAGE's digit + NUMBER. IMAGE may be any size, "
@@ -244,7 +245,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
-    print(f"wrote {export(args.run_dir, args.format, args.output, args.overwrite)}")
+    print(f"wrote {export(args.run_dir, args.format, args.output, args.overwrite, args.tta)}")
     return 0
 
 

@@ -20,9 +20,10 @@ FORMATS = ("onnx",)
 
 
 def export(run_dir: str | os.PathLike, format: str = "onnx", output: str | os.PathLike | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, tta: int | None = None) -> Path:
     """``mnist-addition export``: the run's model in ``format`` at ``output`` (default
-    RUN_DIR/model.FORMAT), never over a file of the run; an existing file only with ``overwrite``."""
+    RUN_DIR/model.FORMAT), never over a file of the run; an existing file only with ``overwrite``;
+    ``tta``: the graph scores that many test-time views instead of the run's own."""
     import contextlib
     import io
 
@@ -31,15 +32,15 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", output: str | os.Pa
     path = check_output_file(Path(output) if output else Path(run_dir) / f"model.{format}", overwrite, "--output",
                              protected=run_files(Path(run_dir)))
     with contextlib.redirect_stdout(io.StringIO()):  # torch's exporter narrates every stage
-        return export_onnx(run_dir, path)
+        return export_onnx(run_dir, path, tta)
 
 
-def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
+def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike, tta: int | None = None) -> Path:
     """Write ``output`` (weights inside the file, no side .data file) and return its path."""
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise RunError(f"ONNX export needs {' and '.join(missing)}: pip install -e \".[onnx]\"")
-    model = load_run(run_dir).model
+    model = load_run(run_dir, tta=tta).model
     output = Path(output)
     images, numbers = torch.zeros(2, 1, 28, 28), torch.tensor([3, 7])
     batch = torch.export.Dim("batch", min=1, max=65536)

@@ -107,6 +107,11 @@ def test_onnx_export_carries_the_tta_views(run_dir, tmp_path):
         assert not torch.allclose(digit_pt, plain(images, numbers)[0].log_softmax(1), atol=1e-4)
     assert abs(torch.from_numpy(digit_onnx) - digit_pt).max() <= 1e-4
     assert abs(torch.from_numpy(sum_onnx) - sum_pt).max() <= 1e-4
+    # export --tta 5 of the plain run: the same graph as the run whose config.json says 5
+    assert main(["export", str(run_dir), "--tta", "5", "--output", str(tmp_path / "m5.onnx")]) == 0
+    digit_5, sum_5 = ort.InferenceSession(str(tmp_path / "m5.onnx")).run(
+        None, {"image": images.numpy(), "number": numbers.numpy()})
+    assert abs(torch.from_numpy(digit_5) - digit_pt).max() <= 1e-4 and abs(torch.from_numpy(sum_5) - sum_pt).max() <= 1e-4
 
 
 def test_evaluate_and_predict_score_other_tta_views_without_touching_the_run(run_dir, tmp_path, capsys):
