@@ -57,11 +57,11 @@ def predictions(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple
     return torch.cat(digit_pred), torch.cat(sum_pred)
 
 
-def run_test_split(config: TrainConfig, data_dir: str | os.PathLike | None = None, download: bool = True,
-                   split: str = "test") -> Split:
-    """The test pairs a run was scored on: its data folder (unless ``data_dir``) and its
-    --eval-limit (a --smoke run scored 1,000 pairs), so the figures match its metrics.json.
-    ``split="val"``: its validation pairs instead (the same held-out images, the same numbers)."""
+def run_split(config: TrainConfig, data_dir: str | os.PathLike | None = None, download: bool = True,
+              split: str = "test") -> Split:
+    """The test (or, ``split="val"``, validation) pairs a run was scored on: its data folder (unless
+    ``data_dir``), its --val-size and its --eval-limit (a --smoke run scored 1,000 pairs), so the
+    figures match its metrics.json."""
     if split == "val" and config.val_size == 0:
         raise ConfigError("this run trained on every training image (--val-size 0): it has no validation "
                           "split; use --split test")
@@ -92,7 +92,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     config, model, setup = load_run(run_dir, tta=tta)
     device = training_device(setup)
     model.to(device)
-    pairs = run_test_split(config, data_dir, download, split).to(device)
+    pairs = run_split(config, data_dir, download, split).to(device)
     with numerics(cuda=device == "cuda", deterministic=False), training_precision(setup, device):
         counts = (evaluate_all_numbers if all_numbers else evaluate_counts)(
             model, pairs, config.eval_batch_size, config.sum_weight)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .data import MEAN, STD, Split
-from .evaluate import predictions, run_test_split, training_precision
+from .evaluate import predictions, run_split, training_precision
 from .plots import plot_confusion, plot_examples
 
 __all__ = ["redraw", "write_pictures"]
@@ -40,7 +40,7 @@ def redraw(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None
     from .runs import load_run, write_failed
 
     config, model, setup = load_run(run_dir)
-    test = run_test_split(config, data_dir, download)
+    test = run_split(config, data_dir, download)
     try:
         with training_precision(setup, "cpu"):
             return write_pictures(model, test, Path(run_dir), config.eval_batch_size)
