@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mnist_addition.config import TrainConfig
-from mnist_addition.data import load_mnist, make_splits
+from mnist_addition.data import PairedMnist, load_mnist, make_splits
 from mnist_addition.sweep import BEST_FILE, SweepOptions, find_space, run_sweep
 from mnist_addition.sweep.options import trial_threads
 from mnist_addition.train import fit
@@ -147,7 +147,8 @@ def compare_table(runs: list[dict], console: Console) -> None:
 
 def retrain(sweep_dir: Path, args: argparse.Namespace, console: Console) -> dict:
     """best_config.json retrained for --seeds seeds, scored on the official test set (and with
-    --baseline, the `fast` default or the given config for the same seeds, in the same process)."""
+    --baseline, the `fast` default or the given config for the same seeds; with --refit, also on
+    all 60,000 images), one after another in this process or --parallel K at a time."""
     best = TrainConfig.load(sweep_dir / BEST_FILE)
     searched = {k: getattr(best, k) for k in json.loads((sweep_dir / "sweep.json").read_text())["space"]["search"]}
     label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items()) \
@@ -207,7 +208,7 @@ def _use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-_SPLITS: dict[tuple[str, int], object] = {}  # MNIST read once per process and split size
+_SPLITS: dict[tuple[str, int], PairedMnist] = {}  # MNIST read once per process and split size
 
 
 def _train(config: TrainConfig) -> dict:

@@ -226,10 +226,9 @@ def _out_of_range(state: dict[str, Any]) -> str | None:
     for name in ("loss_sum", "train_seconds"):
         if not (math.isfinite(state[name]) and 0 <= state[name]):
             return f"{name} {shown(state[name])} is not a finite number >= 0"
-    validated = None
+    first = state["history"][0] if state["history"] else {}
+    validated = isinstance(first, dict) and VAL_KEYS[0] in first  # every row as the first: validated, or a refit
     for i, row in enumerate(state["history"], 1):
-        if isinstance(row, dict) and validated is None:
-            validated = VAL_KEYS[0] in row  # every row as the first: validated, or a refit
         if not isinstance(row, dict) or row.get("epoch") != i or not all(k in row for k in HISTORY_KEYS) or \
                 any((k in row) != validated for k in VAL_KEYS) or \
                 not all(_number(v) or (k == WEIGHTS_FROM and isinstance(v, str)) for k, v in row.items()):

@@ -225,11 +225,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({args.split: metrics, "all_numbers": args.all_numbers, "tta": args.tta}))
         return 0
     Console().print(*results({args.split: metrics}, None), sep="\n")
-    images = "test image" if args.split == "test" else "validation image"
-    pairs = (f"every {images} x all 10 numbers" if args.all_numbers
-             else "official test set, fixed numbers" if args.split == "test"
-             else "validation split (held out of the training file), fixed numbers")
-    Console().print(f"{pairs}: {metrics['n']:,} pairs")
+    split = "official test set" if args.split == "test" else "validation split (held out of the training file)"
+    numbers = "every image x all 10 numbers" if args.all_numbers else "fixed numbers"
+    Console().print(f"{split}, {numbers}: {metrics['n']:,} pairs")
     return 0
 
 
