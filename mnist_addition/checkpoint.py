@@ -5,6 +5,7 @@ A checkpoint is ``RUN/checkpoints/step-00000123/``:
 * ``model.safetensors`` - the model's state_dict (parameters and BatchNorm statistics);
 * ``optimizer.safetensors`` + ``optimizer.json`` - the optimizer's per-parameter tensors (moments,
   step counts) and its hyperparameter groups;
+* ``ema.safetensors`` - with ``--ema``, the moving average of the weights (``average.py``);
 * ``trainer_state.json`` - epoch, step, running loss, history so far (``state.TrainState.state_dict``);
 * ``MANIFEST.json`` - every file's size and SHA-256, written last.
 
@@ -44,6 +45,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_GROUPS = "optimizer.json"
 MANIFEST = "MANIFEST.json"
+EMA_FILE = "ema.safetensors"
 PREFIX = "step-"
 
 
@@ -72,7 +74,7 @@ def checkpoint_dir(run_dir: str | os.PathLike, global_step: int) -> Path:
 
 
 def write_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path, global_step: int,
-                     state: dict[str, Any]) -> Path:
+                     state: dict[str, Any], average: dict[str, torch.Tensor] | None = None) -> Path:
     """Save the full training state (``model`` unwrapped) as the checkpoint of ``global_step``. The
     main process writes (data-parallel processes hold the same weights and optimizer state)."""
     final = checkpoint_dir(run_dir, global_step)
@@ -80,7 +82,7 @@ def write_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, r
     if not files.is_real_dir(root):
         root.mkdir()  # a link at checkpoints/ fails here (FileExistsError), never written through
     tmp = files.make_temp_dir(root, f".tmp-{final.name}-")  # fresh: nothing in it can be a planted link
-    write_training_state(tmp, model, optimizer, state)
+    write_training_state(tmp, model, optimizer, state, average)
     manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
     _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
     if files.is_real_dir(final):  # the same step saved again after a resume
@@ -98,12 +100,15 @@ def prune(run_dir: Path, keep: int) -> None:
 
 
 def write_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         state: dict[str, Any]) -> None:
-    """Model and optimizer as safetensors + JSON, the trainer state as JSON: no pickle anywhere.
-    ``folder`` is new (``write_checkpoint`` made it), so plain writes cannot meet a planted link."""
+                         state: dict[str, Any], average: dict[str, torch.Tensor] | None = None) -> None:
+    """Model, optimizer (and the weights' moving average) as safetensors + JSON, the trainer state as
+    JSON: no pickle anywhere. ``folder`` is new (``write_checkpoint`` made it), so plain writes
+    cannot meet a planted link."""
     from safetensors.torch import save
 
     _write(folder / MODEL_FILE, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    if average is not None:
+        _write(folder / EMA_FILE, save({k: v.detach().cpu().contiguous() for k, v in average.items()}))
     saved = optimizer.state_dict()
     tensors = {f"{index}.{name}": value.detach().cpu().contiguous()
                for index, values in saved["state"].items() for name, value in values.items()}
@@ -147,6 +152,24 @@ def load_training_state(checkpoint: Path, model: torch.nn.Module, optimizer: tor
     # The hyperparameters are the run's own (config.json cannot change on resume; the lr is set every
     # step): only the per-parameter state comes from the file.
     optimizer.load_state_dict({"state": per_param, "param_groups": fresh})
+
+
+def load_average(checkpoint: Path, average: Any) -> bool:
+    """Load a checkpoint's ``ema.safetensors`` into ``average`` (an ``average.WeightAverage``),
+    checked like the model's weights; False if the checkpoint has none (written without --ema)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not files.is_real_file(checkpoint / EMA_FILE):
+        return False
+    try:
+        tensors = load_file(str(checkpoint / EMA_FILE))
+        _check_tensors(tensors, average.state_dict())
+    except (OSError, SafetensorError, ValueError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{checkpoint / EMA_FILE} cannot be loaded ({reason})") from None
+    average.load_state_dict(tensors)
+    return True
 
 
 def _check_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:

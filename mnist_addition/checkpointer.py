@@ -76,7 +76,8 @@ class Checkpointer:
         path = checkpoint_io.checkpoint_dir(run.run_dir, state.global_step)
         if run.main:
             checkpoint_io.write_checkpoint(run.accelerator.unwrap_model(run.model), run.optimizer, run.run_dir,
-                                           state.global_step, saved)
+                                           state.global_step, saved,
+                                           run.average.state_dict() if run.average is not None else None)
             checkpoint_io.prune(run.run_dir, run.config.keep_checkpoints)
         run.accelerator.wait_for_everyone()
         if self.folder is not None:

@@ -97,6 +97,9 @@ class TrainConfig:
     scale: float = _f(0.0, "random scaling of training images by up to this fraction, e.g. 0.1: 90%..110% (0 = off)")
     elastic: float = _f(0.0, "random elastic distortion of training images: a smooth field of displacements of up "
                              "to this many pixels, e.g. 2 (0 = off)")
+    ema: float = _f(0.0, "decay of a moving average of the weights (EMA) that the run evaluates, checkpoints and "
+                         "saves instead of its last weights, e.g. 0.9995 (about the last 2,000 steps); training is "
+                         "unchanged (0 = off)")
     seed: int = _f(0, "seed for initialisation, data order, training numbers and augmentation")
     # a list: set in a --config file (no flag); see hparams.py
     hparam_schedule: list[dict[str, Any]] = _f(None, "changes of lr, weight_decay, sum_weight, label_smoothing from "
@@ -248,6 +251,7 @@ class TrainConfig:
         need(self.preset != "seed" or self.tta == 1, "tta", "is fixed at 1 for the seed preset",
              "drop --tta, or use --preset fast")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", "use 0 to turn it off, e.g. --dropout 0.2")
+        need(0.0 <= self.ema < 1.0, "ema", "must be in [0, 1)", "use 0 to turn it off, e.g. --ema 0.9995")
         need(0.0 <= self.sum_weight <= 1.0, "sum_weight", "must be in [0, 1]", "use e.g. --sum-weight 0.5")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)", "use e.g. --momentum 0.9")
         need(0 <= self.weight_decay <= MAX_WEIGHT_DECAY, "weight_decay", f"must be in [0, {MAX_WEIGHT_DECAY:g}]",

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 
 from . import hparams
+from .average import WeightAverage
 from .config import TrainConfig
 from .data import Split
 
@@ -34,6 +35,12 @@ class Run:
     tracker_ids: dict[str, dict[str, str]] = field(default_factory=dict)  # trackers.json of a resumed run
     began: bool = False  # training began (train.begin): a failure from here on is the run's (status.json)
     weights_from: str | None = None  # whose weights a continued run copied (the next epoch's row says it)
+    average: WeightAverage | None = None  # --ema: the moving average of the weights
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights the run evaluates, tests and saves: the moving average with --ema, else the model's."""
+        return self.average.module if self.average is not None else self.model
 
     @property
     def world(self) -> int:

@@ -34,6 +34,7 @@ from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 
 from . import backends, checkpoint, hparams, pictures, runs, step, tracking
+from .average import WeightAverage
 from .backends import is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
 from .checkpointer import Checkpointer, TrainingDiverged
 from .config import ConfigError, TrainConfig, check_batch, check_model_fits
@@ -156,6 +157,7 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
     steps = steps_per_epoch(len(data.train), config.batch_size)
     optimizer = step.make_optimizer(model, config, device)
     model, optimizer = accelerator.prepare(model, optimizer)
+    average = WeightAverage(accelerator.unwrap_model(model), config.ema) if config.ema else None
     held = hparams.values_at(config, 1)  # the loss reads them; step.hold sets each epoch's
     micro = config.gradient_accumulation_steps
     setup_info = {"num_processes": world, "distributed_type": str(accelerator.distributed_type.value),
@@ -169,7 +171,7 @@ def setup(config: TrainConfig, data: PairedMnist | None, precision: dict[str, st
                loss_of=step.make_loss_of(model, config, device, world, held), hparams=held,
                lr_at=step.lr_schedule(config, steps * config.epochs), train=data.train.to(device),
                val=data.val.to(device), test=data.test.to(device), steps=steps, setup=setup_info,
-               run_dir=Path(config.output_dir) if config.output_dir else None)
+               run_dir=Path(config.output_dir) if config.output_dir else None, average=average)
 
 
 def open_run_folder(run: Run, resume: bool, overwrite: bool) -> RunFolder | None:
@@ -221,6 +223,9 @@ def start_state(run: Run, resume: bool, warn: Callable[[str], None],
     def accept(path: Path, saved: dict[str, Any]) -> None:  # raises CheckpointError: try the one before
         check_fits(run, path, saved)
         checkpoint.load_training_state(path, run.accelerator.unwrap_model(run.model), run.optimizer)
+        if run.average is not None and not checkpoint.load_average(path, run.average):
+            raise checkpoint.CheckpointError(f"checkpoint {path} has no {checkpoint.EMA_FILE}, the moving average "
+                                             "of the weights that --ema keeps: it was written by another run")
 
     path, saved = checkpoint.latest_valid(run.run_dir, warn=say, accept=accept)
     if saved["world"] != run.world:
@@ -255,6 +260,8 @@ def continued_state(run: Run, start: Continuation, say: Callable[[str], None]) -
         raise ConfigError(f"cannot continue from {path}: {problem}; a continued run's config keeps the past of the "
                           "run it continues (hparams.continued builds it)")
     checkpoint.load_training_state(path, run.accelerator.unwrap_model(run.model), run.optimizer)
+    if run.average is not None and not checkpoint.load_average(path, run.average):
+        run.average.reset()  # the continued run kept no average: this one starts it from the copied weights
     state = TrainState.from_saved(saved, run.steps, run.world)
     state.next_epoch()
     if start.source is not None:
@@ -325,6 +332,8 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
                             run.world, first, config.rotate, config.scale, config.elastic):
                         loss_sum += step.train_step(run, images, numbers, digits, sums, run.lr_at(state.global_step))
                         state.advance(len(digits))
+                        if run.average is not None:
+                            run.average.update(state.global_step)
                         if bar.enabled and (state.step % config.log_every == 0 or state.step == run.steps):
                             # .item() is a device sync: only at log intervals, only where a bar is drawn
                             bar.update(state.step, loss_sum.item() / state.step,
@@ -425,7 +434,7 @@ def begin(run: Run, state: TrainState, resume: bool) -> None:
 
 def score(run: Run, split: Split) -> dict[str, Any]:
     """Loss and accuracies on ``split``, counts summed over all processes."""
-    counts = evaluate_counts(run.model, split, run.config.eval_batch_size, run.hparams["sum_weight"], run.rank, run.world)
+    counts = evaluate_counts(run.evaluated, split, run.config.eval_batch_size, run.hparams["sum_weight"], run.rank, run.world)
     return summarize(run.accelerator.reduce(counts, reduction="sum"))
 
 
@@ -464,7 +473,7 @@ def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool
              "images_per_s": run.steps * config.batch_size * config.epochs / max(state.train_seconds, 1e-9),
              "setup": run.setup}
     if run.run_dir and run.main:
-        unwrapped = run.accelerator.unwrap_model(run.model)
+        unwrapped = run.accelerator.unwrap_model(run.evaluated)
         runs.save_weights(unwrapped, run.run_dir / "model.safetensors", config)
         from .plots import plot_curves
 

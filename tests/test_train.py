@@ -149,6 +149,81 @@ def test_tta_changes_evaluation_only_and_is_recorded(mnist_dir, trained, tmp_pat
     assert load_run(run_dir).model.tta == 9  # evaluate and predict load it with its views
 
 
+def test_ema_evaluates_and_saves_the_weights_average_and_resumes_bit_identically(mnist_dir, trained, tmp_path):
+    """--ema: the same training to the bit (the optimizer never steps the average), but validation,
+    test and model.safetensors are the moving average's; each checkpoint holds the model's weights and
+    the average, and a run stopped after epoch 1 resumes to the same average as one never stopped."""
+    from mnist_addition.checkpoint import EMA_FILE, MODEL_FILE, list_checkpoints
+    from mnist_addition.runs import load_run
+
+    plain = trained[0]
+    config = tiny_config(mnist_dir, cpu=True, ema=0.9)
+    whole = fit(config.replace(output_dir=str(tmp_path / "whole")), progress=False)
+    assert [row["train_loss"] for row in whole["history"]] == [row["train_loss"] for row in plain["history"]]
+    assert whole["val"] != plain["val"] and whole["test"] != plain["test"] and whole["val"]["digit_acc"] > 0.8
+    last = list_checkpoints(tmp_path / "whole")[-1]
+    model, average = load_file(str(last / MODEL_FILE)), load_file(str(last / EMA_FILE))
+    shipped = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    assert all(torch.equal(shipped[k], average[k]) for k in average)
+    assert not all(torch.equal(model[k], average[k]) for k in average)
+    assert load_run(tmp_path / "whole").config.ema == 0.9
+
+    def stop_after_epoch_1(row):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        fit(config.replace(output_dir=str(run)), stop_after_epoch_1, progress=False)
+    resumed = fit(config.replace(output_dir=str(run)), progress=False, resume=True)
+    assert resumed["val"] == whole["val"] and resumed["test"] == whole["test"]
+    again = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(again[k], shipped[k]) for k in shipped)
+
+
+def test_a_checkpoint_without_the_average_is_not_resumed_with_ema(mnist_dir, tmp_path):
+    """A checkpoint of an --ema run whose ema.safetensors is gone (its manifest rewritten to match)
+    cannot be resumed: the average would restart from the weights, not continue."""
+    from mnist_addition.checkpoint import EMA_FILE, MANIFEST, CheckpointError, list_checkpoints
+
+    def stop_after_epoch_1(row):
+        raise KeyboardInterrupt
+
+    config = tiny_config(mnist_dir, cpu=True, epochs=2, ema=0.9, output_dir=str(tmp_path / "run"))
+    with pytest.raises(Interrupted):
+        fit(config, stop_after_epoch_1, progress=False)
+    (last,) = list_checkpoints(tmp_path / "run")
+    (last / EMA_FILE).unlink()
+    manifest = json.loads((last / MANIFEST).read_text())
+    del manifest[EMA_FILE]
+    (last / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="has no ema.safetensors"):
+        fit(config, progress=False, resume=True)
+
+
+def test_the_average_ramps_up_and_moves_towards_the_weights():
+    from mnist_addition.average import WeightAverage, decay_at
+
+    assert decay_at(0.999, 1) == 2 / 11 and decay_at(0.999, 10_000) == 0.999
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(torch.randn(4, 2))  # BatchNorm statistics and its step count move too
+    for updates in (1, 100):
+        average.update(updates)
+    d1, d100 = decay_at(0.5, 1), decay_at(0.5, 100)
+    now = model.state_dict()
+    for key, value in average.state_dict().items():
+        if value.is_floating_point():
+            once = before[key] + (1 - d1) * (now[key] - before[key])
+            torch.testing.assert_close(value, once + (1 - d100) * (now[key] - once))
+        else:
+            assert torch.equal(value, now[key])
+    assert not any(p.requires_grad for p in average.module.parameters()) and not average.module.training
+
+
 def test_gradient_accumulation_matches_one_big_batch(mnist_dir):
     """K micro-batches of B/K accumulate to the update of one batch of B (fp32).
 
