@@ -106,6 +106,21 @@ def test_a_continued_run_copies_the_weights_records_them_and_its_config_replays_
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
 
 
+def test_a_continued_ema_run_copies_the_average_too(mnist_dir, tmp_path):
+    """B continues A's epoch-2 checkpoint with A's own values: with the average copied as well, B
+    ends with A's averaged weights to the bit (restarted from the weights, it would not)."""
+    from safetensors.torch import load_file
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    base = tiny_config(mnist_dir, cpu=True, schedule="constant", ema=0.9)
+    fit(base.replace(output_dir=str(a)), progress=False)
+    source = checkpoint_dir(a, 2 * read_state(checkpoint_dir(a, 45))["step"])
+    fit(base.replace(output_dir=str(b)), progress=False, continue_from=Continuation(source, "a"))
+    theirs, ours = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    assert history(b)[2]["val_loss"] == history(a)[2]["val_loss"]
+
+
 def test_a_continuation_whose_config_disagrees_with_the_past_or_starts_mid_epoch_is_refused(mnist_dir, tmp_path):
     a = tmp_path / "a"
     base = tiny_config(mnist_dir, cpu=True, schedule="constant", epochs=2, checkpoint_every=5, keep_checkpoints=10)
