@@ -38,6 +38,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from rich.console import Console
@@ -198,8 +199,14 @@ def _run_all(jobs: list[tuple[str, TrainConfig]], parallel: int):
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_use_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(_train, config): name for name, config in jobs}
-        yield from ((futures[f], f.result()) for f in as_completed(futures))
+        futures = {pool.submit(_train, config): (name, config.seed) for name, config in jobs}
+        for future in as_completed(futures):
+            try:
+                yield futures[future][0], future.result()
+            except BrokenProcessPool:  # killed (out of memory, a signal): its own error died with it
+                name, seed = futures[future]
+                raise SystemExit(f"bench_sweep: the process retraining {name!r} seed {seed} died without a word (out "
+                                 "of memory, or killed): rerun with --parallel 1 to see its error") from None
 
 
 def _use_threads(threads: int) -> None:
