@@ -31,21 +31,26 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self._bind(model)
-
-    def _bind(self, model: torch.nn.Module) -> None:
         # state_dict tensors share storage with the modules' own: bound once, updated in place
         mine, theirs = self.module.state_dict(), model.state_dict()
-        self._floats = ([mine[k] for k in mine if mine[k].is_floating_point()],
-                        [theirs[k] for k in mine if mine[k].is_floating_point()])
-        self._others = [(mine[k], theirs[k]) for k in mine if not mine[k].is_floating_point()]
+        floats = [k for k in mine if mine[k].is_floating_point()]
+        self._floats = [mine[k] for k in floats], [theirs[k] for k in floats]
+        self._counts = [(mine[k], theirs[k]) for k in mine if k not in floats]
 
     @torch.no_grad()
     def update(self, updates: int) -> None:
         """Average in the model's tensors after its ``updates``-th optimizer step (1-based)."""
-        averaged, current = self._floats
-        torch._foreach_lerp_(averaged, current, 1.0 - decay_at(self.decay, updates))
-        for mine, theirs in self._others:
+        torch._foreach_lerp_(*self._floats, 1.0 - decay_at(self.decay, updates))
+        self._copy_counts()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Start the average again from the model's current weights."""
+        torch._foreach_copy_(*self._floats)
+        self._copy_counts()
+
+    def _copy_counts(self) -> None:
+        for mine, theirs in self._counts:
             mine.copy_(theirs)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -54,11 +59,3 @@ class WeightAverage:
     @torch.no_grad()
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(tensors)  # in place: the bound tensors stay the module's
-
-    @torch.no_grad()
-    def reset(self) -> None:
-        """Start the average again from the model's current weights."""
-        for mine, theirs in zip(*self._floats):
-            mine.copy_(theirs)
-        for mine, theirs in self._others:
-            mine.copy_(theirs)

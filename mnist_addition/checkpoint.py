@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -39,6 +39,9 @@ from .errors import UserError, shown
 from .layout import CHECKPOINTS
 from .hparams import SCHEDULED
 from .state import SAVED_FIELDS
+
+if TYPE_CHECKING:
+    from .average import WeightAverage
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
@@ -106,9 +109,9 @@ def write_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.
     cannot meet a planted link."""
     from safetensors.torch import save
 
-    _write(folder / MODEL_FILE, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    _write(folder / MODEL_FILE, save(_on_host(model.state_dict())))
     if average is not None:
-        _write(folder / EMA_FILE, save({k: v.detach().cpu().contiguous() for k, v in average.items()}))
+        _write(folder / EMA_FILE, save(_on_host(average)))
     saved = optimizer.state_dict()
     tensors = {f"{index}.{name}": value.detach().cpu().contiguous()
                for index, values in saved["state"].items() for name, value in values.items()}
@@ -117,6 +120,15 @@ def write_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.
     _write(folder / OPTIMIZER_TENSORS, save(tensors))
     _write(folder / OPTIMIZER_GROUPS, json.dumps({"param_groups": saved["param_groups"], "scalars": others}).encode())
     _write(folder / STATE_FILE, json.dumps(state).encode())
+
+
+def _on_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _reason(error: Exception) -> str:
+    """The first line of why a file could not be loaded, for a one-line error."""
+    return str(error).splitlines()[0][:160] if str(error) else type(error).__name__
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -146,17 +158,15 @@ def load_training_state(checkpoint: Path, model: torch.nn.Module, optimizer: tor
         fresh = optimizer.state_dict()["param_groups"]  # this run's own groups (indices and hyperparameters)
         per_param = _optimizer_state(load_file(str(checkpoint / OPTIMIZER_TENSORS)), groups, optimizer, fresh)
     except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError, RecursionError) as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise CheckpointError(f"{checkpoint / name} cannot be loaded ({reason})") from None
+        raise CheckpointError(f"{checkpoint / name} cannot be loaded ({_reason(e)})") from None
     model.load_state_dict(weights)
     # The hyperparameters are the run's own (config.json cannot change on resume; the lr is set every
     # step): only the per-parameter state comes from the file.
     optimizer.load_state_dict({"state": per_param, "param_groups": fresh})
 
 
-def load_average(checkpoint: Path, average: Any) -> bool:
-    """Load a checkpoint's ``ema.safetensors`` into ``average`` (an ``average.WeightAverage``),
-    checked like the model's weights; False if the checkpoint has none (written without --ema)."""
+def load_average(checkpoint: Path, average: WeightAverage) -> bool:
+    """Load a checkpoint's ``ema.safetensors`` into ``average``, checked like the model's weights; False if the checkpoint has none (written without --ema)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -166,8 +176,7 @@ def load_average(checkpoint: Path, average: Any) -> bool:
         tensors = load_file(str(checkpoint / EMA_FILE))
         _check_tensors(tensors, average.state_dict())
     except (OSError, SafetensorError, ValueError) as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise CheckpointError(f"{checkpoint / EMA_FILE} cannot be loaded ({reason})") from None
+        raise CheckpointError(f"{checkpoint / EMA_FILE} cannot be loaded ({_reason(e)})") from None
     average.load_state_dict(tensors)
     return True
 
