@@ -78,15 +78,40 @@ def write_config(run_dir: Path, config: TrainConfig, setup: dict[str, Any]) -> N
     write_json(run_dir / "config.json", payload)
 
 
+# What shapes a net's weights, written into the header of its model.safetensors and checked when it
+# loads: crops 1 and 2 (and 3 and 4) build tensors of the same names and shapes, so only the header
+# tells them apart. Dropout and test-time views do not touch the weights (evaluate takes --tta).
+HEADER_KEY = "mnist_addition"
+WEIGHT_FIELDS = ("preset", "width", "stem", "crop", "depth")
+
+
 def save_weights(model: nn.Module, path: Path, config: TrainConfig) -> None:
-    """Weights as safetensors (no pickle), with the preset and width in the header."""
+    """Weights as safetensors (no pickle), with the net's WEIGHT_FIELDS in the header."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # One metadata key: safetensors writes its metadata map in no fixed order, so with two keys the
     # same tensors gave different files from run to run; with one, equal tensors give equal bytes.
-    files.write_bytes(path, save(state, metadata={"mnist_addition": json.dumps(
-        {"preset": config.preset, "width": config.width}, sort_keys=True)}))
+    files.write_bytes(path, save(state, metadata={HEADER_KEY: json.dumps(
+        {k: getattr(config, k) for k in WEIGHT_FIELDS}, sort_keys=True)}))
+
+
+def header_mismatch(path: Path, config: TrainConfig) -> str | None:
+    """None if the net ``path``'s header names (WEIGHT_FIELDS it holds: files from before this
+    check hold the preset and width only; files from elsewhere, none) is ``config``'s, else the first
+    difference."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    try:
+        header = json.loads(meta.get(HEADER_KEY, "{}"))
+    except ValueError:
+        return "its header is not JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    return next((f"its header says {k} {header[k]}" for k in WEIGHT_FIELDS
+                 if k in header and header[k] != getattr(config, k)), None)
 
 
 def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[Path, ...] = ()) -> Path:
@@ -221,7 +246,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta
                        "retrain or restore it") from None
     with torch.device("meta"):  # the model config.json implies, allocating nothing
         skeleton = build_model(**config.net)
-    problem = state_dict_mismatch(skeleton.state_dict(), state)
+    problem = state_dict_mismatch(skeleton.state_dict(), state) or header_mismatch(weights_path, config)
     if problem:
         raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}, "
                        f"stem {config.stem}, crop {config.crop}, depth {config.depth}: {problem}): the weights belong to another run or were altered")

@@ -135,6 +135,19 @@ def _bad(tmp_path, run_dir, case):
         (other / "config.json").write_text(json.dumps(config))
         (other / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
         return [str(other), str(good), "3"]
+    if case == "config swaps crop 2 for crop 1":  # the same tensors, names and shapes: only the header differs
+        from mnist_addition.config import TrainConfig
+        from mnist_addition.model import build_model
+        from mnist_addition.runs import save_weights
+
+        other = tmp_path / "cropped"
+        other.mkdir()
+        config = json.loads((run_dir / "config.json").read_text())
+        config["config"]["crop"] = 1
+        (other / "config.json").write_text(json.dumps(config))
+        save_weights(build_model("fast", 8, crop=2), other / "model.safetensors",
+                     TrainConfig.from_preset("fast", width=8, crop=2))
+        return [str(other), str(good), "3"]
     if case == "csv exists":
         (tmp_path / "out.csv").write_text("keep me\n")
         return [str(run_dir), str(good), "3", "--csv", str(tmp_path / "out.csv")]
@@ -171,6 +184,7 @@ BAD = [
     ("config does not match weights", "does not match config.json"),
     ("config names another stem", "stem stride, "),  # same shapes, other names: refused, not loaded
     ("config names another crop", "crop 2, depth 4: "),  # the same: a Crop layer in front
+    ("config swaps crop 2 for crop 1", "crop 1, depth 4: its header says crop 2)"),
     ("csv exists", "exists: choose another --csv, or pass --overwrite"),
     ("folder without numbers", "pass exactly one of --numbers"),
     ("wrong count of numbers", "--numbers has 2 values for 1 images"),
@@ -191,6 +205,23 @@ def test_bad_input_is_one_line_exit_2(case, match, run_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and match in err and "\n" not in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_weight_headers_from_before_the_net_fields_still_load(tmp_path):
+    """Files saved before the header held stem, crop and depth (preset and width only) are checked on
+    what they hold; a header that is not a JSON object is a mismatch, not a crash."""
+    from safetensors.torch import save_file
+
+    from mnist_addition.config import TrainConfig
+    from mnist_addition.runs import header_mismatch
+
+    config = TrainConfig.from_preset("fast", width=8, crop=2)
+    for header, problem in (({"preset": "fast", "width": 8}, None), ({"preset": "fast", "width": 16}, "its header says width 16"),
+                            ({}, None), ([2], "its header is not a JSON object")):
+        save_file({"w": torch.zeros(1)}, tmp_path / "m.safetensors", metadata={"mnist_addition": json.dumps(header)})
+        assert header_mismatch(tmp_path / "m.safetensors", config) == problem
+    save_file({"w": torch.zeros(1)}, tmp_path / "m.safetensors", metadata={"mnist_addition": "{"})
+    assert header_mismatch(tmp_path / "m.safetensors", config) == "its header is not JSON"
 
 
 @pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
