@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from . import files
-from .errors import UserError, shown
+from .errors import UserError, first_line, shown
 from .layout import CHECKPOINTS
 from .hparams import SCHEDULED
 from .state import SAVED_FIELDS
@@ -126,11 +126,6 @@ def _on_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
-def _reason(error: Exception) -> str:
-    """The first line of why a file could not be loaded, for a one-line error."""
-    return str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-
-
 def _write(path: Path, data: bytes) -> None:
     """One file of a new checkpoint; a full disk is an OSError naming it (not safetensors' own error)."""
     with path.open("xb") as f:
@@ -158,7 +153,7 @@ def load_training_state(checkpoint: Path, model: torch.nn.Module, optimizer: tor
         fresh = optimizer.state_dict()["param_groups"]  # this run's own groups (indices and hyperparameters)
         per_param = _optimizer_state(load_file(str(checkpoint / OPTIMIZER_TENSORS)), groups, optimizer, fresh)
     except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError, RecursionError) as e:
-        raise CheckpointError(f"{checkpoint / name} cannot be loaded ({_reason(e)})") from None
+        raise CheckpointError(f"{checkpoint / name} cannot be loaded ({first_line(e)})") from None
     model.load_state_dict(weights)
     # The hyperparameters are the run's own (config.json cannot change on resume; the lr is set every
     # step): only the per-parameter state comes from the file.
@@ -176,7 +171,7 @@ def load_average(checkpoint: Path, average: WeightAverage) -> bool:
         tensors = load_file(str(checkpoint / EMA_FILE))
         _check_tensors(tensors, average.state_dict())
     except (OSError, SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{checkpoint / EMA_FILE} cannot be loaded ({_reason(e)})") from None
+        raise CheckpointError(f"{checkpoint / EMA_FILE} cannot be loaded ({first_line(e)})") from None
     average.load_state_dict(tensors)
     return True
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from .config import ConfigError
-from .errors import EXIT_FAILED, UserError
+from .errors import EXIT_FAILED, UserError, first_line
 
 ENV_DATA_DIR = "MNIST_ADDITION_DATA"
 DEFAULT_DATA_DIR = "~/.cache/mnist-addition"
@@ -133,8 +133,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True)
         try:
             download_mnist(root)
         except Exception as e:  # offline, proxy, disk full...: all end the same way for the user
-            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise DataError(_missing_message(root, f"download failed: {reason}")) from None
+            raise DataError(_missing_message(root, f"download failed: {first_line(e)}")) from None
         raw = find_raw_dir(root)
     if raw is None:
         raise DataError(_missing_message(root, "download disabled" if not download else "download gave no files"))

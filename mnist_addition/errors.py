@@ -37,3 +37,9 @@ def shown(value: Any) -> str:
     """``repr(value)`` cut to a few dozen characters: an error line never echoes a whole 9 MB value
     (and never builds it: reprlib stops at its limits)."""
     return _SHORT.repr(value)
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """Why ``error`` happened, for a one-line message: its first non-blank line cut to ``limit``
+    characters, or its type's name when it says nothing (``str(e)`` of an ``OSError()`` is empty)."""
+    return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)[:limit]

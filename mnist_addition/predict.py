@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .data import MEAN, STD
-from .errors import UserError, shown
+from .errors import UserError, first_line, shown
 from .runs import load_run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -68,7 +68,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image Pillow can read: pass a PNG, JPEG or BMP file") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path} is damaged or truncated ({str(e).splitlines()[0][:80]}): re-export the image") from None
+        raise ImageError(f"{path} is damaged or truncated ({first_line(e, 80)}): re-export the image") from None
     if min(gray.shape) < MIN_SIDE:
         raise ImageError(f"{path} is only {gray.shape[1]}x{gray.shape[0]} pixels: a digit needs at least "
                          f"{MIN_SIDE}x{MIN_SIDE}; pass a larger image")

@@ -23,7 +23,7 @@ from torch import nn
 from . import files
 from .backends import free_memory
 from .config import MIXED_PRECISION, ConfigError, TrainConfig, check_model_fits, read_json_file
-from .errors import UserError, shown
+from .errors import UserError, first_line, shown
 from .layout import REPORT_FILES, RUN_DIRS, RUN_FILES  # noqa: F401 (REPORT_FILES re-exported)
 from .model import build_model, count_parameters
 
@@ -242,7 +242,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta
     try:
         state = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
-        raise RunError(f"{weights_path} is unreadable ({str(e).splitlines()[0][:120]}): the file is corrupt, "
+        raise RunError(f"{weights_path} is unreadable ({first_line(e, 120)}): the file is corrupt, "
                        "retrain or restore it") from None
     with torch.device("meta"):  # the model config.json implies, allocating nothing
         skeleton = build_model(**config.net)

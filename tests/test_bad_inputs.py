@@ -421,3 +421,13 @@ def test_tune_inputs_are_one_line_and_make_no_sweep_folder(case, match, tmp_path
     _one_line(capsys, argv, 2, match)
     assert _peak_memory() - before < 2**29  # nothing was expanded (the alias bomb is gigabytes expanded)
     assert not storage.exists()
+
+
+def test_an_error_without_a_message_is_named_by_its_type():
+    """The one-line reason quoted in our errors: the first non-blank line, cut; an ``OSError()``
+    (empty message) gives its type's name instead of an IndexError."""
+    from mnist_addition.errors import first_line
+
+    assert first_line(OSError()) == "OSError"
+    assert first_line(ValueError("\n  \nbad header\nmore")) == "bad header"
+    assert first_line(ValueError("x" * 300), 80) == "x" * 80

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import first_line
+
 
 def experiment_uri(storage_path: str, name: str) -> str:
     return f"{storage_path.rstrip('/')}/{name}"
@@ -32,7 +34,7 @@ class Store:
         try:
             self.fs, self.root = pyarrow.fs.FileSystem.from_uri(uri)  # an absolute path or a URI
         except (ValueError, NotImplementedError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
-            raise SweepError(f"--storage-path: {uri} is not a storage pyarrow can open ({str(e).splitlines()[0][:100]}): "
+            raise SweepError(f"--storage-path: {uri} is not a storage pyarrow can open ({first_line(e, 100)}): "
                              "use a local folder or a URI such as s3://bucket/sweeps or gs://bucket/sweeps") from None
         self.uri = uri
         self.local = isinstance(self.fs, pyarrow.fs.LocalFileSystem)
