@@ -96,14 +96,10 @@ def save_weights(model: nn.Module, path: Path, config: TrainConfig) -> None:
         {k: getattr(config, k) for k in WEIGHT_FIELDS}, sort_keys=True)}))
 
 
-def header_mismatch(path: Path, config: TrainConfig) -> str | None:
-    """None if the net ``path``'s header names (WEIGHT_FIELDS it holds: files from before this
-    check hold the preset and width only; files from elsewhere, none) is ``config``'s, else the first
-    difference."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+def header_mismatch(meta: dict[str, str], config: TrainConfig) -> str | None:
+    """None if the WEIGHT_FIELDS a weights file's metadata ``meta`` names agree with ``config``, else
+    the first difference. Files from before this check name the preset and width only, files from
+    elsewhere nothing: each is checked on what it names."""
     try:
         header = json.loads(meta.get(HEADER_KEY, "{}"))
     except ValueError:
@@ -227,8 +223,7 @@ class SavedRun(NamedTuple):
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta: int | None = None) -> SavedRun:
     """Rebuild the model of a finished run from its config.json and model.safetensors; ``tta``, if
     given, evaluates with that many views instead of the run's own (the weights are the same)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     run_dir = Path(run_dir)
     config, setup = read_run_config(run_dir)
@@ -239,14 +234,15 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta
         config = config.replace(tta=tta)
     weights_path = member(run_dir, "model.safetensors", f"{run_dir} has no model.safetensors: training did not "
                                                         "finish; resume it (train --resume) or pick another run")
-    try:
-        state = load_file(str(weights_path), device=str(device))
+    try:  # one read for the tensors and the header
+        with safe_open(str(weights_path), "pt", device=str(device)) as f:
+            meta, state = f.metadata() or {}, {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{weights_path} is unreadable ({first_line(e, 120)}): the file is corrupt, "
                        "retrain or restore it") from None
     with torch.device("meta"):  # the model config.json implies, allocating nothing
         skeleton = build_model(**config.net)
-    problem = state_dict_mismatch(skeleton.state_dict(), state) or header_mismatch(weights_path, config)
+    problem = state_dict_mismatch(skeleton.state_dict(), state) or header_mismatch(meta, config)
     if problem:
         raise RunError(f"{weights_path} does not match config.json (preset {config.preset!r}, width {config.width}, "
                        f"stem {config.stem}, crop {config.crop}, depth {config.depth}: {problem}): the weights belong to another run or were altered")
