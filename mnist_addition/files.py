@@ -198,6 +198,27 @@ def lock_note(path: Path, wait: float = 2.0) -> bytes:
         time.sleep(0.05)
 
 
+def lock_holder(path: Path) -> str:
+    """Who holds the lock file ``path``, as its note says (``{"pid", "host", "since"}``)."""
+    import json
+
+    try:
+        owner = json.loads(lock_note(path))
+        return f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def holder_note() -> bytes:
+    """The note a lock's holder writes: this process, this machine, now."""
+    import json
+    import platform
+    import time
+
+    return json.dumps({"pid": os.getpid(), "host": platform.node(),
+                       "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
+
+
 def lock_is_held(path: Path) -> bool:
     """Whether another process holds the lock file ``path`` (a shared probe: it never takes a lock
     a writer could be refused by for longer than this call)."""

@@ -26,3 +26,4 @@ LOCK = ".lock"
 # A sweep's folder (STORAGE/NAME): sweep.json first (what was asked), the results files at the end.
 SWEEP_FILE, CSV_FILE, BEST_FILE, PLOT_FILE, SUMMARY_FILE = (
     "sweep.json", "trials.csv", "best_config.json", "sweep.png", "summary.json")
+PARETO_CSV, PARETO_PLOT = "pareto.csv", "pareto.png"  # a multi-objective sweep's front

@@ -18,17 +18,14 @@ operation, so no spelling creates another folder or reaches around the lock.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from . import files
 from .checkpoint import list_checkpoints
-from .layout import CHECKPOINTS, FINISHED, LOCK, RUN_DIRS, RUN_FILES
+from .layout import CHECKPOINTS, CONFIG, FINISHED, LOCK, RUN_DIRS, RUN_FILES
 from .runs import RunError
 
 ASIDE = ".replaced"
@@ -60,17 +57,8 @@ def holds_run(path: str | os.PathLike) -> bool:
     return real.is_dir() and bool(_run_entries(real))
 
 
-def holder(folder: Path) -> str:
-    """Who holds the folder's lock, as the note in the lock file says."""
-    try:
-        owner = json.loads(files.lock_note(folder / LOCK))
-        return f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
-    except (ValueError, KeyError, TypeError):
-        return "another process"
-
-
 def _in_use(named: Path, real: Path) -> RunError:
-    return RunError(f"{named} is in use by {holder(real)}: wait for it to finish, or choose another --output-dir")
+    return RunError(f"{named} is in use by {files.lock_holder(real / LOCK)}: wait for it to finish, or choose another --output-dir")
 
 
 def check_run_dir(path: str | os.PathLike, overwrite: bool = False, locked: bool = False) -> None:
@@ -101,6 +89,9 @@ def check_run_dir(path: str | os.PathLike, overwrite: bool = False, locked: bool
                        "folder of mnist-addition with --overwrite; choose another --output-dir")
     existing = _run_entries(real)
     if existing and not overwrite:
+        if not list_checkpoints(real) and not files.is_real_file(real / FINISHED):
+            raise RunError(f"{named} holds a run that stopped before its first checkpoint (nothing to resume): add "
+                           "--overwrite to start it again there, or choose another --output-dir")
         raise RunError(f"{named} already holds a run ({', '.join(existing)}): choose another --output-dir, "
                        "resume it with --resume, or pass --overwrite to replace it")
 
@@ -117,9 +108,17 @@ def check_resumable(path: str | os.PathLike, locked: bool = False) -> None:
         if os.path.lexists(real / name) and not files.is_real_dir(real / name):
             raise RunError(f"--resume {named}: {name} is {_kind(real, name)}, not the run's own folder: a run folder "
                            "is never followed out of; restore the folder")
+    # a link at a file's name is replaced when the file is written; a folder or a fifo there cannot be
+    strange = next((name for name in RUN_FILES if os.path.lexists(real / name) and not os.path.islink(real / name)
+                    and not files.is_real_file(real / name)), None)
+    if strange is not None:
+        raise RunError(f"--resume {named}: {strange} is not a regular file (a folder, fifo or device), where the run "
+                       "keeps a file of its own: the folder was altered; remove it and resume again")
     if not list_checkpoints(real):
-        raise RunError(f"--resume {named}: the run has no checkpoints (it stopped before its first one); "
-                       "train it again without --resume")
+        again = f"mnist-addition train --config {named / CONFIG} --overwrite" if files.is_real_file(real / CONFIG) \
+            else f"your train command with --output-dir {named}"
+        raise RunError(f"--resume {named}: the run has no checkpoints (it stopped before its first one): start it "
+                       f"again with  {again}")
     if files.is_real_file(real / FINISHED):
         raise RunError(f"--resume {named}: that run already finished ({FINISHED} exists); nothing to resume")
 
@@ -159,8 +158,7 @@ class RunFolder:
         self._check()
         try:
             self._created = files.make_dirs(self.path)
-            note = json.dumps({"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            if not self._lock.acquire(note.encode()):
+            if not self._lock.acquire(files.holder_note()):
                 files.remove_empty(self._created)  # a folder we made and someone else locked keeps their lock
                 raise _in_use(self.named, self.path)
         except OSError as e:

@@ -373,8 +373,13 @@ def test_an_interrupted_sweep_on_uri_storage_resumes_and_every_trial_folder_arri
             break
     rest = proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, "".join(lines) + rest
-    assert f"mnist-addition tune --resume --name interrupted --storage-path {storage}" in rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("mnist-addition tune: interrupted by Ctrl-C: ") and "Traceback" not in rest
+    assert last.endswith(f"mnist-addition tune --resume --name interrupted --storage-path {storage}")
     sweep = tmp_path / "remote" / "interrupted"
+    so_far = read_trials(sweep)  # what ran, and nothing said of a trial that did not end
+    assert {t["status"] for t in so_far} <= {"finished", "unfinished"} and "finished" in {t["status"] for t in so_far}
+    assert not (sweep / "best_config.json").exists()  # chosen when the sweep ends, not from unfinished trials
     finished = [p for p in sweep.glob("trial-*") if (p / "progress.csv").exists()
                 and len((p / "progress.csv").read_text().splitlines()) == 1 + 3]
     assert finished, "no trial had finished before the interrupt"
@@ -395,6 +400,77 @@ def test_an_interrupted_sweep_on_uri_storage_resumes_and_every_trial_folder_arri
                   .read_text().splitlines()]
         assert epochs == [1, 2, 3]
     assert json.loads((sweep / "summary.json").read_text())["best_trial"] == trials[0]["trial_id"]
+
+
+def _tune_process(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mnist_addition", *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_sweep_killed_just_after_rays_first_save_resumes(tmp_path, mnist_dir, cluster):
+    """SIGKILL right after Ray first wrote its state, before a trial reported: the moment that used
+    to leave a state no signature covered, so that --resume refused the user's own sweep."""
+    sweep = tmp_path / "killed"
+    proc = _tune_process(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "killed", "--num-samples", "2",
+                                   "--scheduler", "fifo", "--max-concurrent", "1", "--address", cluster.address))
+    deadline = time.monotonic() + 300
+    while not list(sweep.glob("experiment_state-*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert list(sweep.glob("experiment_state-*.json")), "Ray never saved its state"
+    assert main(["tune", "--resume", "--name", "killed", "--storage-path", str(tmp_path), "--address",
+                 cluster.address]) == 0
+    trials = read_trials(sweep)
+    assert len(trials) == 2 and all(t["status"] == "finished" for t in trials)
+
+
+def test_sigterm_stops_a_sweep_resumably_and_either_way_back_continues_its_trials(tmp_path, mnist_dir, cluster,
+                                                                                 capsys):
+    """SIGTERM (a scheduler's preemption) mid-trial: exit 75, one line naming the command that
+    continues, no trial called stopped early, no best_config.json. While it ran, its name had one
+    writer. Resumed as Ray saved it, and rebuilt without Ray's state (as after a kill mid-save),
+    the interrupted trial continues from its checkpoint."""
+    name, epochs = "preempted", 30  # long enough that the first trial is still training when SIGTERM comes
+    sweep = tmp_path / name
+    proc = _tune_process(tune_args(tiny_space(tmp_path, epochs=epochs), mnist_dir, tmp_path, name, "--num-samples", "2",
+                                   "--scheduler", "fifo", "--max-concurrent", "1", "--address", cluster.address))
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if f" epoch 2/{epochs} " in line:
+            break
+    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, name)) == 2  # the name has one writer
+    assert "already exists: pass --resume" in capsys.readouterr().err
+    assert main(["tune", "--resume", "--name", name, "--storage-path", str(tmp_path)]) == 2
+    assert f"is in use by process {proc.pid}" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "running"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 75, "".join(lines) + rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("mnist-addition tune: interrupted by SIGTERM: ") and "Traceback" not in rest
+    assert last.endswith(f"continue with  mnist-addition tune --resume --name {name} --storage-path {tmp_path}")
+    stopped = read_trials(sweep)
+    assert {t["status"] for t in stopped} == {"unfinished"} and 2 <= int(stopped[0]["epochs_run"]) < epochs
+    assert not (sweep / "best_config.json").exists()
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "interrupted, resumable (2 trials left)"
+
+    rebuilt = shutil.copytree(sweep, tmp_path / "rebuilt")  # the same sweep, its Ray state unsigned
+    signatures = json.loads((rebuilt / "state-signatures.json").read_text())
+    signatures["files"] = {k: v for k, v in signatures["files"].items() if not k.startswith("experiment_state-")}
+    (rebuilt / "state-signatures.json").write_text(json.dumps(signatures))
+    for folder, how in ((name, "resuming " + str(sweep)), ("rebuilt", "resuming without Ray's saved state")):
+        assert main(["tune", "--resume", "--name", folder, "--storage-path", str(tmp_path), "--address",
+                     cluster.address]) == 0
+        assert how in capsys.readouterr().err
+        trials = read_trials(tmp_path / folder)
+        assert len(trials) == 2 and all(t["status"] == "finished" and t["epochs_run"] == str(epochs) for t in trials)
+        first = next(t for t in trials if (t["lr"], t["sum_weight"]) == (stopped[0]["lr"], stopped[0]["sum_weight"]))
+        assert int(first["resumed_from_epoch"]) >= 2, first  # from its checkpoint, not from scratch
+    assert first["continued_from"] == f"trial-{stopped[0]['trial_id']}"
 
 
 def test_a_multi_worker_trial_trains_data_parallel_with_world_size_2_and_survives_a_crash(
@@ -678,45 +754,72 @@ def _ray_pickles(sweep: Path) -> list[str]:
         p.suffix == ".pkl" or p.name.startswith(("experiment_state-", "basic-variant-state-", "searcher-state-"))))
 
 
-def test_every_pickle_ray_keeps_is_signed_and_a_planted_payload_never_runs(signed_sweep, tmp_path, cluster, capsys):
+def _plant(sweep: Path, name: str, marker: Path) -> None:
+    """A pickle that makes ``marker`` when loaded, at ``name`` (in Ray's JSON envelope where Ray expects JSON)."""
     from ray import cloudpickle
     from ray._common.utils import binary_to_hex
+
+    blob = cloudpickle.dumps(_Payload(marker))
+    if name.endswith(".json") and name.startswith("experiment_state-"):  # JSON with Ray's pickle fallback
+        blob = json.dumps({"runner_data": {"_type": "CLOUDPICKLE_FALLBACK", "value": binary_to_hex(blob)}}).encode()
+    (sweep / name).write_bytes(blob)
+
+
+def test_every_pickle_ray_keeps_is_signed_and_a_planted_payload_never_runs(signed_sweep, tmp_path, cluster, capsys):
+    """Each file Ray unpickles, replaced by a payload, fails its signature; a resume then goes on
+    without Ray's state (its trials continue from their checkpoints) and the payload never runs."""
+    from mnist_addition.sweep.storage import Store
+    from mnist_addition.sweep.trust import Signer
 
     names = _ray_pickles(signed_sweep)
     assert {"tuner.pkl"} <= set(names) and any(n.startswith("experiment_state-") for n in names)
     assert any(n.startswith("searcher-state-") for n in names) and any(n.endswith("/params.pkl") for n in names)
     marker = tmp_path / "payload-ran"
     for i, name in enumerate(names):
-        copy = tmp_path / f"c{i}"
-        shutil.copytree(signed_sweep, copy)
-        blob = cloudpickle.dumps(_Payload(marker))
-        if name.endswith(".json") and name.startswith("experiment_state-"):  # JSON with Ray's pickle fallback
-            blob = json.dumps({"runner_data": {"_type": "CLOUDPICKLE_FALLBACK", "value": binary_to_hex(blob)}}).encode()
-        (copy / name).write_bytes(blob)
-        code = main(["tune", "--resume", "--name", copy.name, "--storage-path", str(tmp_path), "--address",
-                     cluster.address])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and err.count("\n") == 0 and f"{copy / name} is not signed by your key" in err, err
-        assert not marker.exists(), f"the payload in {name} ran"
+        copy = shutil.copytree(signed_sweep, tmp_path / f"c{i}")
+        _plant(copy, name, marker)
+        assert Signer.verified(Store(str(copy))).unverified == [name]
+    planted = shutil.copytree(signed_sweep, tmp_path / "planted")
+    for name in names:
+        _plant(planted, name, marker)
+    assert main(["tune", "--resume", "--name", "planted", "--storage-path", str(tmp_path), "--address",
+                 cluster.address]) == 0
+    err = capsys.readouterr().err
+    assert "resuming without Ray's saved state" in err and "not signed by your key" in err and "never loaded" in err
+    assert not marker.exists(), "a planted payload ran"
+    trials = read_trials(planted)
+    before = {t["trial_id"]: t for t in read_trials(signed_sweep)}
+    assert len(trials) == 2 and all(t["status"] == "finished" for t in trials)
+    for t in trials:  # each trial of the rebuilt sweep continued its earlier self: nothing trained again
+        earlier = before[t["continued_from"].removeprefix("trial-")]
+        assert t["resumed_from_epoch"] == "1" and t["val_both_acc"] == earlier["val_both_acc"]
+        assert (t["lr"], t["sum_weight"]) == (earlier["lr"], earlier["sum_weight"])
+    aside = {p.relative_to(next((planted / ".unverified").iterdir())).as_posix()
+             for p in (planted / ".unverified").rglob("*") if p.is_file()}
+    assert set(names) <= aside  # kept, never read
+    assert main(["tune", "--resume", "--name", "planted", "--storage-path", str(tmp_path), "--address",
+                 cluster.address]) == 0  # and the rebuilt sweep's own state resumes as Ray saved it
+    assert "resuming without" not in capsys.readouterr().err
     # the same folder untouched resumes (under another name too: signatures cover paths inside it)
     shutil.copytree(signed_sweep, tmp_path / "intact")
     assert main(["tune", "--resume", "--name", "intact", "--storage-path", str(tmp_path), "--address",
                  cluster.address]) == 0
+    assert "resuming without" not in capsys.readouterr().err
 
 
-def test_resume_refuses_a_sweep_without_this_users_key_or_with_a_planted_file_or_link(signed_sweep, tmp_path,
-                                                                                    monkeypatch, capsys):
+def test_resume_refuses_a_sweep_without_this_users_key_or_with_a_link_or_an_unsigned_sweep_json(
+        signed_sweep, tmp_path, monkeypatch, capsys):
     args = ["tune", "--resume", "--storage-path", str(tmp_path), "--name"]
-    planted = shutil.copytree(signed_sweep, tmp_path / "planted")
-    (planted / "experiment_state-2999-01-01_00-00-00.json").write_text("{}")  # newer: Ray would read it first
-    assert main([*args, "planted"]) == 2
-    assert "experiment_state-2999-01-01_00-00-00.json is not signed" in capsys.readouterr().err
     linked = shutil.copytree(signed_sweep, tmp_path / "linked")
     trial = next(linked.glob("trial-*"))
     (trial / "result.json").unlink()
     (trial / "result.json").symlink_to(tmp_path / "elsewhere")
     assert main([*args, "linked"]) == 2
     assert "result.json is a link" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+    edited = shutil.copytree(signed_sweep, tmp_path / "edited")
+    (edited / "sweep.json").write_text((edited / "sweep.json").read_text().replace('"num_samples": 2', '"num_samples": 9'))
+    assert main([*args, "edited"]) == 2
+    assert "sweep.json is not signed by your key" in capsys.readouterr().err
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))
     shutil.copytree(signed_sweep, tmp_path / "theirs")
     assert main([*args, "theirs"]) == 2

@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..config import ConfigError, TrainConfig, check_batch, smoke_overrides
-from ..errors import shown
+from ..errors import first_line, shown
 from ..hparams import SCHEDULED
+from ..layout import LOCK
 from .spaces import Space, load_space, parse_space
-from . import pbt, trackers, trial
+from . import pbt, rebuild, trackers, trial
+from .interrupts import Interrupts
 from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
 from .results import score_metric, trial_rows, write_results
 from .storage import Store, absolute, experiment_uri
-from .trust import Signer
+from .trust import SIGNATURES, Signer
+
+TUNER_FILE = "tuner.pkl"  # Ray's Tuner, written by Ray straight into the sweep folder
 
 def require_ray() -> None:
     import importlib.util
@@ -29,8 +36,39 @@ def require_ray() -> None:
         raise SweepError('Ray Tune is not installed: pip install -e ".[tune]" (or pip install "ray[tune]")')
 
 
-def open_sweep(options: SweepOptions) -> tuple[SweepOptions, Space, Store, Signer]:
-    """Fill in defaults, load and check the space (or the saved sweep on --resume). No Ray yet."""
+MAX_NAME_BYTES = 255  # a folder name, on every filesystem we know
+
+
+@dataclass
+class Sweep:
+    """A sweep folder held by this driver: what was asked, the space, the folder, its signatures,
+    and the lock that makes this driver its only writer (local storage; a bucket has no locks)."""
+
+    options: SweepOptions
+    space: Space
+    store: Store
+    signer: Signer
+    lock: files.FolderLock | None = None
+    created: list[Path] = field(default_factory=list)  # folders this driver made (removed if left empty)
+
+    def resume_command(self) -> str:
+        return f"mnist-addition tune --resume --name {self.options.name} --storage-path {self.options.storage_path}"
+
+    def close(self) -> None:
+        """Release the folder; a new sweep that stopped before writing sweep.json leaves nothing."""
+        if self.lock is None:
+            return
+        folder = Path(self.store.root)
+        if self.created and sorted(os.listdir(folder)) in ([LOCK], [LOCK, SIGNATURES]):
+            for name in (LOCK, SIGNATURES):
+                (folder / name).unlink(missing_ok=True)
+        self.lock.release()
+        files.remove_empty(self.created)
+
+
+def open_sweep(options: SweepOptions) -> Sweep:
+    """Fill in defaults, take the sweep folder (one writer), load and check the space (or the
+    signed sweep.json on --resume). No Ray yet."""
     options = dataclasses.replace(options)
     options.storage_path = absolute(options.storage_path)
     if "://" not in options.storage_path:
@@ -41,34 +79,75 @@ def open_sweep(options: SweepOptions) -> tuple[SweepOptions, Space, Store, Signe
                                      "choose another --storage-path")
                 break
     if options.name is not None and (options.name in ("", ".", "..") or "/" in options.name or "\\" in options.name):
-        raise SweepError(f"--name {options.name!r} must be one folder name inside --storage-path (no '/' or '..'): "
-                         "e.g. --name lr-sweep")
+        raise SweepError(f"--name {shown(options.name)} must be one folder name inside --storage-path (no '/' or "
+                         "'..'): e.g. --name lr-sweep")
+    if options.name is not None and len(options.name.encode()) > MAX_NAME_BYTES:
+        raise SweepError(f"--name is {len(options.name.encode())} bytes long, more than a folder name may be "
+                         f"({MAX_NAME_BYTES}): choose a shorter --name")
     if options.resume:
         if not options.name:
             raise SweepError("--resume needs --name: the sweep to continue (a folder in --storage-path)")
         store = Store(experiment_uri(options.storage_path, options.name))
         if not store.exists(SWEEP_FILE):
-            raise SweepError(f"--resume: {store.uri} is not a sweep started by mnist-addition tune (no {SWEEP_FILE}): "
-                             "check --storage-path and --name")
-        signer = Signer.verified(store)  # before anything in the folder is read
-        space = _restore_options(options, store)
-    else:
-        options.check()
-        space = load_space(options.space)
-        options.name = options.name or time.strftime("tune-%Y%m%d-%H%M%S")
-        store = Store(experiment_uri(options.storage_path, options.name))
-        if store.exists():
-            raise SweepError(f"{store.uri} already exists: pass --resume to continue that sweep, or choose "
-                             "another --name")
-        signer = Signer.new(store)
-    return options, space, store, signer
+            raise SweepError(f"--resume: {store.uri} is not a sweep started by mnist-addition tune (no {SWEEP_FILE}; "
+                             "a sweep stopped before it began has none): check --storage-path and --name, or start "
+                             "it again without --resume")
+        sweep = _take(options, store)
+        try:
+            sweep.signer = Signer.verified(store)  # before anything in the folder is read
+            sweep.space = _restore_options(sweep.options, store)
+        except BaseException:
+            sweep.close()
+            raise
+        return sweep
+    options.check()
+    space = load_space(options.space)
+    options.name = options.name or time.strftime("tune-%Y%m%d-%H%M%S")
+    store = Store(experiment_uri(options.storage_path, options.name))
+    _refuse_existing(store)
+    sweep = _take(options, store)
+    try:
+        _refuse_existing(store)  # again, holding the lock: another driver may have begun it meanwhile
+        sweep.space, sweep.signer = space, Signer.new(store)
+    except BaseException:
+        sweep.close()
+        raise
+    return sweep
+
+
+def _refuse_existing(store: Store) -> None:
+    """A new sweep goes into a new folder, or one left by a sweep stopped before it wrote sweep.json."""
+    left = {LOCK, SIGNATURES, ".validate_storage_marker"}
+    if store.exists() and (not store.local or not set(os.listdir(store.root)) <= left or store.exists(SWEEP_FILE)):
+        raise SweepError(f"{store.uri} already exists: pass --resume to continue that sweep, or choose another --name")
+
+
+def _take(options: SweepOptions, store: Store) -> Sweep:
+    """The sweep folder, locked by this driver: a second driver for the same --name is refused."""
+    sweep = Sweep(options, None, store, None)  # type: ignore[arg-type]  (space and signer: filled in by open_sweep)
+    if not store.local:
+        return sweep
+    folder = Path(store.root)
+    try:
+        sweep.created = files.make_dirs(folder)
+        lock = files.FolderLock(folder / LOCK)
+        if not lock.acquire(files.holder_note()):
+            files.remove_empty(sweep.created)
+            raise SweepError(f"{store.uri} is in use by {files.lock_holder(folder / LOCK)}: wait for that sweep to "
+                             "finish, or choose another --name")
+    except OSError as e:
+        files.remove_empty(sweep.created)
+        raise SweepError(f"cannot write the sweep folder {store.uri} ({e.strerror or e}): choose another "
+                         "--storage-path or --name") from None
+    sweep.lock = lock
+    return sweep
 
 
 def _restore_options(options: SweepOptions, store: Store) -> Space:
     """The sweep-defining options and the space from ``sweep.json``, checked as when they were given."""
     where = store.where(SWEEP_FILE)
     try:
-        saved = json.loads(store.read(SWEEP_FILE))
+        saved = json.loads(store.read_small(SWEEP_FILE))
         for key in SweepOptions.SWEEP_DEFINING:
             default = SweepOptions.ADDED_LATER.get(key, KeyError)
             setattr(options, key, saved["options"][key] if default is KeyError else saved["options"].get(key, default))
@@ -107,9 +186,20 @@ def check_against_data(space: Space, base: dict[str, Any], train_file_images: in
 
 
 def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
-    """Run (or resume) a sweep; write the results files; return the summary."""
+    """Run (or resume) a sweep; write the results files; return the summary. Stopped by Ctrl-C or
+    SIGTERM, it writes what the trials did so far and raises ``SweepStopped`` naming the command
+    that continues it (``interrupts``)."""
     require_ray()
-    options, space, store, signer = open_sweep(options)
+    sweep = open_sweep(options)
+    try:
+        with Interrupts(sweep.resume_command()) as interrupts:
+            return _run(sweep, console, interrupts)
+    finally:
+        sweep.close()
+
+
+def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
+    options, space = sweep.options, sweep.space
     # --smoke (TrainConfig's sweep_smoke values: little data, 2 epochs so that ASHA has something to
     # decide); the space's own searched keys still win
     base = space.base(smoke_overrides(sweep=True) if options.smoke else None)  # every trial's config but the sampled keys
@@ -125,42 +215,50 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
 
     import ray
 
+    from .signing import Saves, activate
+
     # Tiny trials checkpoint often; Ray would warn about its experiment snapshots each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Our callback prints a line per trial epoch; with the legacy engine, verbose=0 means silent
     # (the new one still prints a banner and a TensorBoard hint).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = _init_ray(options)
-    from .signing import activate
-
-    activate(signer)
+    interrupts.reinstall()
+    saves = Saves(sweep.signer)
+    activate(saves)
     try:
         if options.gpus_per_trial is None:  # fill the cluster's GPUs, if it has any
             total = ray.cluster_resources()
             options.gpus_per_trial = gpu_share(total.get("CPU", 0), total.get("GPU", 0), options.cpus_per_trial)
         fits = _check_resources(options)
         concurrent = min(options.max_concurrent or fits, fits)
-        tuner = _tuner(options, space, base, store, signer, max_epochs, concurrent, console)
+        tuner = _tuner(sweep, base, max_epochs, concurrent, console)
         gpus = f", {options.gpus_per_trial:g} GPU" if options.gpus_per_trial else ""
         console.print(f"[bold]sweep[/] {options.num_samples} trials x up to {max_epochs} epochs, "
                       f"{options.scheduler} + {options.search} search on {' and '.join(options.metric)}"
                       f"{f' ({options.scheduler} prunes on {options.primary})' if len(options.metric) > 1 and options.scheduler == 'asha' else ''} "
                       f"({concurrent} at a time, {options.workers()} worker(s) and {options.cpus_per_trial:g} CPU{gpus} "
-                      f"each) -> {store.uri}")
+                      f"each) -> {sweep.store.uri}")
         start = time.perf_counter()
-        grid = tuner.fit()
+        interrupts.in_tune = True
+        try:
+            grid = tuner.fit()
+        finally:
+            interrupts.in_tune = False
         wall = time.perf_counter() - start
-        signer.sign_stored()  # Ray's last save, as the storage holds it
-        signer.save()
-        # Tune returns normally after Ctrl-C; its trial states say whether everything ran.
-        statuses = {t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
+        # Stopped by a signal, Tune marks the trials it stops TERMINATED: their state as last saved says otherwise.
+        statuses = saves.statuses if interrupts.stopped and saves.statuses is not None else {
+            t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
         keys = list(space.search)
         rows = trial_rows(grid, score_metric(options.metric), keys, base_epochs, statuses)
-        summary = write_results(rows, options, keys, base, max_epochs, store, wall, console)
+        summary = write_results(rows, options, keys, base, max_epochs, sweep.store, wall, console,
+                                interrupted=interrupts.name() or None)
+        if interrupts.stopped:
+            raise interrupts.stop(f"{summary['unfinished']} of {options.num_samples} trials unfinished, each "
+                                  "continues from its last checkpoint (no best_config.json until the sweep ends)")
         if summary["unfinished"]:
             console.print(f"[red]interrupted[/]: {summary['unfinished']} of {options.num_samples} trials unfinished; "
-                          f"continue with  mnist-addition tune --resume --name {options.name} "
-                          f"--storage-path {options.storage_path}")
+                          f"continue with  {sweep.resume_command()}")
         return summary
     finally:
         activate(None)
@@ -178,35 +276,53 @@ def _load_and_check_data(options: SweepOptions, space: Space, base: dict[str, An
     check_against_data(space, base, len(mnist.train_labels), options.workers())
 
 
-def _tuner(options: SweepOptions, space: Space, base: dict[str, Any], store: Store, signer: Signer, max_epochs: int,
-           concurrent: int, console: Any) -> Any:
-    """A new Tuner (saving and signing sweep.json and Ray's tuner.pkl first), or the interrupted one
-    restored from storage (whose files ``resolve`` verified)."""
+def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int, console: Any) -> Any:
+    """A new Tuner (saving and signing sweep.json and Ray's tuner.pkl first), the interrupted one
+    restored from storage (whose files ``Signer.verified`` checked), or, when that state cannot be
+    trusted or is not all there, a new one that continues the earlier trials (``rebuild``)."""
     from ray import tune
 
-    trainable = _trainable(options, base, store)
-    if not options.resume:
-        sweep = json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()}, indent=2).encode()
-        store.write(SWEEP_FILE, sweep)
-        signer.sign(SWEEP_FILE, sweep)
-        tuner = tune.Tuner(trainable, param_space=_param_space(space),
-                           tune_config=_tune_config(options, space, max_epochs, concurrent),
-                           run_config=_run_config(options, store.uri, max_epochs))
-        signer.sign_stored()  # tuner.pkl, which Ray wrote straight into the storage
-        signer.save()
-        return tuner
-    if not tune.Tuner.can_restore(store.uri):
-        raise SweepError(f"--resume: {store.uri} has no Ray experiment state (it stopped before any "
-                         "trial started): start it again under another --name")
-    console.print(f"[bold]resuming[/] {store.uri}: finished trials are kept, unfinished ones continue "
-                  "from their last checkpoint")
-    # the restored run config (tuner.pkl) holds the SignState callback: it signs with the active signer
-    return tune.Tuner.restore(store.uri, trainable, resume_unfinished=True, resume_errored=True)
+    options, space, store, signer = sweep.options, sweep.space, sweep.store, sweep.signer
+    earlier: list[rebuild.Earlier] = []
+    if options.resume:
+        if _restorable(store, signer):
+            console.print(f"[bold]resuming[/] {store.uri}: finished trials are kept, unfinished ones continue "
+                          "from their last checkpoint")
+            # a trial stopped before its first report has no results yet: normal here, not worth Ray's warning
+            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+            # the restored run config (tuner.pkl) holds the SignState callback: it signs with the active signer
+            return tune.Tuner.restore(store.uri, _trainable(options, base, store), resume_unfinished=True,
+                                      resume_errored=True)
+        why = (f"{signer.unverified[0]}{f' and {len(signer.unverified) - 1} more' if len(signer.unverified) > 1 else ''}"
+               " not signed by your key (written as the sweep was stopped, or changed since)") if signer.unverified \
+            else "incomplete (the sweep was stopped before Ray saved it)"
+        moved = rebuild.set_aside(store, signer)
+        earlier = rebuild.earlier_trials(store, list(space.search))
+        console.print(f"[yellow]resuming without Ray's saved state[/]: it is {why}; it is never loaded "
+                      f"({len(moved)} file(s) moved to {store.where(rebuild.ASIDE)}); the sweep starts again from "
+                      f"{SWEEP_FILE}, and {len(earlier)} earlier trial(s) continue from their checkpoints")
+    else:
+        sweep_json = json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()}, indent=2).encode()
+        signer.sign(SWEEP_FILE, sweep_json)
+        signer.save()  # first: sweep.json is never there without its signature
+        store.write(SWEEP_FILE, sweep_json)
+    tuner = tune.Tuner(_trainable(options, base, store, tuple(earlier)), param_space=_param_space(space),
+                       tune_config=_tune_config(options, space, max_epochs, concurrent),
+                       run_config=_run_config(options, store.uri, max_epochs))
+    signer.sign_stored(TUNER_FILE)  # tuner.pkl, which Ray wrote straight into the storage
+    signer.save()
+    return tuner
+
+
+def _restorable(store: Store, signer: Signer) -> bool:
+    """Ray's state is all there (its Tuner and an experiment state) and all signed by this user."""
+    top = {relpath for relpath, _ in store.walk() if "/" not in relpath}
+    return not signer.unverified and TUNER_FILE in top and any(
+        p.startswith("experiment_state-") and p.endswith(".json") for p in top)
 
 
 def _init_ray(options: SweepOptions) -> bool:
     """Connect to --address/RAY_ADDRESS, or start a small local Ray. Returns True if we started it."""
-    import logging
 
     import ray
 
@@ -219,7 +335,7 @@ def _init_ray(options: SweepOptions) -> bool:
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise SweepError(f"cannot connect to a Ray cluster at {address} ({str(e).splitlines()[0]}): "
+            raise SweepError(f"cannot connect to a Ray cluster at {address} ({first_line(e)}): "
                              "start one with 'ray start --head', or drop --address to run locally") from None
         return False
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=options.dashboard,
@@ -276,7 +392,7 @@ def _param_space(space: Space) -> dict[str, Any]:
     return {key: make[p.kind](*p.values) for key, p in space.search.items()}
 
 
-def _trainable(options: SweepOptions, base: dict[str, Any], store: Store) -> Any:
+def _trainable(options: SweepOptions, base: dict[str, Any], store: Store, earlier: tuple = ()) -> Any:
     from ray import tune
 
     workers = options.workers()
@@ -284,7 +400,8 @@ def _trainable(options: SweepOptions, base: dict[str, Any], store: Store) -> Any
     settings = trial.TrialSettings(
         base=base, data_dir=options.data_dir, download=options.download, workers=workers,
         cpus_per_worker=options.cpus_per_trial / workers, gpus_per_worker=gpus / workers,
-        max_failures=options.max_failures, experiment_uri=store.uri, continues=options.scheduler == "pbt")
+        max_failures=options.max_failures, experiment_uri=store.uri, continues=options.scheduler == "pbt",
+        earlier=earlier)
     if workers == 1:
         resources = {"cpu": options.cpus_per_trial, "gpu": gpus}
     else:
@@ -312,9 +429,11 @@ def _printer(trials: int) -> Any:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            earlier = result.get("continued_from")  # a rebuilt sweep's trial reports its earlier self's epochs first
+            replayed = f" (trained by {earlier})" if earlier and result["epoch"] <= result["resumed_from_epoch"] else ""
             self._print(f"[dim]{trial.trial_id}[/] epoch {result.get('epoch')}/{result.get('budget_epochs')}  "
                         f"val digit {100 * result['val_digit_acc']:.2f}%  sum {100 * result['val_sum_acc']:.2f}%  "
-                        f"both {100 * result['val_both_acc']:.2f}%  {result['images_per_s']:,.0f} img/s  "
+                        f"both {100 * result['val_both_acc']:.2f}%  {result['images_per_s']:,.0f} img/s{replayed}  "
                         f"[dim]({done}/{self.trials} trials done)[/]")
 
         def on_trial_error(self, iteration, trials, trial, **info):

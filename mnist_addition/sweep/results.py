@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
-from ..layout import CONFIG
+from ..layout import CONFIG, PARETO_CSV, PARETO_PLOT
 from .options import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, NoUsableTrial, SweepOptions
-
-PARETO_CSV, PARETO_PLOT = "pareto.csv", "pareto.png"
 from .storage import Store
 
 FINISHED, STOPPED, ERROR, UNFINISHED = "finished", "stopped early", "error", "unfinished"
@@ -120,6 +118,7 @@ def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int,
         rows.append({"trial_id": trial_id, **{k: result.config.get(k) for k in keys}, "status": status,
                      "epochs_run": epochs_run, "budget_epochs": budget, **{k: m.get(k) for k in METRIC_COLUMNS},
                      "trial_seconds": m.get("time_total_s"), "moved_from": " ".join(earlier_nodes(history)),
+                     "continued_from": m.get("continued_from") or "",
                      "copied_from": " ".join(copies(history)), "curve": curve})
     return rows
 
@@ -143,19 +142,22 @@ def earlier_nodes(history: Any) -> list[str]:
 
 
 def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: list[str], base: dict[str, Any],
-                  max_epochs: int, store: Store, wall: float, console: Any) -> dict[str, Any]:
+                  max_epochs: int, store: Store, wall: float, console: Any,
+                  interrupted: str | None = None) -> dict[str, Any]:
     """Rank, write the result files, print the top trials; return the summary.
 
     Raises NoUsableTrial (after writing trials.csv and summary.json, and no best_config.json) when
     the sweep ran to its end without one rankable trial, or (NoTrialMeetsRule) none meeting --pick.
+    ``interrupted`` (the signal that stopped the sweep): trials.csv, sweep.png and summary.json of
+    the trials so far; no best_config.json or Pareto front, which only a sweep that ended chooses.
     """
+    if interrupted:
+        return _write_so_far(trials, options, keys, max_epochs, store, wall, console, interrupted)
     ranked = rank(trials, options.primary, options.resolved_mode())
     summary = _summary(trials, options, store, wall, len(ranked))
     written = [CSV_FILE]
-    columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6], "trial_seconds",
-               *METRIC_COLUMNS[6:], "moved_from"]
-    if options.scheduler == "pbt":  # whose weights each trial copied, at which epoch's end
-        columns.append("copied_from")
+    columns = _columns(keys, options)
+    if options.scheduler == "pbt":
         summary["copies"] = sum(len(t["copied_from"].split()) for t in trials if t.get("copied_from"))
     if len(options.metric) > 1:  # a multi-objective sweep: the front, marked in trials.csv, and its files
         front = pareto_front(trials, options.metric, options.modes())
@@ -202,6 +204,32 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
     return summary
 
 
+def _write_so_far(trials: list[dict[str, Any]], options: SweepOptions, keys: list[str], max_epochs: int, store: Store,
+                  wall: float, console: Any, interrupted: str) -> dict[str, Any]:
+    """What an interrupted sweep's trials did so far (``write_results``)."""
+    ranked = rank(trials, options.primary, options.resolved_mode())
+    summary = {**_summary(trials, options, store, wall, len(ranked)), "interrupted": interrupted}
+    store.write(CSV_FILE, _csv(ranked + [t for t in trials if t not in ranked], _columns(keys, options)))
+    if ranked:
+        from ..plots import plot_sweep
+
+        store.write(PLOT_FILE, plot_sweep(trials, keys, score_metric(options.metric), max_epochs))
+    store.write(SUMMARY_FILE, json.dumps(summary, indent=2).encode())
+    console.print(f"so far: {summary['finished']} finished, {summary['stopped_early']} stopped early, {summary['errors']} "
+                  f"failed, {summary['unfinished']} of {options.num_samples} trials unfinished; wrote {CSV_FILE}, "
+                  f"{SUMMARY_FILE} to {store.uri}")
+    return summary
+
+
+def _columns(keys: list[str], options: SweepOptions) -> list[str]:
+    """trials.csv's columns: the trial, its sampled values, how it ended, its last metrics."""
+    columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6], "trial_seconds",
+               *METRIC_COLUMNS[6:], "moved_from", "continued_from"]
+    if options.scheduler == "pbt":  # whose weights each trial copied, at which epoch's end
+        columns.append("copied_from")
+    return columns
+
+
 def _summary(trials: list[dict[str, Any]], options: SweepOptions, store: Store, wall: float, ranked: int) -> dict[str, Any]:
     counts = {status: sum(t["status"] == status for t in trials) for status in (FINISHED, STOPPED, ERROR, UNFINISHED)}
     return {
@@ -233,7 +261,7 @@ def _write_best(best: dict[str, Any], keys: list[str], base: dict[str, Any], sto
         from .trial import RUN, trial_dirname
 
         where = f"{trial_dirname(best['trial_id'])}/{RUN}/{CONFIG}"
-        best_config = TrainConfig.from_dict(json.loads(store.read(where))["config"], source=store.where(where))
+        best_config = TrainConfig.from_dict(json.loads(store.read_small(where))["config"], source=store.where(where))
     else:
         best_config = TrainConfig.from_dict({**base, **{k: best[k] for k in keys}}, source="the best trial")
     best_config = best_config.replace(data_dir=None, output_dir=None)  # say where on the command line

@@ -216,11 +216,14 @@ def load_space(path: str | Path) -> Space:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         if getattr(e, "problem", "") == ALIAS_REFUSED:
             raise SpaceError(f"search space {path} uses a YAML alias{at}: {ALIAS_REFUSED}; write the values out") from None
+        if str(getattr(e, "problem", "")).startswith(DUPLICATE_KEY):
+            raise SpaceError(f"search space {path}: {e.problem}{at}: YAML would keep only the last; keep one") from None
         raise SpaceError(f"search space {path} is not valid YAML{at}: fix the file "
                          "(see tune/default.yaml for the format)") from None
 
 
 ALIAS_REFUSED = "aliases (*name) are not allowed in a search space"
+DUPLICATE_KEY = "a key is given twice"
 
 
 @functools.cache
@@ -235,6 +238,19 @@ def _plain_loader() -> type:
                 event = self.peek_event()
                 raise yaml.composer.ComposerError(None, None, ALIAS_REFUSED, event.start_mark)
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            # YAML takes the last of a key given twice, silently: in a search space that is a typo
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # not a key a space has: parse_space says so
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{DUPLICATE_KEY} ({key!r})",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
 
     return PlainLoader
 

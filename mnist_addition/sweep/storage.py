@@ -8,9 +8,13 @@ through).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
+from typing import Iterator
 
+from .. import files
 from ..errors import first_line
 
 
@@ -55,15 +59,22 @@ class Store:
         """Write ``name`` whole (folders are created as needed)."""
         self.fs.create_dir(self._path(name).rsplit("/", 1)[0], recursive=True)
         if self.local:
-            from ..files import write_bytes
-
-            write_bytes(self._path(name), data)
+            files.write_bytes(self._path(name), data)
             return
         with self.fs.open_output_stream(self._path(name)) as f:  # an object store: no links, whole objects
             f.write(data)
 
-    def walk(self) -> list[tuple[str, bool]]:
-        """Every file below the folder as (relative path, whether it is a symbolic link)."""
+    def move(self, name: str, to: str) -> None:
+        """Rename ``name`` to ``to`` in the folder (a link or fifo moves as itself, never opened)."""
+        self.fs.create_dir(self._path(to).rsplit("/", 1)[0], recursive=True)
+        if self.local:
+            os.replace(self._path(name), self._path(to))
+            return
+        self.fs.move(self._path(name), self._path(to))
+
+    def walk(self) -> list[tuple[str, str]]:
+        """Every entry below the folder as (relative path, kind): "file", "link" (a symbolic link,
+        never followed) or "other" (a fifo, socket or device: never opened, it could block a read)."""
         import pyarrow.fs
 
         if self.local:
@@ -71,11 +82,35 @@ class Store:
             for top, dirs, names in os.walk(self.root):  # links are listed, never followed
                 for name in [*names, *(d for d in dirs if os.path.islink(os.path.join(top, d)))]:
                     path = os.path.join(top, name)
-                    found.append((os.path.relpath(path, self.root).replace(os.sep, "/"), os.path.islink(path)))
+                    mode = os.lstat(path).st_mode
+                    kind = "link" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode) else "other"
+                    found.append((os.path.relpath(path, self.root).replace(os.sep, "/"), kind))
             return sorted(found)
         infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True))
-        return sorted((info.path[len(self.root):].lstrip("/"), False) for info in infos
+        return sorted((info.path[len(self.root):].lstrip("/"), "file") for info in infos
                       if info.type == pyarrow.fs.FileType.File)
+
+    def size(self, name: str) -> int:
+        return self.fs.get_file_info(self._path(name)).size
+
+    def chunks(self, name: str, limit: int, block: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of ``name`` in blocks (never the whole file in memory); OSError (EFBIG) before
+        anything is read if it is larger than ``limit``, or (EINVAL) if it is not a regular file."""
+        import pyarrow.fs
+
+        info = self.fs.get_file_info(self._path(name))
+        if self.local and not files.is_real_file(Path(self._path(name))) or info.type != pyarrow.fs.FileType.File:
+            raise OSError(errno.EINVAL, "not a regular file", self.where(name))
+        if info.size > limit:
+            raise OSError(errno.EFBIG, f"{info.size:,} bytes, more than the {limit:,} a file of a sweep may hold",
+                          self.where(name))
+        with self.fs.open_input_stream(self._path(name)) as f:
+            while block_bytes := f.read(block):
+                yield block_bytes
+
+    def read_small(self, name: str, limit: int = 16 << 20) -> bytes:
+        """A file we wrote that must be small (JSON): whole, after the checks of ``chunks``."""
+        return b"".join(self.chunks(name, limit))
 
     def upload(self, local: Path, name: str, skip: tuple[str, ...] = ()) -> int:
         """Copy the files of the local folder ``local`` to ``name``, leaving out top-level entries in

@@ -41,6 +41,10 @@ def check(log_with: str) -> None:
         module, extra = SWEEP_TRACKERS[name]
         if importlib.util.find_spec(module) is None:
             raise SweepError(f"tune --log-with {name} needs the {module} package: pip install -e \".[{extra}]\"")
+    if "mlflow" in given:  # reachable and writable, within seconds, before Ray starts
+        from ..stores import check_mlflow_store
+
+        check_mlflow_store()
 
 
 def outcome(trial: Any, failed: bool) -> dict[str, Any]:

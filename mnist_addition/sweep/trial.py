@@ -49,6 +49,7 @@ class TrialSettings:
     max_failures: int
     experiment_uri: str  # STORAGE/NAME: run folders, and a multi-worker trial's Ray Train run, go below it
     continues: bool = False  # PBT: a restored checkpoint is continued (maybe another trial's, with new values)
+    earlier: tuple = ()  # rebuild.Earlier: the trials of a sweep resumed without Ray's state, to continue
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -61,7 +62,9 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     """Prepare the run folder (restoring a reported checkpoint), run the one ``fit``, upload the run.
 
     ``report``/``checkpoint_class`` are Tune's for a single-process trial and Ray Train's on the
-    workers of a multi-worker trial.
+    workers of a multi-worker trial. A trial with no checkpoint of its own in a sweep resumed without
+    Ray's state continues the earlier trial with its values (``rebuild``): it reports that trial's
+    epochs again, then trains on from its checkpoint.
     """
     import ray
 
@@ -80,9 +83,13 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
     process = process_state(config.cpu)  # under Ray Train: joins the process group Ray Train set up
+    trial_dir = upload_as.split("/")[0]
+    earlier = None
+    if restored is None and settings.earlier:
+        restored, earlier = _earlier_checkpoint(settings, trial_dir, params, checkpoint_class)
     start = None
     if settings.continues and restored is not None:
-        config, start = _prepare_continuation(run_dir, restored, upload_as.split("/")[0], config)
+        config, start = _prepare_continuation(run_dir, restored, trial_dir, config, own=earlier is not None)
         resumed_from = read_state(start.checkpoint)["epoch"]
     else:
         resumed_from = _prepare_run_dir(run_dir, restored, process)
@@ -91,28 +98,58 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     facts = {"processes": process.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
              "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id(),
              "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
-             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "continued_from": earlier}
     written: list[Path] = []
 
-    def send(row: dict[str, Any]) -> None:
+    def current() -> Path:
+        """The checkpoint fit wrote last (or, none yet, the one it starts from)."""
+        return written[-1] if written else start.checkpoint if start else latest_valid(run_dir)[0]
+
+    def send(row: dict[str, Any], upload: bool = True) -> None:
         checkpoint = None
         if store is not None:
-            store.upload(run_dir, upload_as, skip=(CHECKPOINTS,))
-            # the checkpoint fit just wrote (or, when a restored run had nothing left to train, the restored one)
-            latest = written[-1] if written else start.checkpoint if start else latest_valid(run_dir)[0]
-            checkpoint = checkpoint_class.from_directory(str(latest))  # Ray copies it to storage
+            if upload:
+                store.upload(run_dir, upload_as, skip=(CHECKPOINTS,))
+            checkpoint = checkpoint_class.from_directory(str(current()))  # Ray copies it to storage
         report({**row, **facts}, checkpoint=checkpoint)
 
     def on_epoch(row: dict[str, Any]) -> None:
         if row["epoch"] < config.epochs:
             send(row)
 
+    if earlier is not None:  # the earlier trial's epochs, as the scheduler and the searcher saw them
+        history = read_state(current())["history"]
+        for row in history[:-1]:
+            report({**row, **facts}, checkpoint=None)
+        if history[-1]["epoch"] < config.epochs:  # (its last epoch, if it finished: reported below)
+            send(history[-1], upload=False)
     final = fit(config, report=on_epoch, data=data, progress=False, resume=restored is not None and start is None,
                 score_test=False, warn=lambda line: print(line, flush=True), on_checkpoint=written.append,
                 continue_from=start)
     # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
     # the scheduler ends a trial at its last report, before any code after it runs.
     send(final["history"][-1])
+
+
+def _earlier_checkpoint(settings: TrialSettings, trial_dir: str, params: dict[str, Any],
+                        checkpoint_class: type) -> tuple[Any, str | None]:
+    """The newest valid checkpoint of the earlier trial this one continues (``rebuild.match``) as
+    Ray's Checkpoint, and that trial's folder; (None, None) if there is none."""
+    from ..checkpoint import CheckpointError, verify
+    from .rebuild import match
+
+    earlier = match(list(settings.earlier), trial_dir.removeprefix("trial-"), params, by_index_only=settings.continues)
+    for relpath in earlier.checkpoints if earlier else ():
+        found = checkpoint_class(path=f"{settings.experiment_uri}/{relpath}")
+        try:
+            with found.as_directory() as folder:
+                if verify(Path(folder)) is None:
+                    read_state(folder)
+                    return found, earlier.folder
+        except (OSError, CheckpointError):
+            pass  # damaged, or gone: the one before it
+        print(f"checkpoint {relpath} of the earlier trial is not usable: trying the one before it", flush=True)
+    return None, None
 
 
 def _prepare_run_dir(run_dir: Path, restored: Any, process: Any) -> int:
@@ -127,11 +164,13 @@ def _prepare_run_dir(run_dir: Path, restored: Any, process: Any) -> int:
         return read_state(src)["epoch"] if src else 0
 
 
-def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: TrainConfig) -> tuple[TrainConfig, Any]:
+def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: TrainConfig,
+                          own: bool = False) -> tuple[TrainConfig, Any]:
     """PBT: a fresh run folder, the checkpoint Ray handed back copied beside it, and the config that
     continues it (``hparams.continued``: the copied run's past, this trial's values from the next
     epoch on). The checkpoint is another trial's after an exploit (recorded as ``weights_from``),
-    or this trial's own after a pause or a retry (nothing to record)."""
+    or this trial's own after a pause or a retry, or (``own``) its earlier self's in a rebuilt
+    sweep (nothing to record)."""
     from ..hparams import continued
     from ..train import Continuation
 
@@ -145,7 +184,8 @@ def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: 
     if saved.get("schedule") is None:
         raise RuntimeError(f"checkpoint {restored.path} records no hyperparameters: it was not written by this version")
     source = Path(restored.path).parent.name
-    return continued(config, saved["schedule"], saved["epoch"]), Continuation(copy, None if source == trial_dir else source)
+    return continued(config, saved["schedule"], saved["epoch"]), Continuation(copy, None if own or source == trial_dir
+                                                                                 else source)
 
 
 def staging_dir(trial_dir: str) -> Path:
