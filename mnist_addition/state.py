@@ -36,6 +36,7 @@ class Run:
     began: bool = False  # training began (train.begin): a failure from here on is the run's (status.json)
     weights_from: str | None = None  # whose weights a continued run copied (the next epoch's row says it)
     average: WeightAverage | None = None  # --ema: the moving average of the weights
+    trackers_lost: bool = False  # a tracker's store failed mid-run: logging stopped, training went on
 
     @property
     def evaluated(self) -> torch.nn.Module:

@@ -30,8 +30,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from . import runs
+from . import files, runs, stores
 from .config import TRACKERS, ConfigError, TrainConfig, read_json_file
+from .errors import first_line, shown
+from .stores import TrackerError
 from .layout import CONFIG, CURVES, REPORT_FILES, TRACKERS as TRACKERS_FILE
 
 PROJECT = "mnist-addition"  # the MLflow experiment, W&B project and Aim experiment unless their variables say otherwise
@@ -40,12 +42,9 @@ _PACKAGES = {"comet_ml": "comet-ml"}  # where the pip name differs from the trac
 _ID_KEYS = {"mlflow": "run_id", "wandb": "id", "aim": "run_hash", "tensorboard": "logdir"}  # what trackers.json must hold
 
 
-class TrackerError(ConfigError):
-    """A tracker cannot be used (not installed, unknown to this Accelerate, another store than the run's)."""
-
-
 def check_trackers(names: tuple[str, ...]) -> None:
-    """Every tracker asked for is one this Accelerate knows and whose package is installed: else one line."""
+    """Every tracker asked for is one this Accelerate knows and whose package is installed, and its
+    store can be written (``stores.check``): else one line."""
     import accelerate
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
@@ -57,6 +56,7 @@ def check_trackers(names: tuple[str, ...]) -> None:
         if name not in available:
             raise TrackerError(f"--log-with {name} needs the {_PACKAGES.get(name, name)} package: "
                                f"pip install -e \".[{name}]\" (or pip install {_PACKAGES.get(name, name)})")
+    stores.check(names)
 
 
 def saved_ids(run_dir: Path) -> dict[str, dict[str, str]]:
@@ -104,9 +104,32 @@ def make_trackers(config: TrainConfig, saved: dict[str, dict[str, str]]) -> list
 def resumed_ids(run_dir: Path, config: TrainConfig) -> dict[str, dict[str, str]]:
     """The tracker runs a resumed run continues (``trackers.json``), checked against where they live."""
     saved = saved_ids(run_dir) if config.trackers else {}
+    check_places(run_dir, {k: v for k, v in saved.items() if k in config.trackers})
     if "mlflow" in saved and "mlflow" in config.trackers:
         check_same_store(saved)
+        stores.check_mlflow_run(saved["mlflow"].get("run_id", ""), run_dir / TRACKERS_FILE)
     return saved
+
+
+def check_places(run_dir: Path, saved: dict[str, dict[str, str]]) -> None:
+    """``trackers.json`` is a file of the run folder, which anyone may have handed us: a place it
+    names is used only if it lies inside the run, or is the store this machine's environment gives
+    the tracker now (Aim: the repository Aim finds from the working directory). Anything else is
+    one line, before any tracker starts, and nothing is created there."""
+    places = {"tensorboard": ("logdir", None), "aim": ("repo", stores.aim_default_repo)}
+    for name, (key, default) in places.items():
+        value = saved.get(name, {}).get(key)
+        if value is None:
+            continue
+        where = Path(value)
+        own = default is not None and stores.same_aim_repo(where, Path(default()))
+        if not (where.is_absolute() and (files.inside(run_dir, where) or own)):
+            raise TrackerError(f"{run_dir / TRACKERS_FILE} names {shown(value)} as the {name} {key}: outside the run "
+                               f"folder{' and not the repository Aim finds from here' if default else ''}, so it is not "
+                               f"used: {'run from the folder the run started in, or ' if default else ''}remove "
+                               f"\"{name}\" from {TRACKERS_FILE} to start a new {name} run")
+    if "aim" in saved:
+        stores.check_aim_run(Path(saved["aim"]["repo"]), saved["aim"].get("run_hash", ""), run_dir / TRACKERS_FILE)
 
 
 def check_same_store(saved: dict[str, dict[str, str]]) -> None:
@@ -117,6 +140,7 @@ def check_same_store(saved: dict[str, dict[str, str]]) -> None:
     if was and was != now:
         raise TrackerError(f"this run logged to MLflow run {saved['mlflow'].get('run_id')} in {was}, but MLflow now "
                            f"points at {now}: set MLFLOW_TRACKING_URI={was} to continue it")
+
 
 
 def identities(trackers: list[Any]) -> dict[str, dict[str, str]]:
@@ -174,20 +198,40 @@ def epoch_values(row: dict[str, Any]) -> dict[str, Any]:
 
 def log_epoch(run: Any, row: dict[str, Any], global_step: int) -> None:
     if run.config.trackers:
-        run.accelerator.log(epoch_values(row), step=global_step)
+        _guarded(run, lambda: run.accelerator.log(epoch_values(row), step=global_step))
 
 
 def log_final(run: Any, final: dict[str, Any], global_step: int) -> None:
     """The test metrics at the last step, then the run's files (main process, after they are written)."""
     if not run.config.trackers:
         return
-    if final.get("test"):
-        run.accelerator.log({f"test_{k}": v for k, v in final["test"].items() if isinstance(v, (int, float))},
-                            step=global_step)
-    if run.main and run.run_dir is not None:
-        present = [run.run_dir / name for name in UPLOADED if (run.run_dir / name).is_file()]
-        for tracker in run.accelerator.trackers:
-            _upload(tracker, present, global_step)
+
+    def log() -> None:
+        if final.get("test"):
+            run.accelerator.log({f"test_{k}": v for k, v in final["test"].items() if isinstance(v, (int, float))},
+                                step=global_step)
+        if run.main and run.run_dir is not None:
+            present = [run.run_dir / name for name in UPLOADED if (run.run_dir / name).is_file()]
+            for tracker in run.accelerator.trackers:
+                _upload(tracker, present, global_step)
+
+    _guarded(run, log)
+
+
+def _guarded(run: Any, log: Any) -> None:
+    """Log, unless a tracker's store failed before; a store that fails now costs the trackers, not
+    the run: one warning, and training goes on (its own files are complete either way)."""
+    if run.trackers_lost:
+        return
+    try:
+        log()
+    except Exception as e:  # whatever the tracker's client raises: HTTP, SQL, disk
+        run.trackers_lost = True
+        if run.main:
+            import sys
+
+            print(f"warning: a tracker failed ({type(e).__name__}: {first_line(e, 120)}); training goes on without "
+                  f"trackers (the run folder {run.run_dir} holds every metric)", file=sys.stderr, flush=True)
 
 
 def _upload(tracker: Any, paths: list[Path], step: int) -> None:
@@ -216,8 +260,9 @@ def end(run: Any, status: str) -> None:
     """Close the trackers: ``status`` is "FINISHED", "KILLED" (interrupted, preempted) or "FAILED"."""
     if not run.config.trackers:
         return
-    if run.main:
-        for tracker in run.accelerator.trackers:
+
+    def close() -> None:
+        for tracker in run.accelerator.trackers if run.main else ():
             if tracker.name == "mlflow" and status != "FINISHED":
                 import mlflow
 
@@ -226,6 +271,6 @@ def end(run: Any, status: str) -> None:
                 tracker.tracker.finish(exit_code=1)
             else:
                 tracker.finish()
+
+    _guarded(run, close)
     run.accelerator.trackers = []
-
-

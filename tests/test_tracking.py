@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,106 @@ def test_a_tampered_trackers_file_is_one_line(content, mnist_dir, tmp_path, monk
     assert main(["train", "--resume", str(run), "--log-with", "tensorboard"]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # the start line, then the error
     assert len(err) == 2 and "trackers.json is not what training writes" in err[-1]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(mnist_dir, tmp_path_factory):
+    """A run interrupted in its second epoch with no tracker: copied by each test that plants a trackers.json."""
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        _interrupt_in_epoch(patch, 2)
+        assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY]) == 130
+    return run
+
+
+@pytest.mark.parametrize("tracker,entry", [
+    pytest.param("aim", {"run_hash": "0" * 24, "repo": "{outside}/.aim"}, marks=needs("aim")),
+    pytest.param("tensorboard", {"logdir": "{outside}/tb"}, marks=needs("tensorboard")),
+    pytest.param("aim", {"run_hash": "0" * 24, "repo": "relative/.aim"}, marks=needs("aim")),
+])
+def test_trackers_json_never_makes_a_run_write_outside_its_folder(tracker, entry, stopped_run, tmp_path, monkeypatch,
+                                                                   capsys):
+    """trackers.json comes with the run folder: a place it names outside the run (and not the
+    tracker's own store here) is refused in one line before any tracker starts, and nothing is
+    created there."""
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    outside = tmp_path / "outside"
+    monkeypatch.chdir(tmp_path)  # Aim's own repository would be found from here: not the planted one
+    (run / "trackers.json").write_text(json.dumps({tracker: {k: v.format(outside=outside) for k, v in entry.items()}}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--log-with", tracker]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "outside the run folder" in err[-1] and f'remove "{tracker}" from trackers.json' in err[-1], err
+    assert not outside.exists() and not (tmp_path / "relative").exists() and not (tmp_path / ".aim").exists()
+    assert not (run / "metrics.json").exists() and not (run / "tensorboard").exists()
+
+
+@needs("mlflow")
+@pytest.mark.parametrize("uri,says", [
+    ("http://127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
+    ("nonsense://x", "MLflow has no store for the scheme 'nonsense'"),
+    ("{tmp}/afile/store", "is a file, not a folder"),
+    ("sqlite:///{tmp}/afile", "is not a SQLite database"),
+    ("sqlite:////nonexistent/dir/x.db", "the folder /nonexistent/dir does not exist"),
+    ("sqlite:////proc/x.db", "nothing can be written in /proc"),
+])
+def test_a_tracking_store_that_cannot_work_is_one_line_in_seconds(uri, says, mnist_dir, tmp_path, monkeypatch, capsys):
+    import time
+
+    (tmp_path / "afile").write_text("not a database, not a folder\n")
+    uri = uri.format(tmp=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), "--log-with", "mlflow",
+                 *TINY]) == 2
+    assert time.monotonic() - start < 60  # not MLflow's minutes of retries (a bound, not a speed claim)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"MLFLOW_TRACKING_URI={uri!r}" in err and says in err, err
+    assert not (tmp_path / "r").exists() and not Path("/nonexistent").exists()
+
+
+@needs("mlflow")
+def test_an_mlflow_experiment_name_over_mlflows_limit_is_one_line(mnist_dir, tmp_path, monkeypatch, mlflow_store,
+                                                                  capsys):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "x" * 501)
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), "--log-with", "mlflow",
+                 *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "MLFLOW_EXPERIMENT_NAME is 501 characters, more than MLflow's 500" in err
+
+
+@needs("mlflow")
+def test_trackers_json_naming_an_mlflow_run_the_store_lacks_is_one_line(stopped_run, tmp_path, mlflow_store, capsys):
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    (run / "trackers.json").write_text(json.dumps({"mlflow": {"run_id": "f" * 32, "experiment": "mnist-addition",
+                                                              "tracking_uri": mlflow_store}}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--log-with", "mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"names MLflow run '{'f' * 32}', which MLFLOW_TRACKING_URI=" in err[-1] and "does not hold" in err[-1], err
+
+
+@needs("tensorboard")
+def test_a_tracker_that_fails_mid_run_costs_the_trackers_not_the_run(mnist_dir, tmp_path, monkeypatch, capsys):
+    """A store that breaks once training runs: one warning, training goes on, the run's files are complete."""
+    from accelerate.tracking import TensorBoardTracker
+
+    calls = []
+
+    def broken(self, values, step=None, **kwargs):
+        calls.append(step)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TensorBoardTracker, "log", broken)
+    run = tmp_path / "run"
+    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), "--log-with", "tensorboard",
+                 *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: a tracker failed (OSError: [Errno 28] No space left on device)") == 1
+    assert calls == [STEPS]  # tried once, then left alone
+    assert (run / "metrics.json").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == EPOCHS
