@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from . import files
 from .config import ConfigError, read_json_file
-from .errors import UserError, shown
+from .errors import UserError, first_line, shown
 from .layout import (BEST_FILE, CHECKPOINTS, CONFIG, FINISHED, HISTORY, LOCK, STATUS, SUMMARY_FILE, SWEEP_FILE,
                      TENSORBOARD)
 
@@ -54,7 +55,7 @@ def find(folders: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def _walk(folder: Path, depth: int) -> Iterator[Path]:
-    if _is_run(folder) or files.is_real_file(folder / SWEEP_FILE):
+    if _is_run(folder) or files.is_real_file(folder / SWEEP_FILE) or files.lock_is_held(folder / LOCK):
         yield folder  # a sweep's trial run folders are its rows in trials.csv, not rows here
         return
     if depth >= MAX_DEPTH:
@@ -62,7 +63,9 @@ def _walk(folder: Path, depth: int) -> Iterator[Path]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
-        return  # unreadable: nothing of ours to list in it
+        if depth:
+            yield folder  # unreadable: a row says so (its runs, if any, cannot be seen)
+        return
     for entry in entries:
         if entry.name.startswith(".") or entry.name in (CHECKPOINTS, TENSORBOARD):
             continue
@@ -77,28 +80,84 @@ def _is_run(folder: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# One row
+# One row: the files' values, of the types the columns hold (anything else as short text)
 # ------------------------------------------------------------------------------------------------
-def _json(path: Path, fallback: Any = None) -> Any:
-    """A JSON file of the folder, or ``fallback`` where it is missing, a link or unreadable."""
+NUMBER_COLUMNS = ("width", "epochs", "epochs_done", "trials", "val_digit", "val_sum", "test_digit", "test_sum",
+                  "train_seconds")
+TEXT_COLUMNS = ("name", "kind", "path", "status", "preset", "date")
+
+
+def _json(path: Path, fallback: Any = None, notes: list[str] | None = None) -> Any:
+    """A JSON file of the folder, or ``fallback`` where it is missing, a link, too large, too deep or
+    unreadable (why, in ``notes``)."""
+    if not os.path.lexists(path):
+        return fallback
     if not files.is_real_file(path):
-        return fallback
-    try:
-        return read_json_file(path, "file", "")
-    except ConfigError:
-        return fallback
+        problem = "not a regular file"
+    else:
+        try:
+            return read_json_file(path, "file", "")
+        except ConfigError as e:
+            problem = str(e).split(": ")[-1] if "too large" in str(e) else "not readable JSON"
+    if notes is not None:
+        notes.append(f"{path.name}: {problem}")
+    return fallback
 
 
-def history(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's rows (those that parse: a run killed while writing leaves whole lines only)."""
+def _number(value: Any) -> float | None:
+    """A finite number as a float; anything else (NaN and infinities too) None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _value(value: Any, number: bool) -> Any:
+    """What a column shows: a number (or text) as it is; a value of another type as short text."""
+    if value is None:
+        return None
+    if number and _number(value) is not None:
+        return int(value) if isinstance(value, int) else float(value)
+    if not number and isinstance(value, str) and len(value) <= 200:
+        return value
+    return shown(value)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: what ``--json`` prints is JSON (Python's json would
+    write NaN and Infinity, which JSON has not)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    return {k: _value(v, k in NUMBER_COLUMNS) for k, v in values.items()}
+
+
+def history(run_dir: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows (those that parse: a run killed while writing leaves whole lines only;
+    a line nested too deeply is skipped)."""
     path = run_dir / HISTORY
-    if not files.is_real_file(path) or path.stat().st_size > MAX_HISTORY_BYTES:
+    if not files.is_real_file(path):
+        return []
+    if path.stat().st_size > MAX_HISTORY_BYTES:
+        if notes is not None:
+            notes.append(f"{HISTORY}: over {MAX_HISTORY_BYTES:,} bytes, not read")
         return []
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        if notes is not None:
+            notes.append(f"{HISTORY}: {e.strerror or first_line(e)}")
+        return []
+    for line in text.splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -112,53 +171,62 @@ def run_status(run_dir: Path) -> str:
         return "finished"
     stopped = _json(run_dir / STATUS, {})
     why = stopped.get("status") if isinstance(stopped, dict) and isinstance(stopped.get("status"), str) else "stopped"
-    resumable = files.is_real_dir(run_dir / CHECKPOINTS) and any(
-        name.startswith("step-") for name in os.listdir(run_dir / CHECKPOINTS))
-    return f"{why}, resumable" if resumable else f"{why}, no checkpoint"
+    try:
+        resumable = files.is_real_dir(run_dir / CHECKPOINTS) and any(
+            name.startswith("step-") for name in os.listdir(run_dir / CHECKPOINTS))
+    except OSError as e:
+        return f"{shown(why)[1:-1]}, checkpoints unreadable ({e.strerror or first_line(e)})"
+    return f"{shown(why)[1:-1]}, resumable" if resumable else f"{shown(why)[1:-1]}, no checkpoint"
 
 
 def run_row(run_dir: Path, name: str) -> dict[str, Any]:
     """One run's line: where it stands, what it is, how it scored."""
-    saved = _json(run_dir / CONFIG, {})
+    notes: list[str] = []
+    saved = _json(run_dir / CONFIG, {}, notes)
     config = saved.get("config") if isinstance(saved, dict) and isinstance(saved.get("config"), dict) else {}
-    final = _json(run_dir / FINISHED, {})
+    final = _json(run_dir / FINISHED, {}, notes)
     final = final if isinstance(final, dict) else {}
-    rows = history(run_dir)
+    rows = history(run_dir, notes)
     last = rows[-1] if rows else {}
     val = final.get("val") if isinstance(final.get("val"), dict) else {k[4:]: v for k, v in last.items()
                                                                          if k.startswith("val_")}
     test = final.get("test") if isinstance(final.get("test"), dict) else {}
-    status = run_status(run_dir) if config else "broken: config.json is unreadable"
-    return {"name": name, "kind": "run", "path": str(run_dir), "status": status,
-            "preset": config.get("preset"), "width": config.get("width"),
-            "epochs": config.get("epochs"), "epochs_done": len(rows),
-            "val_digit": _number(val.get("digit_acc")), "val_sum": _number(val.get("sum_acc")),
-            "test_digit": _number(test.get("digit_acc")), "test_sum": _number(test.get("sum_acc")),
-            "train_seconds": _number(final.get("train_seconds", last.get("train_seconds"))),
-            "date": saved.get("created") if isinstance(saved, dict) and isinstance(saved.get("created"), str) else None}
+    status = run_status(run_dir)
+    if not config and status != "running":
+        status = "broken: config.json is unreadable" if files.is_real_file(run_dir / CONFIG) else \
+            "unreadable" if not os.access(run_dir, os.R_OK | os.X_OK) else "broken: no config.json"
+    if notes:
+        status += f" ({'; '.join(notes)})"
+    return _row(name=name, kind="run", path=str(run_dir), status=status,
+                preset=config.get("preset"), width=config.get("width"), epochs=config.get("epochs"),
+                epochs_done=len(rows), val_digit=_number(val.get("digit_acc")), val_sum=_number(val.get("sum_acc")),
+                test_digit=_number(test.get("digit_acc")), test_sum=_number(test.get("sum_acc")),
+                train_seconds=_number(final.get("train_seconds", last.get("train_seconds"))),
+                date=saved.get("created") if isinstance(saved, dict) else None)
 
 
 def sweep_row(sweep_dir: Path, name: str) -> dict[str, Any]:
     """A sweep's line: its trials, and its best trial (validation only; a sweep never scores the test set)."""
-    summary = _json(sweep_dir / SUMMARY_FILE, {})
+    notes: list[str] = []
+    summary = _json(sweep_dir / SUMMARY_FILE, {}, notes)
     summary = summary if isinstance(summary, dict) else {}
-    best_config = _json(sweep_dir / BEST_FILE, {})
+    best_config = _json(sweep_dir / BEST_FILE, {}, notes)
     best_config = best_config if isinstance(best_config, dict) else {}
     best = summary.get("best") if isinstance(summary.get("best"), dict) else {}
-    if not summary:
-        status = "running or interrupted"
-    else:
-        status = "finished" if not summary.get("unfinished") else f"interrupted ({summary['unfinished']} trials left)"
-    return {"name": name, "kind": "sweep", "path": str(sweep_dir), "status": status, "trials": summary.get("trials"),
-            "preset": best_config.get("preset"), "width": best_config.get("width"),
-            "epochs": best.get("epochs_run"), "epochs_done": summary.get("epochs_run"),
-            "val_digit": _number(best.get("val_digit_acc")), "val_sum": _number(best.get("val_sum_acc")),
-            "test_digit": None, "test_sum": None, "train_seconds": _number(summary.get("sum_train_seconds")),
-            "date": _mtime(sweep_dir / SWEEP_FILE)}
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    left = _number(summary.get("unfinished"))
+    if files.lock_is_held(sweep_dir / LOCK):
+        status = "running"
+    elif summary and not left:
+        status = "finished"
+    else:  # stopped (a summary of the trials so far), or killed before it wrote one
+        status = f"interrupted, resumable ({left:.0f} trials left)" if left else "interrupted, resumable"
+    if notes:
+        status += f" ({'; '.join(notes)})"
+    return _row(name=name, kind="sweep", path=str(sweep_dir), status=status, trials=summary.get("trials"),
+                preset=best_config.get("preset"), width=best_config.get("width"), epochs=best.get("epochs_run"),
+                epochs_done=summary.get("epochs_run"), val_digit=_number(best.get("val_digit_acc")),
+                val_sum=_number(best.get("val_sum_acc")), test_digit=None, test_sum=None,
+                train_seconds=_number(summary.get("sum_train_seconds")), date=_mtime(sweep_dir / SWEEP_FILE))
 
 
 def _mtime(path: Path) -> str | None:
@@ -170,7 +238,8 @@ def _mtime(path: Path) -> str | None:
 
 
 def catalog(folders: list[Path], sort: str = "date") -> list[dict[str, Any]]:
-    """Every run and sweep under ``folders``, one dict each, sorted by ``sort`` (missing values last)."""
+    """Every run and sweep under ``folders``, one dict each, sorted by ``sort`` (missing values last,
+    values of another type just before them)."""
     if sort not in SORT_KEYS:
         raise CatalogError(f"unknown sort key {shown(sort)}: use one of {', '.join(SORT_KEYS)}")
     rows = []
@@ -178,9 +247,11 @@ def catalog(folders: list[Path], sort: str = "date") -> list[dict[str, Any]]:
         name = str(path.relative_to(given)) if path != given else path.name
         name = str(Path(given.name) / name) if len(folders) > 1 and path != given else name
         rows.append(sweep_row(path, name) if files.is_real_file(path / SWEEP_FILE) else run_row(path, name))
-    descending = sort in NUMERIC_DESCENDING
-    present = sorted((r for r in rows if r[sort] is not None), key=lambda r: r[sort], reverse=descending)
-    return present + [r for r in rows if r[sort] is None]
+    number = sort in NUMBER_COLUMNS
+    typed = [r for r in rows if isinstance(r[sort], (int, float) if number else str)]
+    other = [r for r in rows if r[sort] is not None and r not in typed]  # text in a number column
+    return (sorted(typed, key=lambda r: r[sort], reverse=sort in NUMERIC_DESCENDING)
+            + sorted(other, key=lambda r: str(r[sort])) + [r for r in rows if r[sort] is None])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -281,12 +283,12 @@ def _wide_console() -> Any:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .catalog import catalog
+    from .catalog import catalog, strict_json
     from .tables import runs_table
 
     rows = catalog(args.folders, args.sort)
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(strict_json(rows), allow_nan=False))
         return 0
     where = ", ".join(str(f) for f in args.folders)
     _wide_console().print(runs_table(rows, f"runs and sweeps under {where}: {len(rows)} (sorted by {args.sort})"))
@@ -294,12 +296,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .catalog import compare
+    from .catalog import compare, strict_json
     from .tables import compare_tables
 
     result = compare(args.run_dirs, args.output, args.overwrite)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(strict_json(result), allow_nan=False))
         return 0
     _wide_console().print(*compare_tables(result), sep="\n")
     return 0
@@ -327,5 +329,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run() -> typing.NoReturn:
+    """The program: ``main``, then exit with its code. A Ctrl-C once main has returned (while Python
+    runs torch's clean-up at exit) would print a traceback and exit 0: it is one line and 130."""
+    code = main()
+    command = next((w for w in sys.argv[1:] if not w.startswith("-")), "")
+
+    def at_exit(signum: int, frame: Any) -> None:
+        print(f"mnist-addition {command}: interrupted while exiting; the command had finished (exit {code})",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, at_exit)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import shown
-from .runs import RunError, check_output_file, load_run, replace_file, run_files
+from .runs import RunError, check_output_file, load_run, read_run_config, replace_file, run_files
 
 FORMATS = ("onnx",)
 
@@ -29,8 +29,10 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", output: str | os.Pa
 
     if format not in FORMATS:
         raise RunError(f"unknown export format {shown(format)}: use --format {' or '.join(FORMATS)}")
-    path = check_output_file(Path(output) if output else Path(run_dir) / f"model.{format}", overwrite, "--output",
-                             protected=run_files(Path(run_dir)))
+    read_run_config(run_dir)  # a missing or broken run is said as such, before anything about --output
+    own = Path(run_dir) / f"model.{format}"
+    path = check_output_file(Path(output) if output else own, overwrite, "--output", protected=run_files(Path(run_dir)),
+                             own=own)
     with contextlib.redirect_stdout(io.StringIO()):  # torch's exporter narrates every stage
         return export_onnx(run_dir, path, tta)
 

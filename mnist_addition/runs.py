@@ -24,7 +24,7 @@ from . import files
 from .backends import free_memory
 from .config import MIXED_PRECISION, ConfigError, TrainConfig, check_model_fits, read_json_file
 from .errors import UserError, first_line, shown
-from .layout import REPORT_FILES, RUN_DIRS, RUN_FILES  # noqa: F401 (REPORT_FILES re-exported)
+from .layout import CHECKPOINTS, CONFIG, HISTORY, LOCK, REPORT_FILES, RUN_DIRS, RUN_FILES, SWEEP_FILE  # noqa: F401
 from .model import build_model, count_parameters
 
 
@@ -110,11 +110,14 @@ def header_mismatch(meta: dict[str, str], config: TrainConfig) -> str | None:
                  if k in header and header[k] != getattr(config, k)), None)
 
 
-def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[Path, ...] = ()) -> Path:
+def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[Path, ...] = (),
+                      own: Path | None = None) -> Path:
     """Refuse an output file path the user named that cannot be written, or would replace something
     it should not: never a folder, device or pipe (``--overwrite`` or not), never a file of
-    ``protected`` (the run being read, the images being read: by name, link or hard link), an
-    existing file only with ``overwrite``, and only in a folder that exists and can be written."""
+    ``protected`` (the run being read, the images being read: by name, link or hard link), never a
+    file of any run or sweep folder (its lock above all) but ``own`` (what this command wrote there
+    before: ``export``'s model.onnx), an existing file only with ``overwrite``, and only in a folder
+    that exists and can be written."""
     path = Path(path)
     try:
         try:
@@ -127,6 +130,10 @@ def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[P
                                            (exists and os.path.samefile(other, path))):
                 raise RunError(f"{path} is {other}, which this command reads: it is never replaced; "
                                f"choose another {flag}")
+        folder = holding_folder(Path(real))
+        if os.path.lexists(path) and folder is not None and not (own is not None and os.path.realpath(own) == real):
+            raise RunError(f"{path} is a file of the run or sweep in {folder}: it is never replaced; choose another "
+                           f"{flag}")
         if os.path.lexists(path):
             if not path.is_file():
                 what = "a link to nothing" if os.path.islink(path) else "a folder, device or pipe"
@@ -142,6 +149,19 @@ def check_output_file(path: Path, overwrite: bool, flag: str, protected: tuple[P
     except OSError as e:  # a name too long, a link loop
         raise RunError(f"{flag} {shown(str(path))} cannot be used ({e.strerror or e}): choose another {flag}") from None
     return path
+
+
+def holding_folder(path: Path) -> Path | None:
+    """The run or sweep folder of which ``path`` is a file (one training or ``tune`` writes: the
+    lock, config.json, a checkpoint's file, ``export``'s model.onnx, anything of a sweep), or None."""
+    for depth, folder in enumerate(list(path.parents)[:3]):
+        top = path.relative_to(folder).parts[0]
+        if files.is_real_file(folder / SWEEP_FILE):
+            return folder
+        is_run = files.is_real_file(folder / CONFIG) and any(os.path.lexists(folder / n) for n in (HISTORY, CHECKPOINTS, LOCK))
+        if is_run and (top in (*RUN_DIRS, ".replaced") or depth == 0 and top in (*RUN_FILES, "model.onnx", LOCK)):
+            return folder
+    return None
 
 
 def run_files(run_dir: Path) -> tuple[Path, ...]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
+
+from .errors import shown
 
 
 def start_line(config: Any, resume: bool, processes: int) -> str:
@@ -59,7 +62,16 @@ def predictions_table(rows: list[dict[str, Any]], run_dir: str | Path) -> Table:
 
 
 def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+    return "-" if value is None else f"{100 * value:.2f}%" if isinstance(value, (int, float)) else escape(str(value))
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}" if isinstance(value, (int, float)) else escape(str(value))
+
+
+def _text(value: Any) -> str:
+    """A value read from a folder someone else may have written, as plain text (no rich markup)."""
+    return "-" if value is None or value == "" else escape(str(value))
 
 
 def runs_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -69,12 +81,12 @@ def runs_table(rows: list[dict[str, Any]], title: str) -> Table:
                 "train s", "date"):
         table.add_column(col, justify="left" if col in ("name", "status", "preset", "date") else "right")
     for r in rows:
-        kind = f" [dim](sweep, {r['trials']} trials)[/]" if r["kind"] == "sweep" and r.get("trials") else \
+        kind = f" [dim](sweep, {_text(r['trials'])} trials)[/]" if r["kind"] == "sweep" and r.get("trials") else \
             " [dim](sweep)[/]" if r["kind"] == "sweep" else ""
         done = r["epochs"] if r["status"] == "finished" or r["kind"] == "sweep" else f"{r['epochs_done']}/{r['epochs']}"
-        table.add_row(r["name"] + kind, r["status"], r["preset"] or "-", str(r["width"] or "-"), str(done or "-"),
+        table.add_row(_text(r["name"]) + kind, _text(r["status"]), _text(r["preset"]), _text(r["width"]), _text(done),
                       _pct(r["val_digit"]), _pct(r["val_sum"]), _pct(r["test_digit"]), _pct(r["test_sum"]),
-                      "-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}", (r["date"] or "-")[:16])
+                      _seconds(r["train_seconds"]), _text(r["date"])[:16])
     return table
 
 
@@ -85,22 +97,22 @@ def compare_tables(result: dict[str, Any]) -> list[Any]:
         config = Table(title="config keys that differ")
         config.add_column("key")
         for name in result["runs"]:
-            config.add_column(name, justify="right")
+            config.add_column(_text(name), justify="right")
         for key, values in result["differ"].items():
-            config.add_row(key, *(json_value(v) for v in values))
+            config.add_row(_text(key), *(_text(shown(json_value(v))) for v in values))
         out.append(config)
     else:
         out.append("the runs' configs are the same (where they are aside)")
     metrics = Table(title="final metrics (validation; test where the run scored it)")
     metrics.add_column("")
     for name in result["runs"]:
-        metrics.add_column(name, justify="right")
+        metrics.add_column(_text(name), justify="right")
     rows = result["metrics"]
-    metrics.add_row("status", *(r["status"] for r in rows))
-    metrics.add_row("epochs", *(f"{r['epochs_done']}/{r['epochs']}" for r in rows))
+    metrics.add_row("status", *(_text(r["status"]) for r in rows))
+    metrics.add_row("epochs", *(_text(f"{r['epochs_done']}/{r['epochs']}") for r in rows))
     for key in ("val_digit", "val_sum", "test_digit", "test_sum"):
         metrics.add_row(key.replace("_", " "), *(_pct(r[key]) for r in rows))
-    metrics.add_row("train seconds", *("-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}" for r in rows))
+    metrics.add_row("train seconds", *(_seconds(r["train_seconds"]) for r in rows))
     out.append(metrics)
     if result["picture"]:
         out.append(f"wrote {result['picture']} (validation curves of every run)")

@@ -164,3 +164,101 @@ def test_a_tracker_copy_of_config_json_is_not_a_run(folder, tmp_path, capsys):
     (artifacts / "config.json").write_text((folder / "a" / "config.json").read_text())
     assert main(["runs", str(tmp_path)]) == 2
     assert "holds no runs or sweeps" in capsys.readouterr().err
+
+
+def _hostile(folder: Path, root: Path) -> Path:
+    """Copies of run a whose files someone else wrote: values of other types, a line of
+    metrics.jsonl nested 100,000 deep, NaN, rich markup in names and values."""
+    import shutil
+
+    for i, (width, epochs, preset) in enumerate((("abc", [1], {"x": 1}), (7, 2, "[red]fast"), (None, 1e400, "[/x]"))):
+        run = shutil.copytree(folder / "a", root / f"[bold]h{i}")
+        saved = json.loads((run / "config.json").read_text())
+        saved["config"].update(width=width, epochs=epochs, preset=preset)
+        (run / "config.json").write_text(json.dumps(saved))
+    deep = root / "[bold]h0"
+    with (deep / "metrics.jsonl").open("a") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+    final = json.loads((deep / "metrics.json").read_text())
+    final["val"]["sum_acc"] = float("nan")
+    (deep / "metrics.json").write_text(json.dumps(final))  # Python writes NaN, which JSON has not
+    return root
+
+
+def test_runs_survives_folders_it_did_not_write(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # compare's default picture, compare.png, goes here
+    root = _hostile(folder, tmp_path / "hostile")
+    for sort in ("width", "epochs", "preset", "val_sum", "date"):
+        capsys.readouterr()
+        assert main(["runs", str(root), "--sort", sort, "--json"]) == 0, sort
+        out = capsys.readouterr().out
+        assert "NaN" not in out and "Infinity" not in out
+        rows = json.loads(out)
+        assert len(rows) == 3
+    rows = {r["name"]: r for r in rows}
+    assert rows["[bold]h0"]["width"] == "'abc'" and rows["[bold]h0"]["epochs"] == "[1]"  # shown as text
+    assert rows["[bold]h0"]["val_sum"] is None and rows["[bold]h0"]["epochs_done"] == 2  # the deep line skipped
+    widths = [r["width"] for r in _rows(capsys, str(root), "--sort", "width")]
+    assert widths == [7, "'abc'", None]  # numbers first, then text, then nothing
+    assert main(["runs", str(root)]) == 0  # the table: markup in names and values printed as it is
+    out = capsys.readouterr().out
+    assert "[bold]h0" in out and "[/x]" in out and "[red]fast" in out
+    assert main(["compare", str(root / "[bold]h0"), str(root / "[bold]h2"), "--output", str(tmp_path / "c.png")]) == 0
+    assert "[/x]" in capsys.readouterr().out
+    assert main(["compare", str(root / "[bold]h0"), str(root / "[bold]h1"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"][0]["val_sum"] is None
+
+
+def test_runs_notes_what_it_could_not_read_and_lists_a_run_being_started(folder, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from mnist_addition import catalog
+    from mnist_addition.files import FolderLock
+
+    root = tmp_path / "runs"
+    stopped = shutil.copytree(folder / "group" / "stopped", root / "stopped")
+    real_listdir = os.listdir
+
+    def listdir(path="."):
+        if Path(path) == stopped / "checkpoints":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(catalog, "MAX_HISTORY_BYTES", 100)  # (64 MB in truth: too large to write here)
+    starting = root / "starting"  # a run whose lock is taken and whose config.json is not written yet
+    starting.mkdir(parents=True)
+    lock = FolderLock(starting / ".lock")
+    assert lock.acquire(b"{}")
+    try:
+        rows = {r["name"]: r for r in _rows(capsys, str(root))}
+    finally:
+        lock.release()
+    assert rows["starting"]["status"] == "running"
+    assert rows["stopped"]["status"] == ("interrupted, checkpoints unreadable (Permission denied) "
+                                         "(metrics.jsonl: over 100 bytes, not read)")
+    assert rows["stopped"]["epochs_done"] == 0
+
+
+def test_no_output_ever_replaces_a_file_of_a_run_or_its_lock(folder, tmp_path, capsys):
+    """compare, export and predict write where the user says, but never over a file a run or a
+    sweep keeps (another run's too: RUN/.lock while it trains), --overwrite or not."""
+    import shutil
+
+    other = shutil.copytree(folder / "a", tmp_path / "other")
+    (other / ".lock").write_text("")
+    (other / "model.onnx").write_bytes(b"its own export")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    (sweep / "trials.csv").write_text("keep")
+    before = {p: p.read_bytes() for p in [*other.rglob("*"), *sweep.rglob("*")] if p.is_file()}
+    for target in (other / ".lock", other / "model.onnx", other / "checkpoints" / "x", sweep / "trials.csv",
+                   other / "config.json"):
+        if not target.exists():
+            continue
+        assert main(["compare", str(folder / "a"), str(folder / "b"), "--output", str(target), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "it is never replaced" in err, err
+    assert {p: p.read_bytes() for p in [*other.rglob("*"), *sweep.rglob("*")] if p.is_file()} == before
+    assert main(["compare", str(folder / "a"), str(folder / "b"), "--output", str(other / "new.png")]) == 0  # a new file
