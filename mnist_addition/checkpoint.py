@@ -85,9 +85,13 @@ def write_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, r
     if not files.is_real_dir(root):
         root.mkdir()  # a link at checkpoints/ fails here (FileExistsError), never written through
     tmp = files.make_temp_dir(root, f".tmp-{final.name}-")  # fresh: nothing in it can be a planted link
-    write_training_state(tmp, model, optimizer, state, average)
-    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
-    _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    try:
+        write_training_state(tmp, model, optimizer, state, average)
+        manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
+        _write(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    except BaseException:  # a full disk, Ctrl-C: the half-written checkpoint goes, the ones before it stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if files.is_real_dir(final):  # the same step saved again after a resume
         shutil.rmtree(final)
     elif os.path.lexists(final):

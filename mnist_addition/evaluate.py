@@ -11,7 +11,8 @@ from torch import nn
 
 from .backends import numerics
 from .config import ConfigError, TrainConfig
-from .data import Split, eval_batches, load_mnist, make_splits
+from .data import DataError, Split, eval_batches, load_mnist, make_splits
+from .errors import shown
 from .metrics import COUNT_KEYS, batch_counts, summarize
 
 
@@ -66,7 +67,16 @@ def run_split(config: TrainConfig, data_dir: str | os.PathLike | None = None, do
         raise ConfigError("this run trained on every training image (--val-size 0): it has no validation "
                           "split; use --split test")
     folder = data_dir if data_dir is not None else config.data_dir
-    splits = make_splits(load_mnist(folder, download=download), config.val_size, eval_limit=config.eval_limit)
+    named_by_file = data_dir is None and config.data_dir is not None  # config.json is a file of the run: anyone's
+    try:
+        mnist = load_mnist(folder, download=download and not named_by_file)
+    except DataError as e:
+        if not named_by_file:
+            raise
+        raise DataError(f"MNIST not found in {shown(str(folder))}, the data folder the run's config.json names (a "
+                        "folder a run's file names is read, never created or downloaded into): pass --data-dir "
+                        "pointing to a folder that holds MNIST/raw/*-ubyte") from None
+    splits = make_splits(mnist, config.val_size, eval_limit=config.eval_limit)
     return splits.val if split == "val" else splits.test
 
 

@@ -408,8 +408,11 @@ def note_stop(run: Run, stopped: str, error: BaseException | None) -> None:
     """Why a run that began and can be resumed stopped (``status.json``, for ``mnist-addition runs``);
     a refusal before training began changes nothing."""
     if run.began and run.run_dir and checkpoint.list_checkpoints(run.run_dir) and not (run.run_dir / FINISHED).exists():
-        runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                               "message": str(error or "interrupted (Ctrl-C)")})
+        try:
+            runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                   "message": str(error or "interrupted (Ctrl-C)")})
+        except OSError:
+            pass  # a note for `runs` only (a full disk is why the run stopped, often): the error said is the run's
 
 
 def stop_reason(error: BaseException | None) -> str:

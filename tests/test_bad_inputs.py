@@ -392,6 +392,8 @@ def _space(tmp_path: Path, text: str) -> Path:
     ("alias bomb in a choice", "uses a YAML alias"),
     ("alias bomb as a fixed value", "uses a YAML alias"),
     ("3,000 choices", "lists 3,000 values, at most 100"),
+    ("a key given twice", "a key is given twice ('lr') at line 3: YAML would keep only the last"),
+    ("a name too long", "--name is 300 bytes long, more than a folder name may be (255)"),
 ])
 def test_tune_inputs_are_one_line_and_make_no_sweep_folder(case, match, tmp_path, capsys):
     storage = tmp_path / "sweeps"
@@ -413,6 +415,10 @@ def test_tune_inputs_are_one_line_and_make_no_sweep_folder(case, match, tmp_path
         argv += ["--space", str(_space(tmp_path, bomb + "search:\n  width: {choice: *c}\n"))]
     elif case == "alias bomb as a fixed value":
         argv += ["--space", str(_space(tmp_path, bomb + "fixed: {data_dir: *c}\nsearch: {lr: {uniform: [0.001, 0.01]}}\n"))]
+    elif case == "a key given twice":
+        argv += ["--space", str(_space(tmp_path, "search:\n  lr: {uniform: [0.001, 0.01]}\n  lr: {uniform: [0.1, 1]}\n"))]
+    elif case == "a name too long":
+        argv += ["--space", str(_space(tmp_path, "search: {lr: {uniform: [0.001, 0.01]}}\n")), "--name", LONG]
     else:
         choices = ", ".join(str(8 + i) for i in range(3000))
         argv += ["--space", str(_space(tmp_path, f"search:\n  width: {{choice: [{choices}]}}\n"
@@ -431,3 +437,76 @@ def test_an_error_without_a_message_is_named_by_its_type():
     assert first_line(OSError()) == "OSError"
     assert first_line(ValueError("\n  \nbad header\nmore")) == "bad header"
     assert first_line(ValueError("x" * 300), 80) == "x" * 80
+
+
+# ------------------------------------------------------------------------------------------------
+# Corners a user meets after a crash
+# ------------------------------------------------------------------------------------------------
+def test_a_full_disk_at_a_later_checkpoint_is_one_line_and_leaves_no_half_checkpoint(mnist_dir, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """ENOSPC (a real full disk, not a file size limit) in the middle of a checkpoint's files."""
+    import mnist_addition.checkpoint as ck
+
+    real, calls = ck._write, []
+
+    def filling(path, data):
+        calls.append(path)
+        if len(calls) == 7:  # the second checkpoint's third file
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(ck, "_write", filling)
+    run = tmp_path / "run"
+    _one_line(capsys, ["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--checkpoint-every",
+                       "5"], 2, "(No space left on device): free some space, or choose another --output-dir; "
+                                "checkpoints already written are kept")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000005"]  # no .tmp-step-* left
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_advice_after_a_kill_before_the_first_checkpoint_leads_out(mnist_dir, tmp_path, capsys):
+    """A run killed before its first checkpoint: training again, and --resume, each name the command that works."""
+    run = tmp_path / "run"
+    assert _run(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY]) == 0
+    shutil.rmtree(run / "checkpoints")
+    for name in ("metrics.json", "model.safetensors", "metrics.jsonl"):
+        (run / name).unlink()  # as if killed in the first steps: config.json and the lock
+    line = _one_line(capsys, ["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY], 2,
+                     "holds a run that stopped before its first checkpoint (nothing to resume): add --overwrite")
+    assert "--resume" not in line
+    line = _one_line(capsys, ["train", "--resume", str(run)], 2, "start it again with  mnist-addition train --config")
+    again = line.split("start it again with  ")[1].split()
+    assert again[:2] == ["mnist-addition", "train"] and _run(again[1:]) == 0 and (run / "metrics.json").exists()  # the advice, followed, trains it
+
+
+def test_a_folder_where_a_resumed_run_keeps_a_file_is_one_line(crashed, tmp_path, capsys):
+    run = shutil.copytree(crashed, tmp_path / "run")
+    (run / "status.json").unlink(missing_ok=True)
+    (run / "status.json").mkdir()
+    _one_line(capsys, ["train", "--resume", str(run)], 2, "status.json is not a regular file (a folder, fifo or device)")
+
+
+def test_a_data_folder_named_by_config_json_is_never_created_or_downloaded_into(finished, tmp_path, capsys):
+    run = shutil.copytree(finished, tmp_path / "run")
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["data_dir"] = str(tmp_path / "elsewhere")
+    (run / "config.json").write_text(json.dumps(saved))
+    for command in (["evaluate", str(run)], ["report", str(run)]):
+        _one_line(capsys, command, 1, "the data folder the run's config.json names (a folder a run's file names is "
+                                      "read, never created or downloaded into): pass --data-dir")
+        assert not (tmp_path / "elsewhere").exists()
+
+
+def test_ctrl_c_as_python_exits_after_the_command_is_one_line(tmp_path):
+    """Ctrl-C once the command has finished, while Python runs torch's clean-up at exit: one line, 130."""
+    code = ("import atexit, os, signal, sys; from mnist_addition import cli; import torch; "
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT)); "
+            f"sys.argv = ['mnist-addition', 'runs', {str(tmp_path)!r}]; cli.run()")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text('{"config": {}}')
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == ["mnist-addition runs: interrupted while exiting; the command had "
+                                                "finished (exit 0)"]

@@ -326,3 +326,40 @@ def test_random_numbers_are_seeded_and_written_to_the_csv(run_dir, tmp_path):
         assert all(0 <= int(r["sum"]) <= 18 and 0 <= int(r["digit"]) <= 9 for r in rows)
         runs.append([int(r["number"]) for r in rows])
     assert runs[0] == runs[1] and runs[0] != runs[2] and all(0 <= n <= 9 for n in runs[0])
+
+
+def test_an_image_is_read_as_a_viewer_shows_it_exif_orientation_applied(tmp_path):
+    """A phone stores a photo sideways with an EXIF orientation; viewers turn it upright, and so do we."""
+    canvas = torch.full((60, 40), 255)
+    canvas[10:50, 18:22] = 0  # an upright stroke: tall, narrow
+    canvas[10:14, 8:22] = 0  # a bar at its top left: a "7"
+    upright = _save(canvas, tmp_path / "upright.png")
+    stored = Image.fromarray(canvas.to(torch.uint8).numpy()).rotate(90, expand=True)  # as the sensor wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to show"
+    stored.save(tmp_path / "sideways.jpg", exif=exif, quality=100)
+    assert torch.allclose(to_mnist(read_image(tmp_path / "sideways.jpg")), to_mnist(read_image(upright)), atol=0.35)
+    assert not torch.allclose(to_mnist(read_image(tmp_path / "sideways.jpg")),
+                              to_mnist(read_image(_save(torch.rot90(canvas), tmp_path / "turned.png"))), atol=0.35)
+
+
+def test_a_folder_goes_through_the_net_in_bounded_batches(run_dir, tmp_path, monkeypatch):
+    import mnist_addition.predict as predict_module
+
+    images, _ = synthetic_digits(10, seed=5)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        _save(img, folder / f"{i:02d}.png")
+    whole = predict_module.predict_files(run_dir, sorted(folder.iterdir()), list(range(10)))
+    sizes, real = [], predict_module.predict
+
+    def counting(model, batch, numbers):
+        sizes.append(len(batch))
+        return real(model, batch, numbers)
+
+    monkeypatch.setattr(predict_module, "BATCH", 4)
+    monkeypatch.setattr(predict_module, "predict", counting)
+    rows = predict_module.predict_files(run_dir, sorted(folder.iterdir()), list(range(10)))
+    assert sizes == [4, 4, 2]
+    assert [(r["file"], r["digit"], r["sum"]) for r in rows] == [(r["file"], r["digit"], r["sum"]) for r in whole]
