@@ -99,6 +99,8 @@ def clean(proc: subprocess.CompletedProcess, code: int) -> str:
     said = err[-1] if err else ""
     if code == 130:  # Ctrl-C: "mnist-addition CMD: interrupted..." (what is left, in training)
         return "" if said.startswith("mnist-addition") and ": interrupted" in said else "no one-line interrupt"
+    if code == 75:  # SIGTERM: "mnist-addition CMD: ... SIGTERM ...", and the command that continues
+        return "" if said.startswith("mnist-addition") and "SIGTERM" in said else "no one-line stop"
     if code and not (said.startswith("mnist-addition ") and ": error: " in said):
         return "no one-line error"
     return ""
@@ -173,6 +175,7 @@ class Cases:
             **Issue15(self).all(),
             **Issue18(self).all(),
             **Issue19(self).all(),
+            **Issue41(self).all(),
         }
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -843,6 +846,216 @@ class Issue19:
         }
         return {f"[19] {name}": case for name, case in cases.items()}
 
+
+class Issue41:
+    """The cases of issue 41: sweeps stopped at any moment, trackers, the run catalog, old corners."""
+
+    def __init__(self, base: Cases) -> None:
+        self.base, self.work, self.data = base, base.work / "i41", str(base.data)
+        self.work.mkdir()
+        self.space = self.work / "space.yaml"
+        self.space.write_text("fixed: {epochs: 3, width: 8, batch_size: 32, val_size: 100, mixed_precision: 'no'}\n"
+                              "search:\n  lr: {loguniform: [0.005, 0.02]}\n")
+
+    def all(self) -> dict[str, Callable[[], str]]:
+        d, w, r = self.data, self.work, str(self.base.run)
+        train = ("train", "--data-dir", d, *TINY)
+        mlflow = lambda uri, name="m": lambda: clean(cli(*train, "--output-dir", str(w / name), "--log-with", "mlflow",  # noqa: E731
+                                                         env={"MLFLOW_TRACKING_URI": uri.format(w=w)}, cwd=w), 2) \
+            or ("created the store's folder" if Path("/nonexistent").exists() else "")
+        cases: dict[str, Callable[[], str]] = {
+            "tune SIGKILL just after Ray's first save, then --resume": lambda: self.stopped_sweep("k1", signal.SIGKILL),
+            "tune SIGTERM mid-trial (exit 75), then --resume": lambda: self.stopped_sweep("k2", signal.SIGTERM),
+            "tune Ctrl-C mid-trial (exit 130), then --resume": lambda: self.stopped_sweep("k3", signal.SIGINT),
+            "the same tune --name twice at once": self.two_sweeps,
+            "compare --output RUN/.lock --overwrite (another run's lock)": lambda: self.base.same(
+                self.base.copy("l1"), lambda c: cli("compare", r, str(self.base.copy("l1b")), "--output",
+                                                    str(c / ".lock"), "--overwrite"), 2),
+            "compare --output RUN/model.onnx --overwrite": self.onnx_kept,
+            "trackers.json naming an Aim repository outside the run": self.aim_outside,
+            "MLFLOW_TRACKING_URI=http://127.0.0.1:1 (nothing listening)": mlflow("http://127.0.0.1:1", "m1"),
+            "MLFLOW_TRACKING_URI a file store below a file": mlflow(f"{self.base.run}/config.json/store", "m2"),
+            "MLFLOW_TRACKING_URI=nonsense://x": mlflow("nonsense://x", "m3"),
+            "MLFLOW_TRACKING_URI a sqlite file that is not a database": mlflow(f"sqlite:///{self.base.run}/config.json", "m4"),
+            "MLFLOW_TRACKING_URI an unwritable sqlite path": mlflow("sqlite:////proc/x.db", "m5"),
+            "MLFLOW_TRACKING_URI=sqlite:////nonexistent/dir/x.db": mlflow("sqlite:////nonexistent/dir/x.db", "m6"),
+            "MLFLOW_EXPERIMENT_NAME of 600 characters": lambda: clean(cli(
+                *train, "--output-dir", str(w / "m7"), "--log-with", "mlflow", cwd=w,
+                env={"MLFLOW_TRACKING_URI": f"sqlite:///{w}/ok.db", "MLFLOW_EXPERIMENT_NAME": "x" * 600}), 2),
+            "trackers.json naming an MLflow run the store lacks": self.mlflow_run_missing,
+            "the signing key a folder": lambda: self.key("folder"),
+            "the signing key a fifo": lambda: self.key("fifo"),
+            "the signing key readable by everyone (0644)": lambda: self.key("0644"),
+            "a fifo planted in a sweep folder, then --resume": self.fifo_in_sweep,
+            "config.json's data_dir outside, then evaluate": self.data_outside,
+            "runs of runs with values of other types, a deep line, NaN": self.hostile_runs,
+            "tune --name of 300 characters": lambda: clean(cli("tune", "--space", str(self.space), "--data-dir", d,
+                                                               "--storage-path", str(w / "sw"), "--name", LONG), 2),
+            "a search space with a key given twice": lambda: self.base.write_and_run(
+                w / "dup.yaml", "search:\n  lr: {uniform: [0.001, 0.01]}\n  lr: {uniform: [0.1, 1]}\n",
+                lambda p: cli("tune", "--space", str(p), "--data-dir", d, "--storage-path", str(w / "sw"))),
+            "--resume after SIGKILL before the first checkpoint: the advice leads out": self.advice,
+            "--resume with status.json a folder": self.status_folder,
+            "export of a missing run": lambda: clean(cli("export", str(w / "nope")), 2) or (
+                "" if "run folder" in cli("export", str(w / "nope")).stderr else "speaks of --output"),
+            "Ctrl-C while Python exits after a command": self.ctrl_c_at_exit,
+            "a real full disk (ENOSPC) at a checkpoint": self.enospc,
+            "a real full disk (ENOSPC) under a sweep": lambda: self.enospc(sweep=True),
+        }
+        return {f"[41] {name}": case for name, case in cases.items()}
+
+    # -- sweeps ------------------------------------------------------------------------------------
+    def tune(self, name: str, *extra: str) -> list[str]:
+        return ["tune", "--space", str(self.space), "--data-dir", self.data, "--storage-path", str(self.work / "sw"),
+                "--name", name, "--num-samples", "2", "--scheduler", "fifo", *extra]
+
+    def stopped_sweep(self, name: str, signum: int) -> str:
+        """Stop a sweep (SIGKILL: just after Ray's first save; else at its first epoch), then resume it."""
+        env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        proc = subprocess.Popen([sys.executable, "-m", "mnist_addition", *self.tune(name)], stderr=subprocess.PIPE,
+                                text=True, env=env)
+        sweep, lines = self.work / "sw" / name, []
+        while proc.poll() is None:
+            if signum == signal.SIGKILL and list(sweep.glob("experiment_state-*.json")):
+                break
+            line = proc.stderr.readline() if signum != signal.SIGKILL else ""
+            lines.append(line)
+            if " epoch 1/" in line:
+                break
+            time.sleep(0 if line else 0.01)
+        proc.send_signal(signum)
+        rest = proc.communicate(timeout=300)[1]
+        if signum != signal.SIGKILL:
+            problem = clean(subprocess.CompletedProcess([], proc.returncode, "", "".join(lines) + rest),
+                            75 if signum == signal.SIGTERM else 130)
+            if problem:
+                return f"stopping: {problem}"
+            if (sweep / "best_config.json").exists() or "stopped early" in (sweep / "trials.csv").read_text():
+                return "an interrupted sweep looks finished"
+        resumed = cli("tune", "--resume", "--name", name, "--storage-path", str(self.work / "sw"))
+        problem = clean(resumed, 0)
+        return problem or ("" if (sweep / "best_config.json").exists() else "no best_config.json after the resume")
+
+    def two_sweeps(self) -> str:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        first = subprocess.Popen([sys.executable, "-m", "mnist_addition", *self.tune("twice")], stderr=subprocess.PIPE,
+                                 text=True, env=env)
+        time.sleep(0.5)
+        second = cli(*self.tune("twice"))
+        first.communicate(timeout=600)
+        return clean(second, 2) or ("" if "in use by process" in second.stderr or "already exists" in second.stderr
+                                    else second.stderr[-200:])
+
+    def fifo_in_sweep(self) -> str:
+        name = "fifo"
+        if cli(*self.tune(name)).returncode != 0:
+            return "the sweep to plant in did not run"
+        os.mkfifo(self.work / "sw" / name / "planted.pkl")
+        return clean(cli("tune", "--resume", "--name", name, "--storage-path", str(self.work / "sw")), 2)
+
+    def key(self, how: str) -> str:
+        home = self.work / f"key-{how}"
+        key = home / "mnist-addition" / "sweep-signing.key"
+        key.parent.mkdir(parents=True)
+        if how == "folder":
+            key.mkdir()
+        elif how == "fifo":
+            os.mkfifo(key)
+        else:
+            key.write_bytes(os.urandom(32))
+            key.chmod(0o644)
+        return clean(cli(*self.tune(f"key-{how}"), config_home=str(home)), 2)
+
+    # -- trackers ----------------------------------------------------------------------------------
+    def aim_outside(self) -> str:
+        run = self.base.unfinished("a1")
+        outside = self.work / "outside-aim"
+        (run / "trackers.json").write_text(json.dumps({"aim": {"run_hash": "0" * 24, "repo": str(outside / ".aim")}}))
+        problem = clean(cli("train", "--resume", str(run), "--log-with", "aim", cwd=self.work), 2)
+        return problem or ("created the outside folder" if outside.exists() else "")
+
+    def mlflow_run_missing(self) -> str:
+        run = self.base.unfinished("a2")
+        uri = f"sqlite:///{self.work}/ok.db"
+        (run / "trackers.json").write_text(json.dumps({"mlflow": {"run_id": "f" * 32, "tracking_uri": uri}}))
+        return clean(cli("train", "--resume", str(run), "--log-with", "mlflow", cwd=self.work,
+                         env={"MLFLOW_TRACKING_URI": uri}), 2)
+
+    # -- runs, run folders, corners ----------------------------------------------------------------
+    def onnx_kept(self) -> str:
+        run = self.base.copy("x1")
+        (run / "model.onnx").write_bytes(b"its own export")
+        problem = clean(cli("compare", str(run), str(self.base.run), "--output", str(run / "model.onnx"), "--overwrite"), 2)
+        return problem or ("" if (run / "model.onnx").read_bytes() == b"its own export" else "replaced model.onnx")
+
+    def data_outside(self) -> str:
+        run = self.base.copy("d1")
+        saved = json.loads((run / "config.json").read_text())
+        saved["config"]["data_dir"] = str(self.work / "elsewhere")
+        (run / "config.json").write_text(json.dumps(saved))
+        problem = clean(cli("evaluate", str(run)), 1)
+        return problem or ("created the folder config.json names" if (self.work / "elsewhere").exists() else "")
+
+    def hostile_runs(self) -> str:
+        root = self.work / "hostile"
+        for i, (width, epochs, preset) in enumerate((("abc", [1], {"x": 1}), (7, 2, "[/x]"))):
+            run = shutil.copytree(self.base.run, root / f"h{i}")
+            saved = json.loads((run / "config.json").read_text())
+            saved["config"].update(width=width, epochs=epochs, preset=preset)
+            (run / "config.json").write_text(json.dumps(saved))
+        with (root / "h0" / "metrics.jsonl").open("a") as f:
+            f.write("[" * 100_000 + "]" * 100_000 + "\n")
+        final = json.loads((root / "h0" / "metrics.json").read_text())
+        final["val"]["sum_acc"] = float("nan")
+        (root / "h0" / "metrics.json").write_text(json.dumps(final))
+        for args in (["--sort", "width"], ["--sort", "preset", "--json"], []):
+            done = cli("runs", str(root), *args)
+            problem = clean(done, 0) or ("NaN in --json" if "NaN" in done.stdout else "")
+            if problem:
+                return f"runs {' '.join(args)}: {problem}"
+        return ""
+
+    def advice(self) -> str:
+        run = self.base.copy("v1")
+        shutil.rmtree(run / "checkpoints")
+        for name in ("metrics.json", "model.safetensors", "metrics.jsonl"):
+            (run / name).unlink()
+        refused = cli("train", "--resume", str(run))
+        if clean(refused, 2):
+            return clean(refused, 2)
+        command = refused.stderr.strip().split("start it again with  ")[-1].split()
+        return clean(cli(*command[1:]), 0) if command[:2] == ["mnist-addition", "train"] else "no command given"
+
+    def status_folder(self) -> str:
+        run = self.base.unfinished("s1")
+        (run / "status.json").unlink(missing_ok=True)
+        (run / "status.json").mkdir()
+        return clean(cli("train", "--resume", str(run)), 2)
+
+    def ctrl_c_at_exit(self) -> str:
+        """Ctrl-C once the command is done, while Python runs its clean-up at exit."""
+        inject = "import atexit, os, signal\natexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        done = cli("runs", str(self.base.run), inject=inject)
+        return clean(done, 130) or ("" if "interrupted while exiting" in done.stderr else "another line")
+
+    def enospc(self, sweep: bool = False) -> str:
+        """A small tmpfs filled by a run's checkpoints, or by a sweep (root only: mounting needs it)."""
+        mount = self.work / ("small-sweep" if sweep else "small")
+        mount.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={200 if sweep else 300}k", "tmpfs",
+                                                str(mount)]).returncode:
+            return ""  # not root here: the in-process test simulates ENOSPC instead
+        try:
+            if sweep:
+                return clean(cli("tune", "--space", str(self.space), "--data-dir", self.data, "--storage-path",
+                                 str(mount), "--name", "full", "--num-samples", "2", "--scheduler", "fifo"), 2)
+            done = cli("train", "--data-dir", self.data, "--output-dir", str(mount / "run"), "--width", "10", "--epochs",
+                       "3", "--batch-size", "32", "--val-size", "100", "--mixed-precision", "no", "--cpu",
+                       "--checkpoint-every", "5", "--keep-checkpoints", "3")
+            left = [p.name for p in (mount / "run" / "checkpoints").glob(".tmp-*")] if (mount / "run").exists() else []
+            return clean(done, 2) or (f"left {left[0]}" if left else "")
+        finally:
+            subprocess.run(["umount", str(mount)])
 
 BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n'
 MANY = "search:\n  width: {choice: [%s]}\n  eval_batch_size: {choice: [%s]}\n" % (

@@ -219,7 +219,7 @@ def sweep_row(sweep_dir: Path, name: str) -> dict[str, Any]:
     elif summary and not left:
         status = "finished"
     else:  # stopped (a summary of the trials so far), or killed before it wrote one
-        status = f"interrupted, resumable ({left:.0f} trials left)" if left else "interrupted, resumable"
+        status = f"interrupted, resumable ({left:.0f} trial{'s' if left != 1 else ''} left)" if left else "interrupted, resumable"
     if notes:
         status += f" ({'; '.join(notes)})"
     return _row(name=name, kind="sweep", path=str(sweep_dir), status=status, trials=summary.get("trials"),

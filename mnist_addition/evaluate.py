@@ -70,7 +70,7 @@ def run_split(config: TrainConfig, data_dir: str | os.PathLike | None = None, do
     named_by_file = data_dir is None and config.data_dir is not None  # config.json is a file of the run: anyone's
     try:
         mnist = load_mnist(folder, download=download and not named_by_file)
-    except DataError as e:
+    except DataError:
         if not named_by_file:
             raise
         raise DataError(f"MNIST not found in {shown(str(folder))}, the data folder the run's config.json names (a "

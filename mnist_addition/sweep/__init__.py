@@ -1,8 +1,12 @@
 """Ray Tune sweeps: ``mnist-addition tune``. The only package that imports Ray (lazily).
 
 * ``options``: what was asked (``SweepOptions``), its checks, the shipped search spaces;
+* ``folder``: the sweep folder a driver holds (one writer), new or resumed;
 * ``trial``: what runs on a Ray worker (one trial: the core ``fit``, reporting each epoch);
-* ``driver``: Ray start-up, resources, the Tuner (scheduler, search, resume);
+* ``driver``: Ray start-up, resources, the Tuner (scheduler, search, resume or rebuild);
+* ``interrupts``: Ctrl-C and SIGTERM, a stop that ``--resume`` continues;
+* ``trust`` and ``signing``: Ray's state signed at every save, checked before ``--resume`` loads it;
+* ``rebuild``: a sweep resumed without Ray's state, its earlier trials continued;
 * ``results``: trial rows, ranking (a pure function), the result files;
 * ``storage``: the sweep folder on a local disk or any URI Ray accepts (``pyarrow.fs``).
 

@@ -5,27 +5,25 @@ Ray Tune (scheduler, search, resources, resume) over ``trial.run_trial`` and han
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .. import files
 from ..config import ConfigError, TrainConfig, check_batch, smoke_overrides
-from ..errors import first_line, shown
+from ..errors import first_line
 from ..hparams import SCHEDULED
-from ..layout import LOCK
-from .spaces import Space, load_space, parse_space
 from . import pbt, rebuild, trackers, trial
+from .folder import Sweep, open_sweep
 from .interrupts import Interrupts
 from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
 from .results import score_metric, trial_rows, write_results
-from .storage import Store, absolute, experiment_uri
-from .trust import SIGNATURES, Signer
+from .spaces import Space
+from .storage import Store
+from .trust import Signer
 
 TUNER_FILE = "tuner.pkl"  # Ray's Tuner, written by Ray straight into the sweep folder
 
@@ -34,134 +32,6 @@ def require_ray() -> None:
 
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.tune") is None:
         raise SweepError('Ray Tune is not installed: pip install -e ".[tune]" (or pip install "ray[tune]")')
-
-
-MAX_NAME_BYTES = 255  # a folder name, on every filesystem we know
-
-
-@dataclass
-class Sweep:
-    """A sweep folder held by this driver: what was asked, the space, the folder, its signatures,
-    and the lock that makes this driver its only writer (local storage; a bucket has no locks)."""
-
-    options: SweepOptions
-    space: Space
-    store: Store
-    signer: Signer
-    lock: files.FolderLock | None = None
-    created: list[Path] = field(default_factory=list)  # folders this driver made (removed if left empty)
-
-    def resume_command(self) -> str:
-        return f"mnist-addition tune --resume --name {self.options.name} --storage-path {self.options.storage_path}"
-
-    def close(self) -> None:
-        """Release the folder; a new sweep that stopped before writing sweep.json leaves nothing."""
-        if self.lock is None:
-            return
-        folder = Path(self.store.root)
-        if self.created and sorted(os.listdir(folder)) in ([LOCK], [LOCK, SIGNATURES]):
-            for name in (LOCK, SIGNATURES):
-                (folder / name).unlink(missing_ok=True)
-        self.lock.release()
-        files.remove_empty(self.created)
-
-
-def open_sweep(options: SweepOptions) -> Sweep:
-    """Fill in defaults, take the sweep folder (one writer), load and check the space (or the
-    signed sweep.json on --resume). No Ray yet."""
-    options = dataclasses.replace(options)
-    options.storage_path = absolute(options.storage_path)
-    if "://" not in options.storage_path:
-        for folder in [Path(options.storage_path), *Path(options.storage_path).parents]:
-            if folder.exists():
-                if not folder.is_dir():
-                    raise SweepError(f"--storage-path {options.storage_path}: {folder} is a file, not a folder: "
-                                     "choose another --storage-path")
-                break
-    if options.name is not None and (options.name in ("", ".", "..") or "/" in options.name or "\\" in options.name):
-        raise SweepError(f"--name {shown(options.name)} must be one folder name inside --storage-path (no '/' or "
-                         "'..'): e.g. --name lr-sweep")
-    if options.name is not None and len(options.name.encode()) > MAX_NAME_BYTES:
-        raise SweepError(f"--name is {len(options.name.encode())} bytes long, more than a folder name may be "
-                         f"({MAX_NAME_BYTES}): choose a shorter --name")
-    if options.resume:
-        if not options.name:
-            raise SweepError("--resume needs --name: the sweep to continue (a folder in --storage-path)")
-        store = Store(experiment_uri(options.storage_path, options.name))
-        if not store.exists(SWEEP_FILE):
-            raise SweepError(f"--resume: {store.uri} is not a sweep started by mnist-addition tune (no {SWEEP_FILE}; "
-                             "a sweep stopped before it began has none): check --storage-path and --name, or start "
-                             "it again without --resume")
-        sweep = _take(options, store)
-        try:
-            sweep.signer = Signer.verified(store)  # before anything in the folder is read
-            sweep.space = _restore_options(sweep.options, store)
-        except BaseException:
-            sweep.close()
-            raise
-        return sweep
-    options.check()
-    space = load_space(options.space)
-    options.name = options.name or time.strftime("tune-%Y%m%d-%H%M%S")
-    store = Store(experiment_uri(options.storage_path, options.name))
-    _refuse_existing(store)
-    sweep = _take(options, store)
-    try:
-        _refuse_existing(store)  # again, holding the lock: another driver may have begun it meanwhile
-        sweep.space, sweep.signer = space, Signer.new(store)
-    except BaseException:
-        sweep.close()
-        raise
-    return sweep
-
-
-def _refuse_existing(store: Store) -> None:
-    """A new sweep goes into a new folder, or one left by a sweep stopped before it wrote sweep.json."""
-    left = {LOCK, SIGNATURES, ".validate_storage_marker"}
-    if store.exists() and (not store.local or not set(os.listdir(store.root)) <= left or store.exists(SWEEP_FILE)):
-        raise SweepError(f"{store.uri} already exists: pass --resume to continue that sweep, or choose another --name")
-
-
-def _take(options: SweepOptions, store: Store) -> Sweep:
-    """The sweep folder, locked by this driver: a second driver for the same --name is refused."""
-    sweep = Sweep(options, None, store, None)  # type: ignore[arg-type]  (space and signer: filled in by open_sweep)
-    if not store.local:
-        return sweep
-    folder = Path(store.root)
-    try:
-        sweep.created = files.make_dirs(folder)
-        lock = files.FolderLock(folder / LOCK)
-        if not lock.acquire(files.holder_note()):
-            files.remove_empty(sweep.created)
-            raise SweepError(f"{store.uri} is in use by {files.lock_holder(folder / LOCK)}: wait for that sweep to "
-                             "finish, or choose another --name")
-    except OSError as e:
-        files.remove_empty(sweep.created)
-        raise SweepError(f"cannot write the sweep folder {store.uri} ({e.strerror or e}): choose another "
-                         "--storage-path or --name") from None
-    sweep.lock = lock
-    return sweep
-
-
-def _restore_options(options: SweepOptions, store: Store) -> Space:
-    """The sweep-defining options and the space from ``sweep.json``, checked as when they were given."""
-    where = store.where(SWEEP_FILE)
-    try:
-        saved = json.loads(store.read_small(SWEEP_FILE))
-        for key in SweepOptions.SWEEP_DEFINING:
-            default = SweepOptions.ADDED_LATER.get(key, KeyError)
-            setattr(options, key, saved["options"][key] if default is KeyError else saved["options"].get(key, default))
-        options.__post_init__()  # a metric list from JSON (or one metric's string, from earlier versions) as a tuple
-        if options.data_dir is None:
-            options.data_dir = saved["options"]["data_dir"]
-        space_doc, space_path = saved["space"], str(saved["options"]["space"])
-        options.check()
-    except SweepError as e:
-        raise SweepError(f"{where} holds options that are refused ({e}): start a new sweep under another --name") from None
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
-        raise SweepError(f"{where} is not what mnist-addition tune writes ({type(e).__name__}: {shown(str(e))}): "
-                         "restore it, or start a new sweep under another --name") from None
-    return parse_space(space_doc, space_path)
 
 
 def check_against_data(space: Space, base: dict[str, Any], train_file_images: int, workers: int) -> None:
@@ -198,11 +68,12 @@ def run_sweep(options: SweepOptions, console: Any) -> dict[str, Any]:
         sweep.close()
 
 
-def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
-    options, space = sweep.options, sweep.space
+def _trials_base(options: SweepOptions, space: Space) -> tuple[dict[str, Any], int, int]:
+    """Every trial's config but its sampled keys, its own epochs and the most epochs a trial can get,
+    checked against the scheduler and the data: all before Ray starts."""
     # --smoke (TrainConfig's sweep_smoke values: little data, 2 epochs so that ASHA has something to
     # decide); the space's own searched keys still win
-    base = space.base(smoke_overrides(sweep=True) if options.smoke else None)  # every trial's config but the sampled keys
+    base = space.base(smoke_overrides(sweep=True) if options.smoke else None)
     if options.scheduler == "pbt":
         pbt.check(options, space, base, TrainConfig.from_dict(base).epochs)
         base = {**base, "schedule": "constant"}  # the lr PBT perturbs is the one training uses (pbt.py)
@@ -212,6 +83,12 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
     if options.scheduler == "asha" and options.grace_epochs > max_epochs:
         raise SweepError(f"--grace-epochs {options.grace_epochs} is more than the {max_epochs} epochs a trial can get: "
                          "lower it, or use --scheduler fifo")
+    return base, base_epochs, max_epochs
+
+
+def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
+    options, space = sweep.options, sweep.space
+    base, base_epochs, max_epochs = _trials_base(options, space)
 
     import ray
 
@@ -222,6 +99,11 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
     # Our callback prints a line per trial epoch; with the legacy engine, verbose=0 means silent
     # (the new one still prints a banner and a TensorBoard hint).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A failed trial is one line of ours naming its error.txt (the traceback is there), not Tune's
+    # traceback on the console, nor Ray's again for a trial that failed as the sweep stopped.
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(
+        lambda record: not record.getMessage().startswith("Trial task failed for trial"))
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     started = _init_ray(options)
     interrupts.reinstall()
     saves = Saves(sweep.signer)
@@ -233,26 +115,22 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
         fits = _check_resources(options)
         concurrent = min(options.max_concurrent or fits, fits)
         tuner = _tuner(sweep, base, max_epochs, concurrent, console)
-        gpus = f", {options.gpus_per_trial:g} GPU" if options.gpus_per_trial else ""
-        console.print(f"[bold]sweep[/] {options.num_samples} trials x up to {max_epochs} epochs, "
-                      f"{options.scheduler} + {options.search} search on {' and '.join(options.metric)}"
-                      f"{f' ({options.scheduler} prunes on {options.primary})' if len(options.metric) > 1 and options.scheduler == 'asha' else ''} "
-                      f"({concurrent} at a time, {options.workers()} worker(s) and {options.cpus_per_trial:g} CPU{gpus} "
-                      f"each) -> {sweep.store.uri}")
+        console.print(_banner(options, max_epochs, concurrent, sweep.store.uri))
         start = time.perf_counter()
-        interrupts.in_tune = True
-        try:
-            grid = tuner.fit()
-        finally:
-            interrupts.in_tune = False
-        wall = time.perf_counter() - start
-        # Stopped by a signal, Tune marks the trials it stops TERMINATED: their state as last saved says otherwise.
-        statuses = saves.statuses if interrupts.stopped and saves.statuses is not None else {
-            t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
-        keys = list(space.search)
-        rows = trial_rows(grid, score_metric(options.metric), keys, base_epochs, statuses)
-        summary = write_results(rows, options, keys, base, max_epochs, sweep.store, wall, console,
-                                interrupted=interrupts.name() or None)
+        with _storage_failures(sweep):
+            interrupts.in_tune = True
+            try:
+                grid = tuner.fit()
+            finally:
+                interrupts.in_tune = False
+            wall = time.perf_counter() - start
+            # Stopped by a signal, Tune marks the trials it stops TERMINATED: their state as last saved says otherwise.
+            statuses = saves.statuses if interrupts.stopped and saves.statuses is not None else {
+                t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
+            keys = list(space.search)
+            rows = trial_rows(grid, score_metric(options.metric), keys, base_epochs, statuses)
+            summary = write_results(rows, options, keys, base, max_epochs, sweep.store, wall, console,
+                                    interrupted=interrupts.name() or None)
         if interrupts.stopped:
             raise interrupts.stop(f"{summary['unfinished']} of {options.num_samples} trials unfinished, each "
                                   "continues from its last checkpoint (no best_config.json until the sweep ends)")
@@ -264,6 +142,28 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
         activate(None)
         if started or ray.is_initialized():
             ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
+
+
+def _banner(options: SweepOptions, max_epochs: int, concurrent: int, uri: str) -> str:
+    """The sweep's first line: what runs, how it searches, how many at a time, where to."""
+    gpus = f", {options.gpus_per_trial:g} GPU" if options.gpus_per_trial else ""
+    prunes = f" ({options.scheduler} prunes on {options.primary})" if len(options.metric) > 1 and \
+        options.scheduler == "asha" else ""
+    return (f"[bold]sweep[/] {options.num_samples} trials x up to {max_epochs} epochs, {options.scheduler} + "
+            f"{options.search} search on {' and '.join(options.metric)}{prunes} ({concurrent} at a time, "
+            f"{options.workers()} worker(s) and {options.cpus_per_trial:g} CPU{gpus} each) -> {uri}")
+
+
+@contextlib.contextmanager
+def _storage_failures(sweep: Sweep) -> Iterator[None]:
+    """The sweep folder that cannot be written (a full disk, a read-only mount), whether we or Ray
+    found out: one line, and the command that continues once there is room."""
+    try:
+        yield
+    except (OSError, EOFError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e, 100)
+        raise SweepError(f"cannot write the sweep folder {sweep.store.uri} ({why}): free some space (or choose another "
+                         f"--storage-path for a new sweep), then continue with  {sweep.resume_command()}") from None
 
 
 def _load_and_check_data(options: SweepOptions, space: Space, base: dict[str, Any]) -> None:

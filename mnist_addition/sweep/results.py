@@ -148,8 +148,7 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
 
     Raises NoUsableTrial (after writing trials.csv and summary.json, and no best_config.json) when
     the sweep ran to its end without one rankable trial, or (NoTrialMeetsRule) none meeting --pick.
-    ``interrupted`` (the signal that stopped the sweep): trials.csv, sweep.png and summary.json of
-    the trials so far; no best_config.json or Pareto front, which only a sweep that ended chooses.
+    ``interrupted`` (by a signal): the trials so far (``_write_so_far``), nothing chosen yet.
     """
     if interrupted:
         return _write_so_far(trials, options, keys, max_epochs, store, wall, console, interrupted)

@@ -68,15 +68,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     """
     import ray
 
-    for name in ("ray", "ray.train", "ray.tune", "accelerate"):  # not several lines per saved checkpoint
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if not ray.get_gpu_ids():  # Ray sets no CUDA_VISIBLE_DEVICES for a trial without GPUs: hide them all
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    import torch
-
-    # As many threads as CPUs reserved, whatever OMP_NUM_THREADS says (Ray sets it only when unset).
-    torch.set_num_threads(trial_threads(settings.cpus_per_worker))
-
+    torch = _worker_set_up(settings)
     from ..data import load_mnist, make_splits
     from ..train import fit, process_state
 
@@ -118,17 +110,39 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
             send(row)
 
     if earlier is not None:  # the earlier trial's epochs, as the scheduler and the searcher saw them
-        history = read_state(current())["history"]
-        for row in history[:-1]:
-            report({**row, **facts}, checkpoint=None)
-        if history[-1]["epoch"] < config.epochs:  # (its last epoch, if it finished: reported below)
-            send(history[-1], upload=False)
+        _replay(read_state(current())["history"], config.epochs, lambda row: report({**row, **facts}), send)
     final = fit(config, report=on_epoch, data=data, progress=False, resume=restored is not None and start is None,
                 score_test=False, warn=lambda line: print(line, flush=True), on_checkpoint=written.append,
                 continue_from=start)
     # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
     # the scheduler ends a trial at its last report, before any code after it runs.
     send(final["history"][-1])
+
+
+def _replay(history: list[dict[str, Any]], epochs: int, report: Callable[[dict[str, Any]], None],
+            send: Callable[..., None]) -> None:
+    """Report an earlier trial's epochs again, the last one with its checkpoint (unless it was the
+    trial's last epoch: ``train_and_report`` reports that one once the run folder is complete)."""
+    for row in history[:-1]:
+        report(row)
+    if history[-1]["epoch"] < epochs:
+        send(history[-1], upload=False)
+
+
+def _worker_set_up(settings: TrialSettings) -> Any:
+    """Quiet Ray's and Accelerate's loggers, keep a trial without GPUs off them, and compute with the
+    CPUs Ray reserved; returns torch (imported here, after CUDA_VISIBLE_DEVICES is set)."""
+    import ray
+
+    for name in ("ray", "ray.train", "ray.tune", "accelerate"):  # not several lines per saved checkpoint
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not ray.get_gpu_ids():  # Ray sets no CUDA_VISIBLE_DEVICES for a trial without GPUs: hide them all
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    # As many threads as CPUs reserved, whatever OMP_NUM_THREADS says (Ray sets it only when unset).
+    torch.set_num_threads(trial_threads(settings.cpus_per_worker))
+    return torch
 
 
 def _earlier_checkpoint(settings: TrialSettings, trial_dir: str, params: dict[str, Any],
