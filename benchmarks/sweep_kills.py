@@ -14,6 +14,7 @@ the driver's stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import re
@@ -33,8 +34,8 @@ from tests.conftest import write_mnist  # noqa: E402  (the fixtures' synthetic I
 
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 EXPECTED = {"SIGKILL": -9, "SIGTERM": 75, "SIGINT": 130}
-# a trained epoch's line; an epoch a rebuilt sweep's trial reports for its earlier self says "(trained by ...)"
-TRAINED = re.compile(r"^(\S+) epoch (\d+)/(\d+) .*img/s  ")
+# a trained epoch's line (an epoch reported again from a checkpoint says "(trained by ...)" or "(trained before ...)")
+TRAINED = re.compile(r"^(\S+) epoch (\d+)/(\d+) .*img/s  \(\d")
 
 
 def moments(sweep: Path) -> dict[str, Callable[[str], bool]]:
@@ -80,13 +81,16 @@ def run_case(work: Path, data: Path, address: str, name: str, signame: str, mome
                              capture_output=True, text=True, env=env, timeout=900)
     results = work / name / "trials.csv"
     rows = list(csv.DictReader(results.read_text().splitlines())) if results.exists() else []
-    trained = sum(1 for line in [*err, *resumed.stderr.splitlines()] if TRAINED.match(line.strip()))
+    trained = [TRAINED.match(line.strip()).group(1, 2) for line in [*err, *resumed.stderr.splitlines()]
+               if TRAINED.match(line.strip())]  # (trial, epoch) of each epoch trained, in both runs
     return {"signal": signame, "moment": moment, "stopped": stopped_at, "exit": str(code),
             "one clean line": "yes" if clean else "NO", "resume exit": str(resumed.returncode),
             "path": "rebuilt" if "resuming without Ray's saved state" in resumed.stderr else
             "Ray's state" if "resuming " in resumed.stderr else "-",
             "finished": f"{sum(r['status'] == 'finished' for r in rows)}/{trials}",
-            "epochs trained twice": str(trained - trials * epochs)}
+            "epochs trained twice": str(len(trained) - len(set(trained))),
+            "note": "" if resumed.returncode == 0 and all(r["status"] == "finished" for r in rows) and len(rows) == trials
+            else " / ".join(resumed.stderr.strip().splitlines()[-2:])[:300]}
 
 
 def main() -> None:
@@ -94,12 +98,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--only", default="", help="run only the cases whose signal or moment holds this text")
+    parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it, to look at the sweeps")
     args = parser.parse_args()
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
     from ray.cluster_utils import Cluster
 
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() if not args.keep else contextlib.nullcontext(str(args.keep.resolve())) as tmp:
         os.environ["XDG_CONFIG_HOME"] = str(Path(tmp) / "config")  # this run's own signing key
         data = write_mnist(Path(tmp) / "mnist")
         cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, node_ip_address="127.0.0.1",

@@ -104,6 +104,8 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(
         lambda record: not record.getMessage().startswith("Trial task failed for trial"))
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # a trial stopped before its first report has no results yet: normal after a stop, not Ray's warning
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     started = _init_ray(options)
     interrupts.reinstall()
     saves = Saves(sweep.signer)
@@ -124,11 +126,13 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
             finally:
                 interrupts.in_tune = False
             wall = time.perf_counter() - start
+            trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
             # Stopped by a signal, Tune marks the trials it stops TERMINATED: their state as last saved says otherwise.
             statuses = saves.statuses if interrupts.stopped and saves.statuses is not None else {
-                t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
+                t.trial_id: t.status for t in trials}
             keys = list(space.search)
-            rows = trial_rows(grid, score_metric(options.metric), keys, base_epochs, statuses)
+            rows = trial_rows(grid, score_metric(options.metric), keys, base_epochs, statuses,
+                              {t.trial_id: t.config for t in trials})
             summary = write_results(rows, options, keys, base, max_epochs, sweep.store, wall, console,
                                     interrupted=interrupts.name() or None)
         if interrupts.stopped:
@@ -188,8 +192,6 @@ def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int,
         if _restorable(store, signer):
             console.print(f"[bold]resuming[/] {store.uri}: finished trials are kept, unfinished ones continue "
                           "from their last checkpoint")
-            # a trial stopped before its first report has no results yet: normal here, not worth Ray's warning
-            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
             # the restored run config (tuner.pkl) holds the SignState callback: it signs with the active signer
             return tune.Tuner.restore(store.uri, _trainable(options, base, store), resume_unfinished=True,
                                       resume_errored=True)
@@ -329,8 +331,10 @@ def _printer(trials: int) -> Any:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            earlier = result.get("continued_from")  # a rebuilt sweep's trial reports its earlier self's epochs first
-            replayed = f" (trained by {earlier})" if earlier and result["epoch"] <= result["resumed_from_epoch"] else ""
+            # epochs reported again from a checkpoint Ray's state did not know (trial.py's _starting_point)
+            earlier = result.get("continued_from")
+            replayed = (f" (trained by {earlier})" if earlier else " (trained before the stop)") \
+                if result.get("replayed") else ""
             self._print(f"[dim]{trial.trial_id}[/] epoch {result.get('epoch')}/{result.get('budget_epochs')}  "
                         f"val digit {100 * result['val_digit_acc']:.2f}%  sum {100 * result['val_sum_acc']:.2f}%  "
                         f"both {100 * result['val_both_acc']:.2f}%  {result['images_per_s']:,.0f} img/s{replayed}  "

@@ -102,9 +102,11 @@ def choose(trials: list[dict[str, Any]], options: SweepOptions) -> dict[str, Any
                            "trials")
 
 
-def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int,
-               statuses: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per trial of a Ray ResultGrid: sampled values, status, epochs, last metrics, curve."""
+def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int, statuses: dict[str, str],
+               configs: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per trial of a Ray ResultGrid: sampled values, status, epochs, last metrics, curve.
+    ``configs``: each trial's sampled values as Tune holds them (a trial stopped before its first
+    report has no results for the grid to read them from)."""
     rows = []
     for result in grid:
         m = result.metrics or {}
@@ -112,10 +114,11 @@ def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int,
         curve = [] if history is None or "epoch" not in history or metric not in history else \
             history[["epoch", metric]].dropna().to_dict("records")
         trial_id = m.get("trial_id") or Path(result.path).name.removeprefix("trial-")
+        config = result.config or (configs or {}).get(trial_id) or {}
         epochs_run = int(m.get("epoch", 0) or 0)
-        budget = int(m.get("budget_epochs") or result.config.get("epochs") or base_epochs)
+        budget = int(m.get("budget_epochs") or config.get("epochs") or base_epochs)
         status = trial_status(statuses.get(trial_id, "TERMINATED"), bool(result.error), epochs_run, budget)
-        rows.append({"trial_id": trial_id, **{k: result.config.get(k) for k in keys}, "status": status,
+        rows.append({"trial_id": trial_id, **{k: config.get(k) for k in keys}, "status": status,
                      "epochs_run": epochs_run, "budget_epochs": budget, **{k: m.get(k) for k in METRIC_COLUMNS},
                      "trial_seconds": m.get("time_total_s"), "moved_from": " ".join(earlier_nodes(history)),
                      "continued_from": m.get("continued_from") or "",

@@ -62,9 +62,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     """Prepare the run folder (restoring a reported checkpoint), run the one ``fit``, upload the run.
 
     ``report``/``checkpoint_class`` are Tune's for a single-process trial and Ray Train's on the
-    workers of a multi-worker trial. A trial with no checkpoint of its own in a sweep resumed without
-    Ray's state continues the earlier trial with its values (``rebuild``): it reports that trial's
-    epochs again, then trains on from its checkpoint.
+    workers of a multi-worker trial. Where it starts: ``_starting_point``.
     """
     import ray
 
@@ -76,9 +74,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
                                     "output_dir": str(run_dir)}, source="the sweep")
     process = process_state(config.cpu)  # under Ray Train: joins the process group Ray Train set up
     trial_dir = upload_as.split("/")[0]
-    earlier = None
-    if restored is None and settings.earlier:
-        restored, earlier = _earlier_checkpoint(settings, trial_dir, params, checkpoint_class)
+    restored, earlier, replay_after = _starting_point(settings, trial_dir, params, checkpoint_class, restored)
     start = None
     if settings.continues and restored is not None:
         config, start = _prepare_continuation(run_dir, restored, trial_dir, config, own=earlier is not None)
@@ -109,14 +105,73 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
         if row["epoch"] < config.epochs:
             send(row)
 
-    if earlier is not None:  # the earlier trial's epochs, as the scheduler and the searcher saw them
-        _replay(read_state(current())["history"], config.epochs, lambda row: report({**row, **facts}), send)
+    if replay_after is not None:  # epochs Ray's state does not hold, as the scheduler and the searcher saw them
+        history = [{**row, "replayed": True} for row in read_state(current())["history"] if row["epoch"] > replay_after]
+        _replay(history, config.epochs, lambda row: report({**row, **facts}), send)
     final = fit(config, report=on_epoch, data=data, progress=False, resume=restored is not None and start is None,
                 score_test=False, warn=lambda line: print(line, flush=True), on_checkpoint=written.append,
                 continue_from=start)
     # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
     # the scheduler ends a trial at its last report, before any code after it runs.
-    send(final["history"][-1])
+    last = final["history"][-1]
+    send({**last, "replayed": True} if last["epoch"] <= resumed_from else last)  # (trained before a stop)
+
+
+def _starting_point(settings: TrialSettings, trial_dir: str, params: dict[str, Any], checkpoint_class: type,
+                    restored: Any) -> tuple[Any, str | None, int | None]:
+    """The checkpoint a trial starts from, the earlier trial it continues (or None), and after which
+    epoch it reports again the epochs that checkpoint holds (None: none to report).
+
+    * A trial Ray restored may have reported a newer checkpoint than Ray's saved state knows (the
+      driver killed between the report and Ray's save), or one where Ray's state knows none: it
+      starts from that one, and reports the epochs in between, so that no trained epoch is lost.
+    * In a sweep resumed without Ray's state, a trial with no checkpoint continues the earlier trial
+      with its values (``rebuild``): all of that trial's epochs are reported again.
+    """
+    if settings.workers > 1:
+        return restored, None, None  # Ray Train keeps its own checkpoints and state
+    if restored is None:
+        own = _newest_valid(settings, trial_dir, checkpoint_class, after="")
+        if own is not None:
+            print(f"{own[0].path}: a checkpoint of this trial that Ray's state does not name: continuing from it",
+                  flush=True)
+            return own[0], None, 0
+        if not settings.earlier:
+            return None, None, None
+        adopted, earlier = _earlier_checkpoint(settings, trial_dir, params, checkpoint_class)
+        return adopted, earlier, 0 if adopted is not None else None
+    if settings.continues:
+        return restored, None, None  # PBT's may be another trial's checkpoint: Ray's choice stands
+    with restored.as_directory() as folder:
+        epoch = read_state(folder)["epoch"]
+    newer = _newest_valid(settings, trial_dir, checkpoint_class, after=Path(restored.path).name)
+    if newer is None or newer[1] <= epoch:
+        return restored, None, None
+    print(f"{newer[0].path} is newer than the checkpoint Ray's state names (epoch {newer[1]}, not {epoch}): "
+          "continuing from it", flush=True)
+    return newer[0], None, epoch
+
+
+def _newest_valid(settings: TrialSettings, trial_dir: str, checkpoint_class: type,
+                  after: str) -> tuple[Any, int] | None:
+    """The newest valid checkpoint Ray stored for this trial after the one named ``after``, and its epoch."""
+    import pyarrow.fs
+
+    from ..checkpoint import CheckpointError, verify
+
+    store = Store(settings.experiment_uri)
+    found = store.fs.get_file_info(pyarrow.fs.FileSelector(f"{store.root}/{trial_dir}", allow_not_found=True))
+    names = sorted((Path(i.path).name for i in found if i.type == pyarrow.fs.FileType.Directory
+                    and Path(i.path).name.startswith("checkpoint_") and Path(i.path).name > after), reverse=True)
+    for name in names:
+        candidate = checkpoint_class(path=store.where(f"{trial_dir}/{name}"))
+        try:
+            with candidate.as_directory() as folder:
+                if verify(Path(folder)) is None:
+                    return candidate, read_state(folder)["epoch"]
+        except (OSError, CheckpointError):
+            continue  # damaged, or half-written as the driver died: the one before it
+    return None
 
 
 def _replay(history: list[dict[str, Any]], epochs: int, report: Callable[[dict[str, Any]], None],
