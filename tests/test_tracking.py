@@ -331,3 +331,24 @@ def test_a_tracker_that_fails_mid_run_costs_the_trackers_not_the_run(mnist_dir, 
     assert err.count("warning: a tracker failed (OSError: [Errno 28] No space left on device)") == 1
     assert calls == [STEPS]  # tried once, then left alone
     assert (run / "metrics.json").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == EPOCHS
+
+
+def test_a_sweep_tracker_that_fails_mid_sweep_warns_once_and_stops_logging(capsys):
+    from mnist_addition.sweep.trackers import keep_going
+
+    class Logger:  # stands for one of Ray Tune's logger callbacks
+        def __init__(self):
+            self.results = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.results.append(result)
+            if len(self.results) == 2:
+                raise ConnectionError("the tracking server went away")
+
+    logger = keep_going(Logger)()
+    for epoch in range(1, 5):
+        assert logger.on_trial_result(0, [], None, {"epoch": epoch}) is None
+    assert [r["epoch"] for r in logger.results] == [1, 2]  # tried until it failed, then left alone
+    err = capsys.readouterr().err
+    assert err.count("warning: the Logger tracker failed (ConnectionError: the tracking server went away); "
+                     "the sweep goes on without it") == 1

@@ -55,9 +55,40 @@ def outcome(trial: Any, failed: bool) -> dict[str, Any]:
     return {"status": status, "epochs_run": epoch, "budget_epochs": budget}
 
 
+GUARDED = ("setup", "on_trial_start", "on_trial_restore", "on_trial_save", "on_trial_result", "on_trial_complete",
+           "on_trial_error", "on_experiment_end")
+
+
+def keep_going(base: type) -> type:
+    """``base`` (a Tune logger callback) whose store failing mid-sweep costs the tracker, not the
+    sweep: the first failure is one warning, after which it logs nothing more (as for a run)."""
+    class KeepGoing(base):
+        lost = False
+
+        def _guard(self, hook: str, *args: Any, **kwargs: Any) -> Any:
+            if self.lost:
+                return None
+            try:
+                return getattr(super(KeepGoing, self), hook)(*args, **kwargs)
+            except Exception as e:  # whatever the tracker's client raises: HTTP, SQL, disk
+                self.lost = True
+                import sys
+
+                from ..errors import first_line
+
+                print(f"warning: the {base.__name__} tracker failed ({type(e).__name__}: {first_line(e, 120)}); the "
+                      "sweep goes on without it (trials.csv and each trial's folder hold every metric)",
+                      file=sys.stderr, flush=True)
+                return None
+
+    for hook in GUARDED:
+        setattr(KeepGoing, hook, lambda self, *a, _hook=hook, **k: self._guard(_hook, *a, **k))
+    return KeepGoing
+
+
 def callbacks(log_with: str, sweep_name: str, storage_uri: str) -> list[Any]:
-    """Ray Tune logger callbacks for ``log_with`` (they are pickled with the sweep's state, so a
-    resumed sweep logs to the same places)."""
+    """Ray Tune logger callbacks for ``log_with``, each guarded by ``keep_going`` (they are pickled
+    with the sweep's state, so a resumed sweep logs to the same places)."""
     made = []
     for name in names(log_with):
         if name == "mlflow":
@@ -69,15 +100,16 @@ def callbacks(log_with: str, sweep_name: str, storage_uri: str) -> list[Any]:
 
             from ray.air.integrations.wandb import WandbLoggerCallback
 
-            made.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", sweep_name), group=sweep_name))
+            made.append(keep_going(WandbLoggerCallback)(project=os.environ.get("WANDB_PROJECT", sweep_name),
+                                                        group=sweep_name))
         elif name == "aim":
             from ray.tune.logger.aim import AimLoggerCallback
 
-            made.append(AimLoggerCallback(experiment_name=sweep_name))  # repo: the sweep's folder
+            made.append(keep_going(AimLoggerCallback)(experiment_name=sweep_name))  # repo: the sweep's folder
         elif name == "comet_ml":
             from ray.air.integrations.comet import CometLoggerCallback
 
-            made.append(CometLoggerCallback(project_name=sweep_name))
+            made.append(keep_going(CometLoggerCallback)(project_name=sweep_name))
     return made
 
 
@@ -85,7 +117,7 @@ def _mlflow(sweep_name: str, storage_uri: str) -> Any:
     import mlflow
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    class SweepMLflow(MLflowLoggerCallback):
+    class SweepMLflow(keep_going(MLflowLoggerCallback)):
         """Ray's MLflow callback, and at each trial's end our status and budget as tags."""
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
@@ -103,7 +135,7 @@ def _mlflow(sweep_name: str, storage_uri: str) -> Any:
 def _tensorboard() -> Any:
     from ray.tune.logger import TBXLoggerCallback
 
-    class SweepTensorBoard(TBXLoggerCallback):
+    class SweepTensorBoard(keep_going(TBXLoggerCallback)):
         """Ray's TensorBoard callback; the HParams row of a trial also says how it ended."""
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
