@@ -889,6 +889,8 @@ class Issue41:
             "a fifo planted in a sweep folder, then --resume": self.fifo_in_sweep,
             "config.json's data_dir outside, then evaluate": self.data_outside,
             "runs of runs with values of other types, a deep line, NaN": self.hostile_runs,
+            "compare --output of 300 characters": lambda: clean(cli("compare", r, str(self.base.copy("n1")), "--output",
+                                                                    str(w / LONG)), 2),
             "tune --name of 300 characters": lambda: clean(cli("tune", "--space", str(self.space), "--data-dir", d,
                                                                "--storage-path", str(w / "sw"), "--name", LONG), 2),
             "a search space with a key given twice": lambda: self.base.write_and_run(

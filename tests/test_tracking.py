@@ -352,3 +352,19 @@ def test_a_sweep_tracker_that_fails_mid_sweep_warns_once_and_stops_logging(capsy
     err = capsys.readouterr().err
     assert err.count("warning: the Logger tracker failed (ConnectionError: the tracking server went away); "
                      "the sweep goes on without it") == 1
+
+
+@needs("mlflow")
+def test_trackers_json_naming_another_mlflow_store_writes_nothing_there(stopped_run, tmp_path, mlflow_store, capsys):
+    """The store MLflow logs to is the user's (MLFLOW_TRACKING_URI), never the one trackers.json names."""
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    outside = tmp_path / "outside"
+    (run / "trackers.json").write_text(json.dumps({"mlflow": {"run_id": "f" * 32, "experiment": "x",
+                                                              "tracking_uri": f"file://{outside}/mlruns"}}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--log-with", "mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"set MLFLOW_TRACKING_URI=file://{outside}/mlruns to continue it" in err[-1], err
+    assert not outside.exists()
