@@ -326,7 +326,7 @@ def test_32_bit_images_holding_8_bit_values_and_a_nan_pixel_read_like_the_8_bit_
 def test_ctrl_c_outside_the_training_loop_is_one_line(where, finished, tmp_path, monkeypatch, capsys):
     import mnist_addition.evaluate as evaluate_module
     import mnist_addition.predict as predict_module
-    import mnist_addition.sweep.driver as driver_module
+    import mnist_addition.sweep.folder as folder_module
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -337,7 +337,7 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(where, finished, tmp_path,
     module, name, argv = {
         "evaluate --all-numbers": (evaluate_module, "evaluate_all_numbers", ["evaluate", str(finished), "--all-numbers"]),
         "predict": (predict_module, "load_image", ["predict", str(finished), str(tmp_path / "d.png"), "3"]),
-        "tune space check": (driver_module, "load_space", ["tune", "--storage-path", str(tmp_path / "sw")]),
+        "tune space check": (folder_module, "load_space", ["tune", "--storage-path", str(tmp_path / "sw")]),
     }[where]
     monkeypatch.setattr(module, name, interrupt)
     _one_line(capsys, argv, 130, "interrupted")
