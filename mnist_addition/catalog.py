@@ -22,7 +22,7 @@ from . import files
 from .config import ConfigError, read_json_file
 from .errors import UserError, first_line, shown
 from .layout import (BEST_FILE, CHECKPOINTS, CONFIG, FINISHED, HISTORY, LOCK, STATUS, SUMMARY_FILE, SWEEP_FILE,
-                     TENSORBOARD)
+                     TENSORBOARD, is_run_dir)
 
 # --sort keys: accuracies and the date sort best/newest first, the rest in ascending order
 NUMERIC_DESCENDING = ("val_digit", "val_sum", "test_digit", "test_sum", "date")
@@ -55,7 +55,7 @@ def find(folders: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def _walk(folder: Path, depth: int) -> Iterator[Path]:
-    if _is_run(folder) or files.is_real_file(folder / SWEEP_FILE) or files.lock_is_held(folder / LOCK):
+    if is_run_dir(folder) or files.is_real_file(folder / SWEEP_FILE) or files.lock_is_held(folder / LOCK):
         yield folder  # a sweep's trial run folders are its rows in trials.csv, not rows here
         return
     if depth >= MAX_DEPTH:
@@ -71,12 +71,6 @@ def _walk(folder: Path, depth: int) -> Iterator[Path]:
             continue
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(Path(entry.path), depth + 1)
-
-
-def _is_run(folder: Path) -> bool:
-    """config.json and what only training leaves beside it (a tracker's copy of config.json is no run)."""
-    return files.is_real_file(folder / CONFIG) and any(
-        os.path.lexists(folder / name) for name in (HISTORY, CHECKPOINTS, LOCK))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,7 +92,7 @@ def _json(path: Path, fallback: Any = None, notes: list[str] | None = None) -> A
         try:
             return read_json_file(path, "file", "")
         except ConfigError as e:
-            problem = str(e).split(": ")[-1] if "too large" in str(e) else "not readable JSON"
+            problem = "too large to read" if "too large" in str(e) else "not readable JSON"
     if notes is not None:
         notes.append(f"{path.name}: {problem}")
     return fallback
@@ -121,15 +115,15 @@ def _value(value: Any, number: bool) -> Any:
     return shown(value)
 
 
-def strict_json(value: Any) -> Any:
-    """``value`` with NaN and infinities as None: what ``--json`` prints is JSON (Python's json would
-    write NaN and Infinity, which JSON has not)."""
+def _strict(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, so that ``--json`` prints JSON (Python's json would
+    write NaN and Infinity, which JSON has not; the rows' own columns are finite already)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
+        return {k: _strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
+        return [_strict(v) for v in value]
     return value
 
 
@@ -262,7 +256,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise CatalogError(f"{shown(str(run_dir))} {'is not a folder' if run_dir.exists() else 'does not exist'}: "
                            "compare run folders written by mnist-addition train")
-    if not _is_run(run_dir):
+    if not is_run_dir(run_dir):
         hint = " (it is a sweep: compare its trials' run folders, trial-*/run)" \
             if files.is_real_file(run_dir / SWEEP_FILE) else ""
         raise CatalogError(f"{run_dir} has no config.json: it is not a run folder{hint}")
@@ -300,7 +294,7 @@ def compare(run_dirs: list[Path], output: Path | None, overwrite: bool = False) 
     names = labels(run_dirs)
     keys = differing_keys([r["config"] for r in found])
     result = {"runs": names, "paths": [str(p) for p in run_dirs],
-              "differ": {k: [r["config"].get(k) for r in found] for k in keys},
+              "differ": _strict({k: [r["config"].get(k) for r in found] for k in keys}),
               "metrics": [r["row"] for r in found], "picture": None}
     if output is not None:
         from . import runs

@@ -6,8 +6,11 @@ is a bug and keeps its traceback. The Python API raises the same classes.
 
 from __future__ import annotations
 
+import os
 import reprlib
-from typing import Any
+import signal
+import sys
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2  # a bad flag, value, file or folder the user named
 EXIT_FAILED = 1  # the input was fine but the job could not be done (data missing, training diverged)
@@ -43,3 +46,15 @@ def first_line(error: BaseException, limit: int = 160) -> str:
     """Why ``error`` happened, for a one-line message: its first non-blank line cut to ``limit``
     characters, or its type's name when it says nothing (``str(e)`` of an ``OSError()`` is empty)."""
     return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)[:limit]
+
+
+def exit_with(code: int, command: str) -> NoReturn:
+    """Exit with ``code`` once a command has finished. A Ctrl-C while Python exits (torch's clean-up
+    at exit) would print a traceback and exit 0: it is one line and 130."""
+    def at_exit(signum: int, frame: Any) -> None:
+        print(f"mnist-addition {command}: interrupted while exiting; the command had finished (exit {code})",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, at_exit)
+    sys.exit(code)

@@ -9,6 +9,8 @@ resumed run continues them); ``status.json`` says why an unfinished run stopped.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CONFIG = "config.json"
 HISTORY = "metrics.jsonl"
 FINISHED = "metrics.json"  # written last: a run without it has not finished (resume finishes it)
@@ -27,3 +29,12 @@ LOCK = ".lock"
 SWEEP_FILE, CSV_FILE, BEST_FILE, PLOT_FILE, SUMMARY_FILE = (
     "sweep.json", "trials.csv", "best_config.json", "sweep.png", "summary.json")
 PARETO_CSV, PARETO_PLOT = "pareto.csv", "pareto.png"  # a multi-objective sweep's front
+
+
+def is_run_dir(folder: Path) -> bool:
+    """config.json and what only training leaves beside it (a tracker's copy of config.json is no run)."""
+    import os
+
+    from .files import is_real_file
+
+    return is_real_file(folder / CONFIG) and any(os.path.lexists(folder / name) for name in (HISTORY, CHECKPOINTS, LOCK))

@@ -24,7 +24,7 @@ from . import files
 from .backends import free_memory
 from .config import MIXED_PRECISION, ConfigError, TrainConfig, check_model_fits, read_json_file
 from .errors import UserError, first_line, shown
-from .layout import CHECKPOINTS, CONFIG, HISTORY, LOCK, REPORT_FILES, RUN_DIRS, RUN_FILES, SWEEP_FILE  # noqa: F401
+from .layout import LOCK, REPORT_FILES, RUN_DIRS, RUN_FILES, SWEEP_FILE, is_run_dir  # noqa: F401 (REPORT_FILES re-exported)
 from .model import build_model, count_parameters
 
 
@@ -158,8 +158,7 @@ def holding_folder(path: Path) -> Path | None:
         top = path.relative_to(folder).parts[0]
         if files.is_real_file(folder / SWEEP_FILE):
             return folder
-        is_run = files.is_real_file(folder / CONFIG) and any(os.path.lexists(folder / n) for n in (HISTORY, CHECKPOINTS, LOCK))
-        if is_run and (top in (*RUN_DIRS, ".replaced") or depth == 0 and top in (*RUN_FILES, "model.onnx", LOCK)):
+        if is_run_dir(folder) and (top in (*RUN_DIRS, ".replaced") or depth == 0 and top in (*RUN_FILES, "model.onnx", LOCK)):
             return folder
     return None
 

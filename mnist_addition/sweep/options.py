@@ -52,7 +52,7 @@ WHERE, HOW = "where it runs", "how it searches"
 @dataclass
 class SweepOptions:
     """What ``mnist-addition tune`` was asked to do (saved as ``sweep.json`` for --resume); each field
-    is a ``tune`` flag (``cli.add_tune_flags``)."""
+    is a ``tune`` flag (``flags.add_tune_flags``)."""
 
     space: str = _o("default", "YAML search space, or the name of a shipped one (tune/): default, smoke, wide "
                                "(default: default; smoke with --smoke)")

@@ -62,24 +62,26 @@ def set_aside(store: Store, signer: Signer) -> list[str]:
 def earlier_trials(store: Store, keys: list[str]) -> list[Earlier]:
     """The trials in the sweep folder with their sampled values and checkpoints (newest first)."""
     checkpoints: dict[str, list[str]] = {}
+    params_files = []
     for relpath, _ in store.walk():
         match = _CHECKPOINT.match(relpath)
         if match:
             owner = match.group(1).removeprefix(TRIAL_PREFIX).removeprefix(TRAIN_PREFIX)
             checkpoints.setdefault(owner, []).append(f"{match.group(1)}/{match.group(2)}")
-    found = []
-    for relpath, _ in store.walk():
         parts = relpath.split("/")
-        if len(parts) != 2 or parts[1] != "params.json" or not parts[0].startswith(TRIAL_PREFIX):
-            continue
+        if len(parts) == 2 and parts[1] == "params.json" and parts[0].startswith(TRIAL_PREFIX):
+            params_files.append(relpath)
+    found = []
+    for relpath in params_files:
         try:
             params = json.loads(store.read_small(relpath, MAX_PARAMS_BYTES))
         except (OSError, ValueError, RecursionError):
             continue  # a trial whose values cannot be read is not continued: its config trains again
         if not isinstance(params, dict) or not all(k in params for k in keys):
             continue
-        trial_id = parts[0].removeprefix(TRIAL_PREFIX)
-        found.append(Earlier(parts[0], sample_index(trial_id), {k: params[k] for k in keys},
+        folder = relpath.split("/")[0]
+        trial_id = folder.removeprefix(TRIAL_PREFIX)
+        found.append(Earlier(folder, sample_index(trial_id), {k: params[k] for k in keys},
                              tuple(sorted(checkpoints.get(trial_id, []), reverse=True))))
     return [e for e in found if e.checkpoints]
 

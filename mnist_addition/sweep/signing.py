@@ -8,7 +8,7 @@ sweep it serves (the signer, with its key) is looked up in this process when Tun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ class Saves:
     # each trial's status in Ray's last save: what a resume will find (after an interrupt, Tune
     # marks the trials it stops TERMINATED in memory, though they are unfinished)
     statuses: dict[str, str] | None = None
-    count: int = field(default=0)
 
 
 _ACTIVE: list[Saves] = []
@@ -67,5 +66,4 @@ class SignState(Callback):
             (self.staging / SIGNATURES).unlink(missing_ok=True)
             saves.signer.save()
             saves.statuses = {t.trial_id: t.status for t in self.trials}
-            saves.count += 1
         return None  # nothing to save (so Tune writes no callback pickle either)

@@ -51,10 +51,6 @@ class Store:
 
         return self.fs.get_file_info(self._path(name)).type != pyarrow.fs.FileType.NotFound
 
-    def read(self, name: str) -> bytes:
-        with self.fs.open_input_stream(self._path(name)) as f:
-            return f.read()
-
     def write(self, name: str, data: bytes) -> None:
         """Write ``name`` whole (folders are created as needed)."""
         self.fs.create_dir(self._path(name).rsplit("/", 1)[0], recursive=True)
@@ -89,9 +85,6 @@ class Store:
         infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True))
         return sorted((info.path[len(self.root):].lstrip("/"), "file") for info in infos
                       if info.type == pyarrow.fs.FileType.File)
-
-    def size(self, name: str) -> int:
-        return self.fs.get_file_info(self._path(name)).size
 
     def chunks(self, name: str, limit: int, block: int = 1 << 20) -> Iterator[bytes]:
         """The bytes of ``name`` in blocks (never the whole file in memory); OSError (EFBIG) before

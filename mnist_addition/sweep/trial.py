@@ -157,20 +157,28 @@ def _newest_valid(settings: TrialSettings, trial_dir: str, checkpoint_class: typ
     """The newest valid checkpoint Ray stored for this trial after the one named ``after``, and its epoch."""
     import pyarrow.fs
 
-    from ..checkpoint import CheckpointError, verify
-
     store = Store(settings.experiment_uri)
     found = store.fs.get_file_info(pyarrow.fs.FileSelector(f"{store.root}/{trial_dir}", allow_not_found=True))
     names = sorted((Path(i.path).name for i in found if i.type == pyarrow.fs.FileType.Directory
                     and Path(i.path).name.startswith("checkpoint_") and Path(i.path).name > after), reverse=True)
-    for name in names:
-        candidate = checkpoint_class(path=store.where(f"{trial_dir}/{name}"))
+    return _first_valid(settings, [f"{trial_dir}/{name}" for name in names], checkpoint_class)
+
+
+def _first_valid(settings: TrialSettings, relpaths: list[str], checkpoint_class: type) -> tuple[Any, int] | None:
+    """The first of these checkpoint folders of the sweep (newest first) whose files match their
+    manifest and whose state reads, as Ray's Checkpoint, and its epoch; one damaged, half-written as
+    the driver died, or gone is passed over."""
+    from ..checkpoint import CheckpointError, verify
+
+    for relpath in relpaths:
+        candidate = checkpoint_class(path=f"{settings.experiment_uri}/{relpath}")
         try:
             with candidate.as_directory() as folder:
                 if verify(Path(folder)) is None:
                     return candidate, read_state(folder)["epoch"]
         except (OSError, CheckpointError):
-            continue  # damaged, or half-written as the driver died: the one before it
+            pass
+        print(f"checkpoint {relpath} is not usable: trying the one before it", flush=True)
     return None
 
 
@@ -204,21 +212,11 @@ def _earlier_checkpoint(settings: TrialSettings, trial_dir: str, params: dict[st
                         checkpoint_class: type) -> tuple[Any, str | None]:
     """The newest valid checkpoint of the earlier trial this one continues (``rebuild.match``) as
     Ray's Checkpoint, and that trial's folder; (None, None) if there is none."""
-    from ..checkpoint import CheckpointError, verify
     from .rebuild import match
 
     earlier = match(list(settings.earlier), trial_dir.removeprefix("trial-"), params, by_index_only=settings.continues)
-    for relpath in earlier.checkpoints if earlier else ():
-        found = checkpoint_class(path=f"{settings.experiment_uri}/{relpath}")
-        try:
-            with found.as_directory() as folder:
-                if verify(Path(folder)) is None:
-                    read_state(folder)
-                    return found, earlier.folder
-        except (OSError, CheckpointError):
-            pass  # damaged, or gone: the one before it
-        print(f"checkpoint {relpath} of the earlier trial is not usable: trying the one before it", flush=True)
-    return None, None
+    found = _first_valid(settings, list(earlier.checkpoints), checkpoint_class) if earlier else None
+    return (found[0], earlier.folder) if found else (None, None)
 
 
 def _prepare_run_dir(run_dir: Path, restored: Any, process: Any) -> int:
