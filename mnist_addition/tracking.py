@@ -43,8 +43,8 @@ _ID_KEYS = {"mlflow": "run_id", "wandb": "id", "aim": "run_hash", "tensorboard":
 
 
 def check_trackers(names: tuple[str, ...]) -> None:
-    """Every tracker asked for is one this Accelerate knows and whose package is installed, and its
-    store can be written (``stores.check``): else one line."""
+    """Every tracker asked for is one this Accelerate knows and whose package is installed: else one
+    line. (Their stores: ``stores.check``, called by ``train.prepare`` and ``make_accelerator``.)"""
     import accelerate
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
@@ -56,7 +56,6 @@ def check_trackers(names: tuple[str, ...]) -> None:
         if name not in available:
             raise TrackerError(f"--log-with {name} needs the {_PACKAGES.get(name, name)} package: "
                                f"pip install -e \".[{name}]\" (or pip install {_PACKAGES.get(name, name)})")
-    stores.check(names)
 
 
 def saved_ids(run_dir: Path) -> dict[str, dict[str, str]]:

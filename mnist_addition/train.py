@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 
-from . import backends, checkpoint, hparams, pictures, runs, step, tracking
+from . import backends, checkpoint, hparams, pictures, runs, step, stores, tracking
 from .average import WeightAverage
 from .backends import is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
 from .checkpointer import Checkpointer, TrainingDiverged
@@ -82,6 +82,7 @@ def prepare(config: TrainConfig, resume: bool = False, overwrite: bool = False, 
         raise ConfigError("--auto-resume needs --output-dir (the folder every restart continues) and neither "
                           "--resume nor --overwrite")
     tracking.check_trackers(config.trackers)  # a tracker not installed: said before anything starts
+    stores.check(config.trackers)  # and its store, before the command's first line (fit checks it again)
     if config.deterministic:
         backends.set_deterministic_env()
     process = process_state(config.cpu, config.dist_timeout)
@@ -134,6 +135,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     if config.trackers and not config.output_dir:
         raise ConfigError(f"--log-with {config.log_with} needs a run folder: pass --output-dir")
     tracking.check_trackers(config.trackers)  # before the data goes to the device: a missing package is one line
+    stores.check(config.trackers)  # every fit, the Python API's too (milliseconds for a store that works)
     cuda = process.device.type == "cuda"
     return Accelerator(cpu=cpu, mixed_precision=resolve_mixed_precision(config.mixed_precision, cuda),
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist_timeout))],
