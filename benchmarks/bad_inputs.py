@@ -220,7 +220,7 @@ class Cases:
         return "" if "is in use by process" in refused or "already holds a run" in refused else refused
 
     def payload(self) -> str:
-        from mnist_addition.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
 
         run, marker = self.unfinished("p"), self.work / "payload-ran"
 
@@ -254,7 +254,7 @@ class Cases:
         return self.same(run, lambda r: cli("train", "--resume", str(r)), 2)
 
     def damaged_state(self) -> str:
-        from mnist_addition.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
 
         run = self.unfinished("r2")
         for checkpoint in list_checkpoints(run):
@@ -273,7 +273,7 @@ class Cases:
     def diverges(self) -> str:
         # --lr 1e30 made it diverge before --lr had a range; a NaN learning rate from step 5 does now
         out = self.work / "nan"
-        poison = ("import mnist_addition.step as t\n_real = t.lr_schedule\n"
+        poison = ("import mnist_addition.training.step as t\n_real = t.lr_schedule\n"
                   "t.lr_schedule = lambda c, n: (lambda f: lambda s: float('nan') if s >= 5 else f(s))(_real(c, n))\n")
         proc = cli("train", "--data-dir", str(self.data), "--output-dir", str(out), *TINY, "--checkpoint-every", "3",
                    inject=poison)
@@ -380,9 +380,9 @@ class Issue15:
                 str(self.text("big-seed.yaml", "fixed: {seed: 4294967296}\nsearch: {lr: {uniform: [0.001, 0.01]}}\n"))),
             "Ctrl-C while Python loads torch": self.interrupt_imports,
             "Ctrl-C in evaluate --all-numbers": lambda: self.interrupted(
-                interrupt_in("mnist_addition.evaluate", "evaluate_all_numbers"), "evaluate", r, "--all-numbers"),
+                interrupt_in("mnist_addition.core.evaluation", "evaluate_all_numbers"), "evaluate", r, "--all-numbers"),
             "Ctrl-C while predicting a large image": lambda: self.interrupted(
-                interrupt_in("mnist_addition.predict", "load_image"), "predict", r, self.base.image(), "3"),
+                interrupt_in("mnist_addition.commands.predict", "load_image"), "predict", r, self.base.image(), "3"),
             "Ctrl-C in the tune space check": lambda: self.interrupted(
                 interrupt_in("mnist_addition.sweep.folder", "load_space"), "tune", "--storage-path", str(w / "sw5")),
             # -- hangs and memory
@@ -522,7 +522,7 @@ class Issue15:
                                   str(run), *TINY, "--epochs", "40"], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True, env=env)
         try:
-            from mnist_addition.files import lock_is_held
+            from mnist_addition.rundir.files import lock_is_held
 
             deadline = time.monotonic() + 120
             while not (run / "config.json").exists() and time.monotonic() < deadline:
@@ -549,7 +549,7 @@ class Issue15:
     def interrupt_in_pictures(self) -> str:
         run = self.work / "pictures"
         proc = cli("train", "--data-dir", self.data, "--output-dir", str(run), *TINY,
-                   inject=interrupt_in("mnist_addition.pictures", "write_pictures"))
+                   inject=interrupt_in("mnist_addition.rundir.pictures", "write_pictures"))
         problem = clean(proc, 130) or ("" if f"resume with  mnist-addition train --resume {run}" in proc.stderr
                                        else "did not say how to resume")
         return problem or clean(cli("train", "--resume", str(run)), 0) or \
@@ -557,7 +557,7 @@ class Issue15:
 
     def interrupt_after_metrics(self) -> str:
         run = self.work / "after"
-        inject = ("import mnist_addition.runs as r\n_real = r.write_json\n"
+        inject = ("import mnist_addition.rundir.contents as r\n_real = r.write_json\n"
                   "def _w(path, data):\n    _real(path, data)\n    if path.name == 'metrics.json':\n"
                   "        raise KeyboardInterrupt\nr.write_json = _w\n")
         proc = cli("train", "--data-dir", self.data, "--output-dir", str(run), *TINY, inject=inject)
@@ -565,7 +565,7 @@ class Issue15:
 
     def failed_then_again(self) -> str:
         run = self.work / "again"
-        poison = ("import mnist_addition.step as t\n_real = t.lr_schedule\n"
+        poison = ("import mnist_addition.training.step as t\n_real = t.lr_schedule\n"
                   "t.lr_schedule = lambda c, n: (lambda f: lambda s: float('nan') if s >= 2 else f(s))(_real(c, n))\n")
         args = ("train", "--data-dir", self.data, "--output-dir", str(run), *TINY)
         return clean(cli(*args, inject=poison), 1) or clean(cli(*args), 0)
@@ -576,9 +576,9 @@ class Issue15:
         return clean(cli("evaluate", str(run)), 2)
 
     def empty_data(self, command: str) -> str:
-        from tests.conftest import write_idx
-
         import torch
+
+        from tests.conftest import write_idx
 
         data = write_mnist(self.work / f"empty-{command}")
         prefix = "train" if command == "train" else "t10k"
@@ -602,10 +602,10 @@ class Issue15:
         return problem or ("" if Path("/dev/full").is_char_device() and (run / "mistakes.png").is_file() else "not replaced")
 
     def altered(self, how: str, every: bool = False) -> str:
-        from mnist_addition.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+        import torch
         from safetensors.torch import load_file, save_file
 
-        import torch
+        from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
 
         self._altered += 1
         run = self.base.unfinished(f"alt-{self._altered}")
@@ -676,9 +676,8 @@ class Issue15:
         return clean(proc, 2) or ("" if len(line) < 300 else f"an error line of {len(line):,} characters")
 
     def int8(self, command: str) -> str:
-        from safetensors.torch import load_file, save_file
-
         import torch
+        from safetensors.torch import load_file, save_file
 
         run = self.base.copy(f"int8-{command}")
         weights = {k: v.to(torch.int8) if v.is_floating_point() else v

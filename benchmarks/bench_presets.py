@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from mnist_addition.backends import synchronize
-from mnist_addition.config import TrainConfig
-from mnist_addition.data import load_mnist, make_splits, train_batches
-from mnist_addition.train import fit
+from mnist_addition.core.backends import synchronize
+from mnist_addition.core.config import TrainConfig
+from mnist_addition.core.data import load_mnist, make_splits, train_batches
+from mnist_addition.training.loop import fit
 
 TARGET = 0.9927  # the seed network's published test accuracy (digit 99.27%, sum 99.24%)
 RECIPE = Path(__file__).resolve().parents[1] / "launch" / "gpu_recipe.json"

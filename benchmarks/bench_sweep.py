@@ -44,11 +44,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mnist_addition.config import TrainConfig
-from mnist_addition.data import PairedMnist, load_mnist, make_splits
-from mnist_addition.sweep import BEST_FILE, SweepOptions, find_space, run_sweep
+from mnist_addition.core.config import TrainConfig
+from mnist_addition.core.data import PairedMnist, load_mnist, make_splits
+from mnist_addition.rundir.names import BEST_FILE
+from mnist_addition.sweep import SweepOptions, find_space, run_sweep
 from mnist_addition.sweep.options import trial_threads
-from mnist_addition.train import fit
+from mnist_addition.training.loop import fit
 
 
 def main() -> None:

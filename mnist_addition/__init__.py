@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"ConfigError": "config", "TrainConfig": "config", "build_model": "model", "count_parameters": "model"}
+_LAZY = {"ConfigError": "core.config", "TrainConfig": "core.config", "build_model": "core.model",
+         "count_parameters": "core.model"}
 
 __all__ = sorted(_LAZY)
 __version__ = "0.1.0"

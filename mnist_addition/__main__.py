@@ -3,7 +3,7 @@
 import sys
 
 try:
-    from .cli import run
+    from .commands.cli import run
 except KeyboardInterrupt:  # Ctrl-C while Python loads the package
     print("mnist-addition: interrupted", file=sys.stderr)
     sys.exit(130)

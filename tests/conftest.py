@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_addition.config import TrainConfig
-from mnist_addition.data import FILES
+from mnist_addition.core.config import TrainConfig
+from mnist_addition.core.data import FILES
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "mnist"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_addition.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
-from mnist_addition.cli import main
+from mnist_addition.commands.cli import main
+from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
 
 from .conftest import write_idx, write_mnist
 
@@ -194,7 +194,7 @@ def test_evaluate_scores_the_pairs_the_run_was_scored_on(finished, capsys):
 # ------------------------------------------------------------------------------------------------
 def test_a_full_disk_at_the_first_checkpoint_under_overwrite_keeps_the_old_run(finished, mnist_dir, tmp_path,
                                                                               monkeypatch, capsys):
-    import mnist_addition.checkpoint as ck
+    import mnist_addition.rundir.checkpoint as ck
 
     run = shutil.copytree(finished, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
@@ -210,7 +210,7 @@ def test_a_full_disk_at_the_first_checkpoint_under_overwrite_keeps_the_old_run(f
 
 @pytest.mark.parametrize("case", ["disk full", "a folder in the way"])
 def test_report_that_cannot_write_is_one_line(case, finished, mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.files as files_module
+    import mnist_addition.rundir.files as files_module
 
     run = shutil.copytree(finished, tmp_path / "run")
     if case == "disk full":
@@ -305,7 +305,7 @@ def test_32_bit_images_holding_8_bit_values_and_a_nan_pixel_read_like_the_8_bit_
     import numpy as np
     from PIL import Image
 
-    from mnist_addition.predict import load_image
+    from mnist_addition.commands.predict import load_image
 
     eight = np.zeros((28, 28), dtype=np.uint8)
     eight[6:22, 10:16] = 255
@@ -324,8 +324,8 @@ def test_32_bit_images_holding_8_bit_values_and_a_nan_pixel_read_like_the_8_bit_
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["evaluate --all-numbers", "predict", "tune space check"])
 def test_ctrl_c_outside_the_training_loop_is_one_line(where, finished, tmp_path, monkeypatch, capsys):
-    import mnist_addition.evaluate as evaluate_module
-    import mnist_addition.predict as predict_module
+    import mnist_addition.commands.predict as predict_module
+    import mnist_addition.core.evaluation as evaluate_module
     import mnist_addition.sweep.folder as folder_module
 
     def interrupt(*args, **kwargs):
@@ -432,7 +432,7 @@ def test_tune_inputs_are_one_line_and_make_no_sweep_folder(case, match, tmp_path
 def test_an_error_without_a_message_is_named_by_its_type():
     """The one-line reason quoted in our errors: the first non-blank line, cut; an ``OSError()``
     (empty message) gives its type's name instead of an IndexError."""
-    from mnist_addition.errors import first_line
+    from mnist_addition.core.errors import first_line
 
     assert first_line(OSError()) == "OSError"
     assert first_line(ValueError("\n  \nbad header\nmore")) == "bad header"
@@ -445,7 +445,7 @@ def test_an_error_without_a_message_is_named_by_its_type():
 def test_a_full_disk_at_a_later_checkpoint_is_one_line_and_leaves_no_half_checkpoint(mnist_dir, tmp_path, monkeypatch,
                                                                                       capsys):
     """ENOSPC (a real full disk, not a file size limit) in the middle of a checkpoint's files."""
-    import mnist_addition.checkpoint as ck
+    import mnist_addition.rundir.checkpoint as ck
 
     real, calls = ck._write, []
 
@@ -499,7 +499,7 @@ def test_a_data_folder_named_by_config_json_is_never_created_or_downloaded_into(
 
 def test_ctrl_c_as_python_exits_after_the_command_is_one_line(tmp_path):
     """Ctrl-C once the command has finished, while Python runs torch's clean-up at exit: one line, 130."""
-    code = ("import atexit, os, signal, sys; from mnist_addition import cli; import torch; "
+    code = ("import atexit, os, signal, sys; from mnist_addition.commands import cli; import torch; "
             "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT)); "
             f"sys.argv = ['mnist-addition', 'runs', {str(tmp_path)!r}]; cli.run()")
     (tmp_path / "r").mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_addition.cli import main
+from mnist_addition.commands.cli import main
 
 TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--val-size", "100", "--mixed-precision", "no",
         "--log-every", "5"]
@@ -26,7 +26,7 @@ def _train(mnist_dir: Path, run: Path, *extra: str) -> int:
 def folder(mnist_dir, tmp_path_factory):
     """runs/{a (lr 0.01), b (lr 0.02, width 12)} finished, runs/group/stopped interrupted in epoch 2,
     runs/group/diverged (a NaN learning rate in epoch 2)."""
-    import mnist_addition.step as step
+    import mnist_addition.training.step as step
 
     root = tmp_path_factory.mktemp("catalog") / "runs"
     assert _train(mnist_dir, root / "a", "--lr", "0.01") == 0
@@ -89,7 +89,7 @@ def test_runs_sorts_by_a_key_and_prints_a_table(folder, capsys):
 def test_a_run_whose_lock_is_held_is_running_and_one_killed_before_its_checkpoint_says_so(folder, tmp_path, capsys):
     import shutil
 
-    from mnist_addition.files import FolderLock
+    from mnist_addition.rundir.files import FolderLock
 
     live = shutil.copytree(folder / "group" / "stopped", tmp_path / "runs" / "live")
     lock = FolderLock(live / ".lock")
@@ -105,7 +105,7 @@ def test_a_run_whose_lock_is_held_is_running_and_one_killed_before_its_checkpoin
 
 
 def test_runs_reads_no_torch_and_names_what_it_found_in_several_folders(folder, tmp_path):
-    code = ("import sys, json; from mnist_addition.cli import main; main(['runs', sys.argv[1], sys.argv[2], '--json']); "
+    code = ("import sys, json; from mnist_addition.commands.cli import main; main(['runs', sys.argv[1], sys.argv[2], '--json']); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'accelerate'))))")
     out = subprocess.run([sys.executable, "-c", code, str(folder / "group"), str(folder / "a")], capture_output=True,
                          text=True, check=True).stdout.splitlines()
@@ -212,8 +212,8 @@ def test_runs_survives_folders_it_did_not_write(folder, tmp_path, monkeypatch, c
 def test_runs_notes_what_it_could_not_read_and_lists_a_run_being_started(folder, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from mnist_addition import catalog
-    from mnist_addition.files import FolderLock
+    from mnist_addition.commands import catalog
+    from mnist_addition.rundir.files import FolderLock
 
     root = tmp_path / "runs"
     stopped = shutil.copytree(folder / "group" / "stopped", root / "stopped")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_addition.cli import main
+from mnist_addition.commands.cli import main
 
 from .conftest import REAL_MNIST
 
@@ -83,7 +83,7 @@ def test_evaluate_all_numbers_pairs_every_image_with_every_number(run_dir, capsy
 
 
 def test_smoke_sets_small_run_and_flags_still_win(mnist_dir, tmp_path):
-    from mnist_addition.config import TrainConfig
+    from mnist_addition.core.config import TrainConfig
 
     config = TrainConfig.resolve(smoke=True, flags={"epochs": 2})
     assert config.epochs == 2 and config.train_limit == 10_000 and config.batch_size == 128 and config.eval_limit == 1000
@@ -152,14 +152,14 @@ def test_missing_data_leaves_no_run_folder(tmp_path):
 
 
 def test_every_expected_failure_shares_one_base_with_an_exit_code():
-    from mnist_addition.checkpoint import CheckpointError
-    from mnist_addition.config import ConfigError
-    from mnist_addition.data import DataError
-    from mnist_addition.errors import UserError
-    from mnist_addition.predict import ImageError
-    from mnist_addition.runs import RunError
-    from mnist_addition.sweep.spaces import SpaceError
+    from mnist_addition.commands.predict import ImageError
+    from mnist_addition.core.config import ConfigError
+    from mnist_addition.core.data import DataError
+    from mnist_addition.core.errors import UserError
+    from mnist_addition.rundir.checkpoint import CheckpointError
+    from mnist_addition.rundir.contents import RunError
     from mnist_addition.sweep import NoUsableTrial, SweepError
+    from mnist_addition.sweep.spaces import SpaceError
 
     codes = {cls: cls.exit_code for cls in (ConfigError, RunError, CheckpointError, ImageError, SpaceError,
                                             SweepError, DataError, NoUsableTrial)}
@@ -169,8 +169,8 @@ def test_every_expected_failure_shares_one_base_with_an_exit_code():
 
 
 def test_cli_prints_a_user_error_as_one_line_and_lets_a_bug_raise(monkeypatch, capsys):
-    import mnist_addition.cli as cli
-    from mnist_addition.errors import UserError
+    import mnist_addition.commands.cli as cli
+    from mnist_addition.core.errors import UserError
 
     class Refused(UserError):
         exit_code = 7
@@ -222,7 +222,7 @@ def test_weights_that_are_not_finite_are_refused_by_every_reader(command, run_di
 # Run folders: one writer, --overwrite loses nothing, a refused start leaves nothing behind
 # ------------------------------------------------------------------------------------------------
 def _files(folder):
-    from mnist_addition.runfolder import RunFolder
+    from mnist_addition.rundir.folder import RunFolder
 
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
             if p.is_file() and p.name != RunFolder.LOCK}
@@ -231,7 +231,7 @@ def _files(folder):
 def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_path, capsys):
     import os
 
-    from mnist_addition.runfolder import RunFolder
+    from mnist_addition.rundir.folder import RunFolder
 
     out = tmp_path / "busy"
     holder = RunFolder(out).open()  # as a running `train` holds it
@@ -248,7 +248,7 @@ def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_pa
 def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(run_dir, mnist_dir, tmp_path, monkeypatch):
     import shutil
 
-    import mnist_addition.checkpoint as ck
+    import mnist_addition.rundir.checkpoint as ck
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -275,7 +275,7 @@ def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back
                                                                               monkeypatch, capsys):
     import shutil
 
-    import mnist_addition.step as step
+    import mnist_addition.training.step as step
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -344,7 +344,7 @@ def test_val_size_leaving_no_training_images_is_a_usage_error(mnist_dir, tmp_pat
 
 
 def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.backends as backends
+    import mnist_addition.core.backends as backends
 
     monkeypatch.setattr(backends, "free_memory", lambda device: 10 * 2**20)  # 10 MiB free
     code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY, "--width", "200"])
@@ -356,7 +356,7 @@ def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(mnis
 def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
     import torch
 
-    import mnist_addition.step as step
+    import mnist_addition.training.step as step
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -368,7 +368,7 @@ def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, m
 
 
 def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.step as step
+    import mnist_addition.training.step as step
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -382,7 +382,7 @@ def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnis
 def test_a_full_disk_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
     import errno
 
-    import mnist_addition.runs as runs_module
+    import mnist_addition.rundir.contents as runs_module
 
     def full(path, rows):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

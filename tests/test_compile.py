@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_addition.train import fit
+from mnist_addition.training.loop import fit
 
 from .conftest import tiny_config
 
@@ -32,10 +32,9 @@ def _train(mnist_dir: Path, run: Path, cpu: bool, compile: bool) -> tuple[dict, 
 @pytest.mark.parametrize("cpu", DEVICES)
 def test_compiled_step_matches_the_eager_step(mnist_dir, tmp_path, cpu):
     from accelerate.utils import set_seed
-
-    from mnist_addition.model import build_model
-
     from torch._dynamo.utils import counters
+
+    from mnist_addition.core.model import build_model
 
     eager, eager_weights = _train(mnist_dir, tmp_path / "eager", cpu, compile=False)
     graphs = counters["stats"]["unique_graphs"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mnist_addition.config import ConfigError, TrainConfig
+from mnist_addition.core.config import ConfigError, TrainConfig
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -117,7 +117,7 @@ def test_each_fields_role_is_declared_once_on_the_field():
     """Resume, the sweep, both smoke modes and the CLI's grouping read the roles from TrainConfig."""
     import dataclasses
 
-    from mnist_addition.config import resumable_fields, smoke_overrides, sweep_owned
+    from mnist_addition.core.config import resumable_fields, smoke_overrides, sweep_owned
 
     assert resumable_fields() == {"data_dir", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
                                   "dist_timeout", "log_with"}

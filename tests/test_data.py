@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_addition import data as D
-from mnist_addition.data import DataError
+from mnist_addition.core import data as D
+from mnist_addition.core.data import DataError
 
 from .conftest import REAL_MNIST, synthetic_digits, write_idx, write_mnist
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_addition.checkpoint import list_checkpoints
-from mnist_addition.cli import main
+from mnist_addition.commands.cli import main
+from mnist_addition.rundir.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -70,14 +70,14 @@ def test_launch_yaml_parses_with_accelerates_loader(name):
 
 
 def test_gpu_recipe_is_a_valid_config():
-    from mnist_addition.config import TrainConfig
+    from mnist_addition.core.config import TrainConfig
 
     config = TrainConfig.load(LAUNCH / "gpu_recipe.json")
     assert config.preset == "fast" and config.batch_size > TrainConfig().batch_size and not config.compile
 
 
 def test_cpu_fastest_recipe_is_a_valid_config():
-    from mnist_addition.config import TrainConfig
+    from mnist_addition.core.config import TrainConfig
 
     config = TrainConfig.load(LAUNCH / "cpu_fastest.json")
     assert (config.preset, config.stem) == ("fast", "stride") and config.crop > 0
@@ -87,7 +87,7 @@ def test_cpu_fastest_recipe_is_a_valid_config():
 def test_cpu_accurate_recipe_is_the_accurate_space_with_its_winners_values():
     import yaml
 
-    from mnist_addition.config import TrainConfig
+    from mnist_addition.core.config import TrainConfig
     from mnist_addition.sweep import find_space
 
     config = TrainConfig.load(LAUNCH / "cpu_accurate.json")
@@ -150,7 +150,7 @@ def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path):
 def _initial_weights(preset: str, width: int) -> dict[str, torch.Tensor]:
     from accelerate.utils import set_seed
 
-    from mnist_addition.model import build_model
+    from mnist_addition.core.model import build_model
 
     set_seed(0)  # as fit() does before building the model
     return {k: v.detach().clone() for k, v in build_model(preset, width).state_dict().items()}
@@ -185,7 +185,7 @@ KILL_AFTER_SAVES = 5  # checkpoints at steps 4, 8, 12, 15 (end of epoch 1), 16: 
 
 CRASHING_RUN = textwrap.dedent("""
     import os, signal, sys
-    import mnist_addition.checkpoint as ck
+    import mnist_addition.rundir.checkpoint as ck
     real, saves = ck.prune, []
     def prune_then_maybe_die(*args, **kwargs):  # called once each checkpoint is written
         real(*args, **kwargs)
@@ -193,7 +193,7 @@ CRASHING_RUN = textwrap.dedent("""
         if len(saves) == {kill}:
             os.kill(os.getpid(), signal.SIGKILL)  # as hard as a power cut: no cleanup runs
     ck.prune = prune_then_maybe_die
-    from mnist_addition.cli import main
+    from mnist_addition.commands.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -327,8 +327,8 @@ def test_the_same_command_with_resume_is_accepted_and_resumes_bit_identically(cr
 
 def test_fit_itself_enforces_the_resume_rules(crashed, uninterrupted, tmp_path):
     """The Python API refuses what the command line refuses, and accepts what it accepts."""
-    from mnist_addition.config import ConfigError, TrainConfig
-    from mnist_addition.train import fit
+    from mnist_addition.core.config import ConfigError, TrainConfig
+    from mnist_addition.training.loop import fit
 
     run = _copy(crashed, tmp_path / "run")
     own = TrainConfig.load(run / "config.json").replace(output_dir=str(run))
@@ -347,7 +347,7 @@ def test_fit_itself_enforces_the_resume_rules(crashed, uninterrupted, tmp_path):
 def _contents(run: Path) -> dict[Path, bytes]:
     """Every file of a run folder, but the lock's bookkeeping (who holds the folder; a killed run
     leaves a stale note that the next attempt clears): the run's data, byte for byte."""
-    from mnist_addition.runfolder import RunFolder
+    from mnist_addition.rundir.folder import RunFolder
 
     skip = {RunFolder.LOCK}
     return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in skip} if run.exists() else {}
@@ -377,7 +377,7 @@ def test_a_code_running_payload_in_a_checkpoint_never_runs(name, needed, crashed
     does not need is never opened."""
     import pickle
 
-    from mnist_addition.checkpoint import MANIFEST, _files, _sha256
+    from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256
 
     run = _copy(crashed, tmp_path / "run")
     marker = tmp_path / "payload-ran"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_addition.checkpoint import latest_valid, list_checkpoints
-from mnist_addition.cli import main
+from mnist_addition.commands.cli import main
+from mnist_addition.rundir.checkpoint import latest_valid, list_checkpoints
 
 from .test_distributed import COMMON, LAUNCH, _env, _free_port
 
@@ -29,8 +29,8 @@ SLOW = """
 import importlib.abc, sys, time
 class _Slow(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name == "mnist_addition.train":
-            import mnist_addition.step as step
+        if name == "mnist_addition.training.loop":
+            import mnist_addition.training.step as step
             real = step.train_step
             def slow(*args, **kwargs):
                 time.sleep(0.15)

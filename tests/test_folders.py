@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mnist_addition import files
-from mnist_addition.cli import main
-from mnist_addition.runfolder import RunFolder
-from mnist_addition.runs import REPORT_FILES
+from mnist_addition.commands.cli import main
+from mnist_addition.rundir import files
+from mnist_addition.rundir.folder import RunFolder
+from mnist_addition.rundir.names import REPORT_FILES
 
 # --cpu: the runs here are short and compared by content only
 TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
@@ -208,7 +208,7 @@ def test_a_refused_writer_leaves_the_lock_and_the_folder_alone(finished, mnist_d
 
 def test_an_interrupt_while_the_pictures_are_drawn_leaves_a_run_resume_finishes(mnist_dir, tmp_path, monkeypatch,
                                                                               capsys):
-    import mnist_addition.pictures as pictures
+    import mnist_addition.rundir.pictures as pictures
 
     run = tmp_path / "run"
     real = pictures.write_pictures
@@ -226,7 +226,7 @@ def test_an_interrupt_while_the_pictures_are_drawn_leaves_a_run_resume_finishes(
 
 
 def test_an_interrupt_after_the_run_finished_says_it_is_complete(mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.runs as runs_module
+    import mnist_addition.rundir.contents as runs_module
 
     run = tmp_path / "run"
     real = runs_module.write_json
@@ -246,7 +246,7 @@ def test_an_interrupt_after_the_run_finished_says_it_is_complete(mnist_dir, tmp_
 @pytest.mark.parametrize("precreated", [False, True])
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_so_training_again_works(
         precreated, mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.step as step
+    import mnist_addition.training.step as step
 
     run = tmp_path / "run"
     if precreated:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_addition.cli import main
-from mnist_addition.data import Split, train_batches
-from mnist_addition.train import fit
+from mnist_addition.commands.cli import main
+from mnist_addition.core.data import Split, train_batches
+from mnist_addition.training.loop import fit
 
 from .conftest import tiny_config
 

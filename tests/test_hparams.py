@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from mnist_addition import hparams
-from mnist_addition.checkpoint import checkpoint_dir, read_state
-from mnist_addition.config import ConfigError, TrainConfig
-from mnist_addition.step import lr_schedule
-from mnist_addition.train import Continuation, fit
+from mnist_addition.core import hparams
+from mnist_addition.core.config import ConfigError, TrainConfig
+from mnist_addition.rundir.checkpoint import checkpoint_dir, read_state
+from mnist_addition.training.loop import Continuation, fit
+from mnist_addition.training.step import lr_schedule
 
 from .conftest import tiny_config
 
@@ -129,7 +129,7 @@ def test_a_continuation_whose_config_disagrees_with_the_past_or_starts_mid_epoch
                                           r"says 0.003; a continued run's config keeps the past"):
         fit(base.replace(lr=0.003, output_dir=str(tmp_path / "b")), progress=False,
             continue_from=Continuation(checkpoint_dir(a, 15), "a"))
-    from mnist_addition.checkpoint import CheckpointError
+    from mnist_addition.rundir.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="in the middle of epoch 1: a run continues another from the end"):
         fit(base.replace(output_dir=str(tmp_path / "c")), progress=False,

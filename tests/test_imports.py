@@ -13,13 +13,13 @@ def _loaded_after(statement: str) -> set[str]:
 
 
 def test_core_imports_neither_accelerate_nor_ray():
-    loaded = _loaded_after("import mnist_addition, mnist_addition.data, mnist_addition.model, "
-                           "mnist_addition.metrics, mnist_addition.evaluate, mnist_addition.runs, mnist_addition.cli, "
-                           "mnist_addition.sweep.spaces, mnist_addition.sweep; mnist_addition.cli.build_parser()")
+    loaded = _loaded_after("import mnist_addition, mnist_addition.core.data, mnist_addition.core.model, "
+                           "mnist_addition.core.metrics, mnist_addition.core.evaluation, mnist_addition.rundir.contents, mnist_addition.commands.cli, "
+                           "mnist_addition.sweep.spaces, mnist_addition.sweep; mnist_addition.commands.cli.build_parser()")
     assert "torch" in loaded
     assert "accelerate" not in loaded and "ray" not in loaded
 
 
 def test_training_loop_imports_accelerate_but_not_ray():
-    loaded = _loaded_after("import mnist_addition.train")
+    loaded = _loaded_after("import mnist_addition.training.loop")
     assert "accelerate" in loaded and "ray" not in loaded

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_addition.metrics import batch_counts, loss_fn, summarize
+from mnist_addition.core.metrics import batch_counts, loss_fn, summarize
 
 
 @pytest.fixture

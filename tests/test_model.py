@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_addition import model as M
-from mnist_addition.model import NUM_SUMS, AdderHead, build_model, count_parameters, param_groups
+from mnist_addition.core import model as M
+from mnist_addition.core.model import NUM_SUMS, AdderHead, build_model, count_parameters, param_groups
 
 
 def test_seed_preset_has_exactly_the_reference_parameter_count():
@@ -14,7 +14,7 @@ def test_seed_preset_has_exactly_the_reference_parameter_count():
 
 
 def test_fast_preset_is_small_at_default_width():
-    from mnist_addition.config import TrainConfig
+    from mnist_addition.core.config import TrainConfig
 
     assert count_parameters(build_model("fast", TrainConfig().width)) <= 150_000
 
@@ -104,7 +104,7 @@ def test_depth_adds_convs_at_14x14_then_7x7_and_depth_4_is_the_net_runs_saved():
 
 def test_the_configs_copies_of_the_models_choices_agree():
     """config.py imports no torch, so it keeps its own copies of the model's choices."""
-    from mnist_addition import config as C
+    from mnist_addition.core import config as C
 
     assert C.DEPTHS == M.DEPTHS and C.TTA_VIEWS == tuple(M.TTA_SHIFTS)
     assert C.INT_RANGES["crop"][:2] == (0, M.MAX_CROP)

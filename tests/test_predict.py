@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_addition.cli import main
-from mnist_addition.data import normalize
-from mnist_addition.predict import ImageError, read_image, to_mnist
+from mnist_addition.commands.cli import main
+from mnist_addition.commands.predict import ImageError, read_image, to_mnist
+from mnist_addition.core.data import normalize
 
 from .conftest import REAL_MNIST, synthetic_digits
 
@@ -136,9 +136,9 @@ def _bad(tmp_path, run_dir, case):
         (other / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
         return [str(other), str(good), "3"]
     if case == "config swaps crop 2 for crop 1":  # the same tensors, names and shapes: only the header differs
-        from mnist_addition.config import TrainConfig
-        from mnist_addition.model import build_model
-        from mnist_addition.runs import save_weights
+        from mnist_addition.core.config import TrainConfig
+        from mnist_addition.core.model import build_model
+        from mnist_addition.rundir.contents import save_weights
 
         other = tmp_path / "cropped"
         other.mkdir()
@@ -210,8 +210,8 @@ def test_bad_input_is_one_line_exit_2(case, match, run_dir, tmp_path, capsys):
 def test_weight_headers_from_before_the_net_fields_still_load():
     """Files saved before the header held stem, crop and depth (preset and width only) are checked on
     what they hold; a header that is not a JSON object is a mismatch, not a crash."""
-    from mnist_addition.config import TrainConfig
-    from mnist_addition.runs import header_mismatch
+    from mnist_addition.core.config import TrainConfig
+    from mnist_addition.rundir.contents import header_mismatch
 
     config = TrainConfig.from_preset("fast", width=8, crop=2)
     for header, problem in (({"preset": "fast", "width": 8}, None), ({"preset": "fast", "width": 16}, "its header says width 16"),
@@ -224,7 +224,7 @@ def test_weight_headers_from_before_the_net_fields_still_load():
 @pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
 def test_real_digits_raw_and_redrawn(tmp_path):
     """MNIST test digits saved as raw 28x28 PNGs, and inverted, 4x enlarged, off-centre JPEGs."""
-    from mnist_addition.data import load_mnist
+    from mnist_addition.core.data import load_mnist
 
     run = tmp_path / "smoke"
     assert main(["train", "--smoke", "--no-download", "--data-dir", str(REAL_MNIST), "--output-dir", str(run),
@@ -344,7 +344,7 @@ def test_an_image_is_read_as_a_viewer_shows_it_exif_orientation_applied(tmp_path
 
 
 def test_a_folder_goes_through_the_net_in_bounded_batches(run_dir, tmp_path, monkeypatch):
-    import mnist_addition.predict as predict_module
+    import mnist_addition.commands.predict as predict_module
 
     images, _ = synthetic_digits(10, seed=5)
     folder = tmp_path / "imgs"

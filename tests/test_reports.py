@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from mnist_addition.cli import main
-from mnist_addition.runs import REPORT_FILES
+from mnist_addition.commands.cli import main
+from mnist_addition.rundir.names import REPORT_FILES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HAS_TB = importlib.util.find_spec("tensorboard") is not None
@@ -66,7 +66,7 @@ def test_onnx_export_matches_pytorch(run_dir, tmp_path):
     (float32, different kernels; measured ~2e-6)."""
     import onnxruntime as ort
 
-    from mnist_addition.predict import load_model
+    from mnist_addition.commands.predict import load_model
 
     out = tmp_path / "m.onnx"
     assert main(["export", str(run_dir), "--format", "onnx", "--output", str(out)]) == 0
@@ -90,7 +90,7 @@ def test_onnx_export_carries_the_tta_views(run_dir, tmp_path):
 
     import onnxruntime as ort
 
-    from mnist_addition.predict import load_model
+    from mnist_addition.commands.predict import load_model
 
     tta_run = tmp_path / "tta-run"
     shutil.copytree(run_dir, tta_run)
@@ -172,7 +172,7 @@ def test_export_bad_input(extra, match, run_dir, tmp_path, capsys):
 
 
 def test_export_without_the_onnx_extra(run_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.export as export
+    import mnist_addition.commands.export as export
 
     real = importlib.util.find_spec
     monkeypatch.setattr(export.importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
@@ -182,8 +182,8 @@ def test_export_without_the_onnx_extra(run_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_tensorboard_needs_the_package_and_a_run_folder(mnist_dir, monkeypatch):
-    from mnist_addition.config import ConfigError
-    from mnist_addition.train import fit
+    from mnist_addition.core.config import ConfigError
+    from mnist_addition.training.loop import fit
 
     from .conftest import tiny_config
 
@@ -200,8 +200,8 @@ def test_weight_files_are_byte_identical_when_their_tensors_are(tmp_path):
     """The same tensors saved by separate processes give the same bytes. safetensors writes its
     metadata map in a random order per process: with the two keys we had, 8 processes all agree
     with probability 1/128; ours holds one key."""
-    script = ("import sys, torch; from mnist_addition.config import TrainConfig; from mnist_addition.model import "
-              "build_model; from mnist_addition.runs import save_weights; torch.manual_seed(0); "
+    script = ("import sys, torch; from mnist_addition.core.config import TrainConfig; from mnist_addition.core.model import "
+              "build_model; from mnist_addition.rundir.contents import save_weights; torch.manual_seed(0); "
               "save_weights(build_model('fast', 8), __import__('pathlib').Path(sys.argv[1]), "
               "TrainConfig.from_preset('fast', width=8))")
     files = []

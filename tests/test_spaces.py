@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_addition.config import TrainConfig
+from mnist_addition.core.config import TrainConfig
 from mnist_addition.sweep.spaces import SpaceError, load_space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]

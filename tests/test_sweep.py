@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_addition.cli import main
-from mnist_addition.config import TrainConfig
+from mnist_addition.commands.cli import main
+from mnist_addition.core.config import TrainConfig
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind and connect on 127.0.0.1 only
 import ray  # noqa: E402  (in the [dev] extra: a missing Ray fails here rather than skipping)
@@ -295,7 +295,7 @@ def test_population_based_training_copies_weights_and_the_copied_schedule_replay
     takes turns): the worst quarter copies the best one's weights three times. A trial that copied
     records whose weights it took; its config.json holds the schedule it held epoch by epoch, and
     `train --config` of it follows that schedule from scratch."""
-    from mnist_addition import hparams
+    from mnist_addition.core import hparams
 
     space = tiny_space(tmp_path, epochs=4, search={"lr": {"loguniform": [0.001, 0.05]}})
     assert main(tune_args(space, mnist_dir, tmp_path, "pbt", "--num-samples", "4", "--scheduler", "pbt",

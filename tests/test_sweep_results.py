@@ -8,7 +8,7 @@ import math
 import pytest
 from rich.console import Console
 
-from mnist_addition.config import TrainConfig
+from mnist_addition.core.config import TrainConfig
 from mnist_addition.sweep.options import NoUsableTrial, SweepError, SweepOptions, gpu_share, trial_threads
 from mnist_addition.sweep.results import rank, trial_status, write_results
 from mnist_addition.sweep.storage import Store

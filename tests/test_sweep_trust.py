@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_addition.cli import main
+from mnist_addition.commands.cli import main
 from mnist_addition.sweep import trust
 from mnist_addition.sweep.options import SweepError
 from mnist_addition.sweep.rebuild import Earlier, match

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_addition.cli import main
+from mnist_addition.commands.cli import main
 
 HAS = {name: importlib.util.find_spec(name) is not None for name in ("mlflow", "tensorboard", "aim")}
 EPOCHS, STEPS = 3, 15  # 500 training images of the fixture in batches of 32
@@ -40,7 +40,7 @@ def mlflow_store(tmp_path, monkeypatch):
 
 def _interrupt_in_epoch(monkeypatch, epoch: int) -> None:
     """Ctrl-C at the 3rd step of ``epoch`` (after the epoch before has been checkpointed)."""
-    import mnist_addition.step as step
+    import mnist_addition.training.step as step
 
     real, calls = step.train_step, []
 

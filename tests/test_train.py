@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_addition.config import ConfigError, TrainConfig
-from mnist_addition.errors import Interrupted
-from mnist_addition.train import fit, resolve_mixed_precision
+from mnist_addition.core.config import ConfigError, TrainConfig
+from mnist_addition.core.errors import Interrupted
+from mnist_addition.training.loop import fit, resolve_mixed_precision
 
 from .conftest import tiny_config
 
@@ -60,7 +60,7 @@ def test_cpu_flag_trains_on_the_cpu_and_config_records_it(trained):
 
 
 def test_cpu_is_chosen_by_flag_by_accelerate_launch_or_by_having_no_gpu(monkeypatch):
-    from mnist_addition import backends
+    from mnist_addition.core import backends
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend this machine has a GPU
     assert not backends.use_cpu(False)
@@ -99,7 +99,7 @@ def test_a_cropped_net_trains_learns_and_is_recorded(mnist_dir, trained, tmp_pat
 
 
 def test_a_deeper_net_trains_learns_and_loads_back(mnist_dir, trained, tmp_path):
-    from mnist_addition.runs import load_run
+    from mnist_addition.rundir.contents import load_run
 
     run_dir = tmp_path / "run"
     final = fit(tiny_config(mnist_dir, cpu=True, depth=6, output_dir=str(run_dir)), progress=False)
@@ -114,7 +114,7 @@ def test_a_refit_without_validation_trains_on_every_image_and_resumes_bit_identi
     """--val-size 0: the final fit of a recipe chosen on validation, on the whole training file. No
     validation metrics anywhere (rows, final), the test set still scored, and its checkpoints (a
     history without validation keys) resume to the same numbers as a run never stopped."""
-    from mnist_addition.checkpoint import list_checkpoints, read_state
+    from mnist_addition.rundir.checkpoint import list_checkpoints, read_state
 
     config = tiny_config(mnist_dir, cpu=True, val_size=0, epochs=2)
     whole = fit(config.replace(output_dir=str(tmp_path / "whole")), progress=False)
@@ -136,7 +136,7 @@ def test_a_refit_without_validation_trains_on_every_image_and_resumes_bit_identi
 
 
 def test_tta_changes_evaluation_only_and_is_recorded(mnist_dir, trained, tmp_path):
-    from mnist_addition.runs import load_run
+    from mnist_addition.rundir.contents import load_run
 
     run_dir = tmp_path / "run"
     final = fit(tiny_config(mnist_dir, cpu=True, tta=9, output_dir=str(run_dir)), progress=False)
@@ -153,8 +153,8 @@ def test_ema_evaluates_and_saves_the_weights_average_and_resumes_bit_identically
     """--ema: the same training to the bit (the optimizer never steps the average), but validation,
     test and model.safetensors are the moving average's; each checkpoint holds the model's weights and
     the average, and a run stopped after epoch 1 resumes to the same average as one never stopped."""
-    from mnist_addition.checkpoint import EMA_FILE, MODEL_FILE, list_checkpoints
-    from mnist_addition.runs import load_run
+    from mnist_addition.rundir.checkpoint import EMA_FILE, MODEL_FILE, list_checkpoints
+    from mnist_addition.rundir.contents import load_run
 
     plain = trained[0]
     config = tiny_config(mnist_dir, cpu=True, ema=0.9)
@@ -183,7 +183,7 @@ def test_ema_evaluates_and_saves_the_weights_average_and_resumes_bit_identically
 def test_a_checkpoint_without_the_average_is_not_resumed_with_ema(mnist_dir, tmp_path):
     """A checkpoint of an --ema run whose ema.safetensors is gone (its manifest rewritten to match)
     cannot be resumed: the average would restart from the weights, not continue."""
-    from mnist_addition.checkpoint import EMA_FILE, MANIFEST, CheckpointError, list_checkpoints
+    from mnist_addition.rundir.checkpoint import EMA_FILE, MANIFEST, CheckpointError, list_checkpoints
 
     def stop_after_epoch_1(row):
         raise KeyboardInterrupt
@@ -201,7 +201,7 @@ def test_a_checkpoint_without_the_average_is_not_resumed_with_ema(mnist_dir, tmp
 
 
 def test_the_average_ramps_up_and_moves_towards_the_weights():
-    from mnist_addition.average import WeightAverage, decay_at
+    from mnist_addition.core.average import WeightAverage, decay_at
 
     assert decay_at(0.999, 1) == 2 / 11 and decay_at(0.999, 10_000) == 0.999
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -277,7 +277,7 @@ def test_default_auto_precision_trains_and_records_what_it_chose(mnist_dir):
 
 
 def test_limits_apply_to_data_passed_in(mnist_dir):
-    from mnist_addition.data import load_mnist, make_splits
+    from mnist_addition.core.data import load_mnist, make_splits
 
     data = make_splits(load_mnist(mnist_dir, download=False), val_size=100)
     final = fit(tiny_config(mnist_dir, epochs=1, train_limit=64, eval_limit=50), data=data, progress=False)
@@ -295,7 +295,7 @@ def test_test_every_epoch_reports_the_final_test_metrics(mnist_dir):
 def test_lr_schedule_is_torchs_onecycle_step_for_step(total, warmup):
     """The learning rate is a pure function of the step (nothing to checkpoint), and the same floats
     as the OneCycleLR scheduler it replaced: the CPU's results did not move."""
-    from mnist_addition.step import lr_schedule
+    from mnist_addition.training.step import lr_schedule
 
     config = TrainConfig.from_preset("fast", lr=0.008, warmup=warmup)
     lr_at = lr_schedule(config, total)
@@ -325,10 +325,9 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weigh
     """The loss turns NaN in epoch 2 (a NaN learning rate from global step 21, epoch 2 step 6, on):
     training stops at the next check (the checkpoint due at epoch 2 step 9) with one message, the
     checkpoints written before it stay, none after it, and no model.safetensors appears."""
-    import mnist_addition.train as train_module
-    from mnist_addition.checkpoint import list_checkpoints, read_state
-
-    import mnist_addition.step as step
+    import mnist_addition.training.loop as train_module
+    import mnist_addition.training.step as step
+    from mnist_addition.rundir.checkpoint import list_checkpoints, read_state
 
     real = step.lr_schedule
 
@@ -349,7 +348,8 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weigh
 
 
 def test_train_state_knows_its_global_step_and_round_trips_through_its_state_dict():
-    from mnist_addition.state import SAVED_FIELDS, TrainState
+    from mnist_addition.rundir.checkpoint import SAVED_FIELDS
+    from mnist_addition.training.state import TrainState
 
     state = TrainState(steps=15, epoch=3, step=4, loss_sum=1.5, train_seconds=2.0, samples_per_process=512,
                        history=[{"epoch": 1}, {"epoch": 2}])
@@ -372,8 +372,8 @@ def test_train_state_knows_its_global_step_and_round_trips_through_its_state_dic
 def test_the_checkpointer_owns_the_interval(every, run_dir, due):
     from types import SimpleNamespace
 
-    from mnist_addition.checkpointer import Checkpointer
-    from mnist_addition.state import TrainState
+    from mnist_addition.training.checkpointer import Checkpointer
+    from mnist_addition.training.state import TrainState
 
     run = SimpleNamespace(config=SimpleNamespace(checkpoint_every=every), run_dir=run_dir)
     checkpointer = Checkpointer(run, folder=None)

@@ -16,9 +16,21 @@ trial's run folder ``run/``), plus ours: ``sweep.json`` (what was asked, for ``-
 ``sweep.png`` and ``summary.json``.
 """
 
-from .driver import require_ray, run_sweep
-from .options import (BEST_FILE, METRICS, SCHEDULERS, SEARCHERS, NoUsableTrial, SweepError, SweepOptions,
-                      find_space, shipped_spaces)
+from __future__ import annotations
 
-__all__ = ["BEST_FILE", "METRICS", "SCHEDULERS", "SEARCHERS", "NoUsableTrial", "SweepError", "SweepOptions",
-           "find_space", "require_ray", "run_sweep", "shipped_spaces"]
+import importlib
+from typing import Any
+
+# Importing the package loads neither Ray nor torch: ``tune``'s flags read ``options`` only, and the
+# driver (Ray, torch) loads when a sweep runs.
+_LAZY = {"run_sweep": "driver", "require_ray": "driver", "METRICS": "options", "SCHEDULERS": "options",
+         "SEARCHERS": "options", "NoUsableTrial": "options", "SweepError": "options", "SweepOptions": "options",
+         "find_space": "options", "shipped_spaces": "options"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

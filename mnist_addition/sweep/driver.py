@@ -13,13 +13,14 @@ import os
 import time
 from typing import Any, Iterator
 
-from ..config import ConfigError, TrainConfig, check_batch, smoke_overrides
-from ..errors import first_line
-from ..hparams import SCHEDULED
+from ..core.config import ConfigError, TrainConfig, check_batch, smoke_overrides
+from ..core.errors import first_line
+from ..core.hparams import SCHEDULED
+from ..rundir.names import SWEEP_FILE
 from . import pbt, rebuild, trackers, trial
 from .folder import Sweep, open_sweep
 from .interrupts import Interrupts
-from .options import DRIVER_CPUS, SWEEP_FILE, SweepError, SweepOptions, gpu_share
+from .options import DRIVER_CPUS, SweepError, SweepOptions, gpu_share
 from .results import score_metric, trial_rows, write_results
 from .spaces import Space
 from .storage import Store
@@ -173,7 +174,7 @@ def _storage_failures(sweep: Sweep) -> Iterator[None]:
 def _load_and_check_data(options: SweepOptions, space: Space, base: dict[str, Any]) -> None:
     """Data before Ray: a missing dataset is a one-line error, the head node downloads it once,
     and the space is checked against the training split's size."""
-    from ..data import load_mnist, resolve_data_dir
+    from ..core.data import load_mnist, resolve_data_dir
 
     options.data_dir = os.path.abspath(resolve_data_dir(options.data_dir))
     mnist = load_mnist(options.data_dir, download=options.download)

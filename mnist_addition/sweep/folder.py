@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import files
-from ..errors import shown
-from ..layout import LOCK
-from .options import SWEEP_FILE, SweepError, SweepOptions
+from ..core.errors import shown
+from ..rundir import files
+from ..rundir.names import LOCK, SWEEP_FILE
+from .options import SweepError, SweepOptions
 from .spaces import Space, load_space, parse_space
 from .storage import Store, absolute, experiment_uri
 from .trust import SIGNATURES, Signer

@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Any
 
-from ..errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted
+from ..core.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted
 
 NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 

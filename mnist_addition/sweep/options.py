@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from ..errors import EXIT_FAILED
-from ..config import ConfigError, flag
-from ..layout import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, SWEEP_FILE  # noqa: F401 (re-exported)
+from ..core.config import ConfigError, flag
+from ..core.errors import EXIT_FAILED
 
 # What a sweep can select on, and which way is better. train_seconds: a trial's training time (its
 # cost); with an accuracy, a multi-objective sweep finds the accuracy each cost buys (pareto.csv).

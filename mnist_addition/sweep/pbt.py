@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..hparams import SCHEDULED
+from ..core.hparams import SCHEDULED
 from .options import SweepError, SweepOptions
 from .spaces import Space
 

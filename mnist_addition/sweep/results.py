@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
-from ..layout import CONFIG, PARETO_CSV, PARETO_PLOT
-from .options import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, NoUsableTrial, SweepOptions
+from ..core.config import TrainConfig
+from ..rundir.names import BEST_FILE, CONFIG, CSV_FILE, PARETO_CSV, PARETO_PLOT, PLOT_FILE, SUMMARY_FILE
+from .options import NoUsableTrial, SweepOptions
 from .storage import Store
 
 FINISHED, STOPPED, ERROR, UNFINISHED = "finished", "stopped early", "error", "unfinished"
@@ -179,7 +179,7 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
         summary.update(_write_best(best, keys, base, store, options.scheduler == "pbt"))
         written.append(BEST_FILE)
     if ranked:
-        from ..plots import plot_sweep
+        from ..rundir.plots import plot_sweep
 
         store.write(PLOT_FILE, plot_sweep(trials, keys, score_metric(options.metric), max_epochs))
         written.append(PLOT_FILE)
@@ -213,7 +213,7 @@ def _write_so_far(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
     summary = {**_summary(trials, options, store, wall, len(ranked)), "interrupted": interrupted}
     store.write(CSV_FILE, _csv(ranked + [t for t in trials if t not in ranked], _columns(keys, options)))
     if ranked:
-        from ..plots import plot_sweep
+        from ..rundir.plots import plot_sweep
 
         store.write(PLOT_FILE, plot_sweep(trials, keys, score_metric(options.metric), max_epochs))
     store.write(SUMMARY_FILE, json.dumps(summary, indent=2).encode())
@@ -276,7 +276,7 @@ def _write_best(best: dict[str, Any], keys: list[str], base: dict[str, Any], sto
 def _write_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], keys: list[str], options: SweepOptions,
                   store: Store) -> None:
     """pareto.csv (the non-dominated trials) and pareto.png (every trial on the first two metrics, the front drawn)."""
-    from ..plots import plot_pareto
+    from ..rundir.plots import plot_pareto
 
     columns = ["trial_id", *keys, *options.metric, "status", "epochs_run", "budget_epochs"]
     store.write(PARETO_CSV, _csv(front, list(dict.fromkeys(columns))))

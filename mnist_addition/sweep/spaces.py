@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names, read_small_file, sweep_owned
-from ..errors import shown
+from ..core.config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names, read_small_file, sweep_owned
+from ..core.errors import shown
 
 KINDS = ("uniform", "loguniform", "randint", "choice")
 # Above this many combinations of extremes, every pair of keys is checked instead: each cross-field

@@ -14,8 +14,8 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from .. import files
-from ..errors import first_line
+from ..core.errors import first_line
+from ..rundir import files
 
 
 def experiment_uri(storage_path: str, name: str) -> str:

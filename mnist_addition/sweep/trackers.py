@@ -42,7 +42,7 @@ def check(log_with: str) -> None:
         if importlib.util.find_spec(module) is None:
             raise SweepError(f"tune --log-with {name} needs the {module} package: pip install -e \".[{extra}]\"")
     if "mlflow" in given:  # reachable and writable, within seconds, before Ray starts
-        from ..stores import check_mlflow_store
+        from ..training.stores import check_mlflow_store
 
         check_mlflow_store()
 
@@ -74,7 +74,7 @@ def keep_going(base: type) -> type:
                 self.lost = True
                 import sys
 
-                from ..errors import first_line
+                from ..core.errors import first_line
 
                 print(f"warning: the {base.__name__} tracker failed ({type(e).__name__}: {first_line(e, 120)}); the "
                       "sweep goes on without it (trials.csv and each trial's folder hold every metric)",

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import CHECKPOINTS, latest_valid, read_state, restore_into
-from ..config import TrainConfig
+from ..core.config import TrainConfig
+from ..rundir.checkpoint import CHECKPOINTS, latest_valid, read_state, restore_into
 from .options import trial_threads
 from .storage import Store
 
@@ -67,8 +67,8 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     import ray
 
     torch = _worker_set_up(settings)
-    from ..data import load_mnist, make_splits
-    from ..train import fit, process_state
+    from ..core.data import load_mnist, make_splits
+    from ..training.loop import fit, process_state
 
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
@@ -168,7 +168,7 @@ def _first_valid(settings: TrialSettings, relpaths: list[str], checkpoint_class:
     """The first of these checkpoint folders of the sweep (newest first) whose files match their
     manifest and whose state reads, as Ray's Checkpoint, and its epoch; one damaged, half-written as
     the driver died, or gone is passed over."""
-    from ..checkpoint import CheckpointError, verify
+    from ..rundir.checkpoint import CheckpointError, verify
 
     for relpath in relpaths:
         candidate = checkpoint_class(path=f"{settings.experiment_uri}/{relpath}")
@@ -238,8 +238,8 @@ def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: 
     epoch on). The checkpoint is another trial's after an exploit (recorded as ``weights_from``),
     or this trial's own after a pause or a retry, or (``own``) its earlier self's in a rebuilt
     sweep (nothing to record)."""
-    from ..hparams import continued
-    from ..train import Continuation
+    from ..core.hparams import continued
+    from ..training.loop import Continuation
 
     copy = run_dir.parent / CONTINUED_FROM
     shutil.rmtree(run_dir, ignore_errors=True)

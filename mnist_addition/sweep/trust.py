@@ -36,9 +36,9 @@ import secrets
 import stat
 from pathlib import Path
 
-from ..errors import first_line
-from ..layout import LOCK, PARETO_CSV, PARETO_PLOT
-from .options import BEST_FILE, CSV_FILE, PLOT_FILE, SUMMARY_FILE, SWEEP_FILE, SweepError
+from ..core.errors import first_line
+from ..rundir.names import BEST_FILE, CSV_FILE, LOCK, PARETO_CSV, PARETO_PLOT, PLOT_FILE, SUMMARY_FILE, SWEEP_FILE
+from .options import SweepError
 from .storage import Store
 
 SIGNATURES = "state-signatures.json"

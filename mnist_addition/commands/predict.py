@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import MEAN, STD
-from .errors import UserError, first_line, shown
-from .runs import load_run
+from ..core.data import MEAN, STD
+from ..core.errors import UserError, first_line, shown
+from ..rundir.contents import load_run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MIN_SIDE = 8  # pixels: anything smaller cannot hold a legible digit
@@ -90,7 +90,6 @@ def _upright(img: Any) -> Any:
 def _as_gray(img: Any) -> torch.Tensor:
     """A loaded Pillow image -> float (H, W) in [0, 1]: the brightness a viewer would show."""
     import numpy as np
-
     from PIL import Image
 
     if img.mode.startswith("I;16"):  # 16-bit grey
@@ -234,7 +233,7 @@ def predict_files(run_dir: Path, images: list[Path], numbers: list[int], csv: Pa
     """``predict``'s rows (with their ``file``) for image files and numbers, using the model of
     ``run_dir``; with ``csv``, also written there (never over a file of the run or an input
     image; an existing file only with ``overwrite``). Every file is checked before any output."""
-    from .runs import check_output_file, replace_file, run_files
+    from ..rundir.contents import check_output_file, replace_file, run_files
 
     if csv is not None:
         check_output_file(csv, overwrite, "--csv", protected=(*run_files(run_dir), *images))

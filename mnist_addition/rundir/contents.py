@@ -20,13 +20,12 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
+from ..core.backends import free_memory
+from ..core.config import MIXED_PRECISION, ConfigError, TrainConfig, check_model_fits, read_json_file
+from ..core.errors import UserError, first_line, shown
+from ..core.model import build_model, count_parameters
 from . import files
-from .backends import free_memory
-from .config import MIXED_PRECISION, ConfigError, TrainConfig, check_model_fits, read_json_file
-from .errors import UserError, first_line, shown
-from .layout import LOCK, REPORT_FILES, RUN_DIRS, RUN_FILES, SWEEP_FILE, is_run_dir  # noqa: F401 (REPORT_FILES re-exported)
-from .model import build_model, count_parameters
-
+from .names import LOCK, RUN_DIRS, RUN_FILES, SWEEP_FILE, is_run_dir
 
 
 class RunError(UserError):

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import EXIT_FAILED, EXIT_PREEMPTED, Interrupted, UserError
+from ..core.errors import EXIT_FAILED, EXIT_PREEMPTED, Interrupted, UserError
 
 
 class Preempted(Interrupted):

@@ -9,11 +9,11 @@ from typing import Callable
 
 import torch
 
-from .backends import fused_optimizer, synchronize
-from . import hparams
-from .config import TrainConfig
-from .metrics import loss_fn
-from .model import param_groups
+from ..core import hparams
+from ..core.backends import fused_optimizer, synchronize
+from ..core.config import TrainConfig
+from ..core.metrics import loss_fn
+from ..core.model import param_groups
 from .state import Run
 
 

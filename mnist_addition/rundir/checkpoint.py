@@ -34,14 +34,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from ..core.errors import UserError, first_line, shown
+from ..core.hparams import SCHEDULED
 from . import files
-from .errors import UserError, first_line, shown
-from .layout import CHECKPOINTS
-from .hparams import SCHEDULED
-from .state import SAVED_FIELDS
+from .names import CHECKPOINTS
 
 if TYPE_CHECKING:
-    from .average import WeightAverage
+    from ..core.average import WeightAverage
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
@@ -219,6 +218,11 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any, optimizer: t
     return per_param
 
 
+# What trainer_state.json holds, and of which types: the training loop's state (``TrainState``),
+# the global step, and the writing run's identity (``Run.identity``).
+SAVED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "step": int, "global_step": int, "loss_sum": (int, float), "train_seconds": (int, float),
+    "history": list, "preset": str, "width": int, "world": int, "samples_per_process": int}
 # The plot and the reports read these of every history row; every value of a row is a finite number.
 HISTORY_KEYS = ("epoch", "train_loss")
 # ... and these of every row of a run with a validation split (none has them: a --val-size 0 refit)

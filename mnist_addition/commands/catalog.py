@@ -18,11 +18,22 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import files
-from .config import ConfigError, read_json_file
-from .errors import UserError, first_line, shown
-from .layout import (BEST_FILE, CHECKPOINTS, CONFIG, FINISHED, HISTORY, LOCK, STATUS, SUMMARY_FILE, SWEEP_FILE,
-                     TENSORBOARD, is_run_dir)
+from ..core.config import ConfigError, read_json_file
+from ..core.errors import UserError, first_line, shown
+from ..rundir import files
+from ..rundir.names import (
+    BEST_FILE,
+    CHECKPOINTS,
+    CONFIG,
+    FINISHED,
+    HISTORY,
+    LOCK,
+    STATUS,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    TENSORBOARD,
+    is_run_dir,
+)
 
 # --sort keys: accuracies and the date sort best/newest first, the rest in ascending order
 NUMERIC_DESCENDING = ("val_digit", "val_sum", "test_digit", "test_sum", "date")
@@ -297,8 +308,8 @@ def compare(run_dirs: list[Path], output: Path | None, overwrite: bool = False) 
               "differ": _strict({k: [r["config"].get(k) for r in found] for k in keys}),
               "metrics": [r["row"] for r in found], "picture": None}
     if output is not None:
-        from . import runs
-        from .plots import plot_compare
+        from ..rundir import contents as runs
+        from ..rundir.plots import plot_compare
 
         protected = tuple(p for r in found for p in runs.run_files(r["path"]))
         runs.check_output_file(output, overwrite, "--output", protected)

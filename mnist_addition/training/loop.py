@@ -33,21 +33,25 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 
-from . import backends, checkpoint, hparams, pictures, runs, step, stores, tracking
-from .average import WeightAverage
-from .backends import is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
+from ..core import backends, hparams
+from ..core.average import WeightAverage
+from ..core.backends import is_out_of_memory, numerics, resolve_mixed_precision, synchronize, use_cpu
+from ..core.config import ConfigError, TrainConfig, check_batch, check_model_fits
+from ..core.data import PairedMnist, Split, load_mnist, make_splits, steps_per_epoch, train_batches
+from ..core.errors import Interrupted, UserError
+from ..core.evaluation import evaluate_counts
+from ..core.metrics import summarize
+from ..core.model import build_model, count_parameters, parameter_count
+from ..rundir import checkpoint, pictures
+from ..rundir import contents as runs
+from ..rundir.folder import FINISHED, RunFolder, check_run_dir, describe
+from ..rundir.names import STATUS
+from . import step, stores
+from . import trackers as tracking
 from .checkpointer import Checkpointer, TrainingDiverged
-from .config import ConfigError, TrainConfig, check_batch, check_model_fits
-from .data import PairedMnist, Split, load_mnist, make_splits, steps_per_epoch, train_batches
-from .errors import Interrupted, UserError
-from .evaluate import evaluate_counts
-from .metrics import summarize
-from .model import build_model, count_parameters, parameter_count
-from .progress import Progress
 from .faults import PeerLost, Preempted, StopSignal, join_restarted_group, peers_explained
-from .layout import STATUS
+from .progress import Progress
 from .resume import auto_resume_mode, check_resume
-from .runfolder import FINISHED, RunFolder, check_run_dir, describe
 from .state import Run, TrainState
 
 __all__ = ["Continuation", "fit", "prepare", "process_state", "resolve_mixed_precision", "TrainingDiverged", "TrainState"]
@@ -480,7 +484,7 @@ def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool
     if run.run_dir and run.main:
         unwrapped = run.accelerator.unwrap_model(run.evaluated)
         runs.save_weights(unwrapped, run.run_dir / "model.safetensors", config)
-        from .plots import plot_curves
+        from ..rundir.plots import plot_curves
 
         plot_curves(history, run.run_dir / "curves.png", label_smoothing=config.label_smoothing,
                     title=f"{config.preset} (width {config.width}), seed {config.seed}")

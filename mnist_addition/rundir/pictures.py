@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import MEAN, STD, Split
-from .evaluate import predictions, run_split, training_precision
+from ..core.data import MEAN, STD, Split
+from ..core.evaluation import predictions, run_split, training_precision
 from .plots import plot_confusion, plot_examples
 
 __all__ = ["redraw", "write_pictures"]
@@ -37,7 +37,7 @@ def write_pictures(model: nn.Module, test: Split, run_dir: Path, batch_size: int
 
 def redraw(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, download: bool = True) -> dict:
     """Draw a saved run's pictures again, from its weights and test pairs (on the CPU, at its precision)."""
-    from .runs import load_run, write_failed
+    from .contents import load_run, write_failed
 
     config, model, setup = load_run(run_dir)
     test = run_split(config, data_dir, download)

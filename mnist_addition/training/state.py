@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import torch
 
-from . import hparams
-from .average import WeightAverage
-from .config import TrainConfig
-from .data import Split
+from ..core import hparams
+from ..core.average import WeightAverage
+from ..core.config import TrainConfig
+from ..core.data import Split
 
 
 @dataclass(kw_only=True)
@@ -66,13 +66,6 @@ class Run:
                 "schedule": hparams.segments(self.config)}
 
 
-# What trainer_state.json holds, and of which types: TrainState's saved fields, the global step,
-# and the writing run's identity (``Run.identity``).
-SAVED_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "epoch": int, "step": int, "global_step": int, "loss_sum": (int, float), "train_seconds": (int, float),
-    "history": list, "preset": str, "width": int, "world": int, "samples_per_process": int}
-
-
 @dataclass
 class TrainState:
     """Where training stands."""
@@ -99,7 +92,7 @@ class TrainState:
         self.epoch, self.step, self.loss_sum = self.epoch + 1, 0, 0.0
 
     def state_dict(self, identity: dict[str, Any]) -> dict[str, Any]:
-        """``trainer_state.json``: the fields, the global step and the run's ``identity``."""
+        """``trainer_state.json`` (``checkpoint.SAVED_FIELDS``): the fields, the global step and the run's ``identity``."""
         return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step, "loss_sum": self.loss_sum,
                 "train_seconds": self.train_seconds, "history": self.history,
                 "samples_per_process": self.samples_per_process, **identity}

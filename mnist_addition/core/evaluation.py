@@ -1,5 +1,5 @@
-"""Evaluation: counts on a split (fixed numbers, or all ten numbers per image), and a saved run
-re-scored as it was trained (``evaluate_run``, behind ``mnist-addition evaluate``). Pure torch."""
+"""Evaluation: counts on a split (fixed numbers, or all ten numbers per image), predictions, the
+split a run is scored on, and the device and precision it was trained with. Pure torch."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backends import numerics
 from .config import ConfigError, TrainConfig
 from .data import DataError, Split, eval_batches, load_mnist, make_splits
 from .errors import shown
-from .metrics import COUNT_KEYS, batch_counts, summarize
+from .metrics import COUNT_KEYS, batch_counts
 
 
 @torch.no_grad()
@@ -89,21 +88,3 @@ def training_device(setup: dict[str, Any]) -> str:
 def training_precision(setup: dict[str, Any], device: str) -> torch.autocast:
     """Autocast as in training (bf16 or not), so re-scored figures match the run's metrics.json."""
     return torch.autocast(device, dtype=torch.bfloat16, enabled=setup.get("mixed_precision") == "bf16")
-
-
-def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, all_numbers: bool = False,
-                 download: bool = True, tta: int | None = None, split: str = "test") -> dict[str, Any]:
-    """A saved run's test metrics, on its training device and precision where this machine has
-    them; ``all_numbers`` pairs every test image with all ten numbers (100,000 pairs); ``tta``
-    scores with that many views instead of the run's own; ``split="val"`` scores its validation
-    split (to choose ``tta`` without looking at the test set)."""
-    from .runs import load_run
-
-    config, model, setup = load_run(run_dir, tta=tta)
-    device = training_device(setup)
-    model.to(device)
-    pairs = run_split(config, data_dir, download, split).to(device)
-    with numerics(cuda=device == "cuda", deterministic=False), training_precision(setup, device):
-        counts = (evaluate_all_numbers if all_numbers else evaluate_counts)(
-            model, pairs, config.eval_batch_size, config.sum_weight)
-    return summarize(counts)

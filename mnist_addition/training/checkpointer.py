@@ -15,9 +15,9 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint as checkpoint_io
-from .errors import EXIT_FAILED, UserError
-from .runfolder import RunFolder
+from ..core.errors import EXIT_FAILED, UserError
+from ..rundir import checkpoint as checkpoint_io
+from ..rundir.folder import RunFolder
 from .state import Run, TrainState
 
 

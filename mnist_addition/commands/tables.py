@@ -8,7 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import shown
+from ..core.errors import shown
 
 
 def start_line(config: Any, resume: bool, processes: int) -> str:

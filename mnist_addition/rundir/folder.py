@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 from . import files
 from .checkpoint import list_checkpoints
-from .layout import CHECKPOINTS, CONFIG, FINISHED, LOCK, RUN_DIRS, RUN_FILES
-from .runs import RunError
+from .contents import RunError
+from .names import CHECKPOINTS, CONFIG, FINISHED, LOCK, RUN_DIRS, RUN_FILES
 
 ASIDE = ".replaced"
 OLD_OWNER = ".lock-owner.json"  # where earlier versions noted the holder (now in the lock file itself)

@@ -24,17 +24,19 @@ Trackers live on the main process only (Accelerate's ``on_main_process``).
 from __future__ import annotations
 
 import json
-
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-from . import files, runs, stores
-from .config import TRACKERS, ConfigError, TrainConfig, read_json_file
-from .errors import first_line, shown
+from ..core.config import TRACKERS, ConfigError, TrainConfig, read_json_file
+from ..core.errors import first_line, shown
+from ..rundir import contents as runs
+from ..rundir import files
+from ..rundir.names import CONFIG, CURVES, REPORT_FILES
+from ..rundir.names import TRACKERS as TRACKERS_FILE
+from . import stores
 from .stores import TrackerError
-from .layout import CONFIG, CURVES, REPORT_FILES, TRACKERS as TRACKERS_FILE
 
 PROJECT = "mnist-addition"  # the MLflow experiment, W&B project and Aim experiment unless their variables say otherwise
 UPLOADED = (CURVES, *REPORT_FILES[:2], CONFIG)  # curves.png, the two confusion matrices, config.json

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, flag, resumable_fields
-from .checkpoint import list_checkpoints
-from .runfolder import FINISHED, check_resumable, check_run_dir, holds_run
-from .runs import read_run_config
+from ..core.config import ConfigError, TrainConfig, flag, resumable_fields
+from ..rundir.checkpoint import list_checkpoints
+from ..rundir.contents import read_run_config
+from ..rundir.folder import FINISHED, check_resumable, check_run_dir, holds_run
 
 # Options of `train` that start (or decide) a run: never combined with --resume.
 NEW_RUN_OPTIONS = ("config", "smoke", "overwrite", "auto_resume")

@@ -26,8 +26,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import ConfigError
-from .errors import first_line, shown
+from ..core.config import ConfigError
+from ..core.errors import first_line, shown
 
 PROBE_SECONDS = 3.0
 HTTP_RETRIES, HTTP_TIMEOUT = "2", "10"  # MLflow's defaults: 7 retries with backoff, 120 s each

@@ -13,16 +13,17 @@ import sys
 import typing
 from typing import Any, Sequence
 
-from .config import TrainConfig, field_kinds
-from .errors import EXIT_INTERRUPTED, Interrupted, UserError, exit_with
+from ..core.config import TrainConfig, field_kinds
+from ..core.errors import EXIT_INTERRUPTED, Interrupted, UserError, exit_with
 from .flags import build_parser
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .resume import NEW_RUN_OPTIONS, resumed_config
+    from ..training.loop import fit, prepare  # Accelerate is imported here, not for --help
+    from ..training.resume import NEW_RUN_OPTIONS, resumed_config
     from .tables import epoch_line, results, start_line
-    from .train import fit, prepare  # Accelerate is imported here, not for --help
 
     typed = {k: v for k, v in vars(args).items() if k in field_kinds()}
     config = resumed_config(args.resume, typed, {k: getattr(args, k) for k in NEW_RUN_OPTIONS}) if args.resume \
@@ -70,8 +71,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .pictures import redraw
-    from .runs import REPORT_FILES
+    from ..rundir.names import REPORT_FILES
+    from ..rundir.pictures import redraw
 
     summary = redraw(args.run_dir, args.data_dir, download=not args.no_download)
     print(f"wrote {', '.join(REPORT_FILES)} to {args.run_dir} ({summary['mistakes']} of {summary['n']} test pairs wrong)")
@@ -103,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .sweep import SweepOptions, run_sweep
+    from ..sweep import SweepOptions, run_sweep
 
     options = SweepOptions.from_flags({k: v for k, v in vars(args).items() if k != "command"})
     # a log file gets the whole results table, not 80 columns of it
@@ -145,8 +146,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        words = sys.argv[1:] if argv is None else list(argv)
-        args = build_parser(tune_flags="tune" in words).parse_args(argv)  # tune's flags load torch
+        args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("mnist-addition: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

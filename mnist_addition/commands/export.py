@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import shown
-from .runs import RunError, check_output_file, load_run, read_run_config, replace_file, run_files
+from ..core.errors import shown
+from ..rundir.contents import RunError, check_output_file, load_run, read_run_config, replace_file, run_files
 
 FORMATS = ("onnx",)
 

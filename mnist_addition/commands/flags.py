@@ -1,6 +1,6 @@
 """The command line's flags: one parser for ``mnist-addition``, every flag of ``train`` from a
-TrainConfig field and every flag of ``tune`` from a SweepOptions field. Standard library and the
-config module only (``tune``'s flags load the sweep package, and only when ``tune`` is asked for).
+TrainConfig field and every flag of ``tune`` from a SweepOptions field. Standard library, the config
+and the sweep's options only: neither torch nor Ray loads before a command runs.
 A bad flag is one line and exit 2.
 """
 
@@ -12,9 +12,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..core.config import INT_RANGES, TTA_VIEWS, TrainConfig, field_kinds, flag, smoke_overrides
+from ..core.errors import EXIT_USAGE, shown
+from ..sweep.options import SweepOptions
 from .catalog import NUMERIC_DESCENDING, SORT_KEYS
-from .config import INT_RANGES, TTA_VIEWS, TrainConfig, field_kinds, flag, smoke_overrides
-from .errors import EXIT_USAGE, shown
 
 RUN_DIR_HELP = "a run folder written by 'mnist-addition train'"
 
@@ -47,8 +48,6 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_tune_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per SweepOptions field, in its help group; defaults suppressed (--resume checks what was typed)."""
-    from .sweep import SweepOptions
-
     groups: dict[str, Any] = {"": parser}
     hints = typing.get_type_hints(SweepOptions)
     for f in dataclasses.fields(SweepOptions):
@@ -70,9 +69,8 @@ def _metavar(name: str, meta: Any) -> str | None:
     return None if meta["choices"] else name.split("_")[-1].upper()  # --batch-size SIZE
 
 
-def build_parser(tune_flags: bool = True) -> argparse.ArgumentParser:
-    """Every command; ``tune_flags=False`` leaves out tune's flags, which load the sweep package and
-    torch (``runs`` must not wait seconds for torch)."""
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its flags (standard library only: ``runs`` never waits for torch)."""
     parser = _Parser(prog="mnist-addition", description="Digit and digit+number classification on MNIST.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -140,8 +138,7 @@ def build_parser(tune_flags: bool = True) -> argparse.ArgumentParser:
         description="Sample training configs from a search space, train each with the same fit() as 'train', "
                     "report validation accuracy every epoch, stop bad trials early, and write the best config "
                     "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS)
-    if tune_flags:
-        add_tune_flags(tune)
+    add_tune_flags(tune)
     return parser
 
 
