@@ -78,7 +78,7 @@ def run_config(name: str, overrides: dict[str, Any], seeds: list[int], data, cpu
     rows = []
     for seed in seeds:
         config = TrainConfig.from_preset(**{**overrides, "seed": seed, "cpu": cpu})
-        final = fit(config, data=data, progress=False, test_every_epoch=True)
+        final = fit(config, data=data, progress=False, test="every_epoch")
         reached = [r["train_seconds"] for r in final["history"]
                    if r["test_digit_acc"] >= TARGET and r["test_sum_acc"] >= TARGET]
         setup = final["setup"]

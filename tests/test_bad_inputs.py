@@ -324,8 +324,8 @@ def test_32_bit_images_holding_8_bit_values_and_a_nan_pixel_read_like_the_8_bit_
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["evaluate --all-numbers", "predict", "tune space check"])
 def test_ctrl_c_outside_the_training_loop_is_one_line(where, finished, tmp_path, monkeypatch, capsys):
+    import mnist_addition.commands.evaluate as evaluate_module
     import mnist_addition.commands.predict as predict_module
-    import mnist_addition.core.evaluation as evaluate_module
     import mnist_addition.sweep.folder as folder_module
 
     def interrupt(*args, **kwargs):

@@ -334,11 +334,11 @@ def test_fit_itself_enforces_the_resume_rules(crashed, uninterrupted, tmp_path):
     own = TrainConfig.load(run / "config.json").replace(output_dir=str(run))
     before = _contents(run)
     with pytest.raises(ConfigError, match=r"--lr cannot change when resuming \(.*config.json has 0.01, not 0.5\)"):
-        fit(own.replace(lr=0.5), resume=True, progress=False)
+        fit(own.replace(lr=0.5), start="resume", progress=False)
     with pytest.raises(ConfigError, match="--cpu cannot change when resuming"):
-        fit(own.replace(cpu=False, mixed_precision="no"), resume=True, progress=False)
+        fit(own.replace(cpu=False, mixed_precision="no"), start="resume", progress=False)
     assert _contents(run) == before
-    fit(own.replace(log_every=3, keep_checkpoints=1), resume=True, progress=False)  # where and how often: allowed
+    fit(own.replace(log_every=3, keep_checkpoints=1), start="resume", progress=False)  # where and how often: allowed
     a, b = _weights(run), _weights(uninterrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(list_checkpoints(run)) == 1

@@ -12,7 +12,8 @@ import torch
 from mnist_addition.core import hparams
 from mnist_addition.core.config import ConfigError, TrainConfig
 from mnist_addition.rundir.checkpoint import checkpoint_dir, read_state
-from mnist_addition.training.loop import Continuation, fit
+from mnist_addition.training.loop import fit
+from mnist_addition.training.start import Continuation
 from mnist_addition.training.step import lr_schedule
 
 from .conftest import tiny_config
@@ -85,7 +86,7 @@ def test_a_continued_run_copies_the_weights_records_them_and_its_config_replays_
     assert saved["schedule"] == hparams.segments(base)
     new = base.replace(lr=0.003, sum_weight=0.7, weight_decay=0.002, output_dir=str(b))
     config = hparams.continued(new, saved["schedule"], saved["epoch"])
-    fit(config, progress=False, continue_from=Continuation(source, "run a"))
+    fit(config, progress=False, start=Continuation(source, "run a"))
 
     rows = history(b)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[:2] == history(a)[:2]  # the copied run's epochs
@@ -115,7 +116,7 @@ def test_a_continued_ema_run_copies_the_average_too(mnist_dir, tmp_path):
     base = tiny_config(mnist_dir, cpu=True, schedule="constant", ema=0.9)
     fit(base.replace(output_dir=str(a)), progress=False)
     source = checkpoint_dir(a, 2 * read_state(checkpoint_dir(a, 45))["step"])
-    fit(base.replace(output_dir=str(b)), progress=False, continue_from=Continuation(source, "a"))
+    fit(base.replace(output_dir=str(b)), progress=False, start=Continuation(source, "a"))
     theirs, ours = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
     assert history(b)[2]["val_loss"] == history(a)[2]["val_loss"]
@@ -128,13 +129,12 @@ def test_a_continuation_whose_config_disagrees_with_the_past_or_starts_mid_epoch
     with pytest.raises(ConfigError, match=r"cannot continue from .*step-00000015: lr was 0.01 in epoch 1, the config "
                                           r"says 0.003; a continued run's config keeps the past"):
         fit(base.replace(lr=0.003, output_dir=str(tmp_path / "b")), progress=False,
-            continue_from=Continuation(checkpoint_dir(a, 15), "a"))
+            start=Continuation(checkpoint_dir(a, 15), "a"))
     from mnist_addition.rundir.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="in the middle of epoch 1: a run continues another from the end"):
         fit(base.replace(output_dir=str(tmp_path / "c")), progress=False,
-            continue_from=Continuation(checkpoint_dir(a, 10), "a"))
-    with pytest.raises(ConfigError, match="either resumes its own checkpoint or continues"):
-        fit(base.replace(output_dir=str(a)), progress=False, resume=True,
-            continue_from=Continuation(checkpoint_dir(a, 15), "a"))
+            start=Continuation(checkpoint_dir(a, 10), "a"))
+    with pytest.raises(ConfigError, match="start must be one of new, overwrite, resume or a Continuation"):
+        fit(base.replace(output_dir=str(a)), progress=False, start="continue")
     assert not (tmp_path / "b" / "config.json").exists() and not (tmp_path / "c" / "config.json").exists()

@@ -3,7 +3,6 @@ which earlier trial a rebuilt sweep's trial continues. (End to end, with Ray: te
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat

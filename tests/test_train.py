@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from mnist_addition.core.config import ConfigError, TrainConfig
 from mnist_addition.core.errors import Interrupted
-from mnist_addition.training.loop import fit, resolve_mixed_precision
+from mnist_addition.core.backends import resolve_mixed_precision
+from mnist_addition.training.loop import fit
 
 from .conftest import tiny_config
 
@@ -130,7 +131,7 @@ def test_a_refit_without_validation_trains_on_every_image_and_resumes_bit_identi
     with pytest.raises(Interrupted):
         fit(config.replace(output_dir=str(run)), stop_after_epoch_1, progress=False)
     assert [len(read_state(p)["history"]) for p in list_checkpoints(run)][-1] == 1
-    resumed = fit(config.replace(output_dir=str(run)), progress=False, resume=True)
+    resumed = fit(config.replace(output_dir=str(run)), progress=False, start="resume")
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]
     assert resumed["test"] == whole["test"]
 
@@ -174,7 +175,7 @@ def test_ema_evaluates_and_saves_the_weights_average_and_resumes_bit_identically
     run = tmp_path / "stopped"
     with pytest.raises(Interrupted):
         fit(config.replace(output_dir=str(run)), stop_after_epoch_1, progress=False)
-    resumed = fit(config.replace(output_dir=str(run)), progress=False, resume=True)
+    resumed = fit(config.replace(output_dir=str(run)), progress=False, start="resume")
     assert resumed["val"] == whole["val"] and resumed["test"] == whole["test"]
     again = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(again[k], shipped[k]) for k in shipped)
@@ -197,7 +198,7 @@ def test_a_checkpoint_without_the_average_is_not_resumed_with_ema(mnist_dir, tmp
     del manifest[EMA_FILE]
     (last / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="has no ema.safetensors"):
-        fit(config, progress=False, resume=True)
+        fit(config, progress=False, start="resume")
 
 
 def test_the_average_ramps_up_and_moves_towards_the_weights():
@@ -285,7 +286,7 @@ def test_limits_apply_to_data_passed_in(mnist_dir):
 
 
 def test_test_every_epoch_reports_the_final_test_metrics(mnist_dir):
-    final = fit(tiny_config(mnist_dir, epochs=2), progress=False, test_every_epoch=True)
+    final = fit(tiny_config(mnist_dir, epochs=2), progress=False, test="every_epoch")
     last = final["history"][-1]
     assert [r["epoch"] for r in final["history"]] == [1, 2]
     assert final["test"]["digit_acc"] == last["test_digit_acc"] and final["test"]["n"] == last["test_n"] == 200
@@ -325,8 +326,8 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weigh
     """The loss turns NaN in epoch 2 (a NaN learning rate from global step 21, epoch 2 step 6, on):
     training stops at the next check (the checkpoint due at epoch 2 step 9) with one message, the
     checkpoints written before it stay, none after it, and no model.safetensors appears."""
-    import mnist_addition.training.loop as train_module
     import mnist_addition.training.step as step
+    from mnist_addition.training.checkpointer import TrainingDiverged
     from mnist_addition.rundir.checkpoint import list_checkpoints, read_state
 
     real = step.lr_schedule
@@ -339,8 +340,8 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weigh
     run = tmp_path / "run"
     run.mkdir()
     config = tiny_config(mnist_dir, cpu=True, output_dir=str(run), checkpoint_every=4, keep_checkpoints=10)
-    with pytest.raises(train_module.TrainingDiverged, match=r"epoch 2 between steps 5 and 9 of 15.*lower --lr.*"
-                                                            r"step-00000020, is kept; no weights were saved"):
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 between steps 5 and 9 of 15.*lower --lr.*"
+                                            r"step-00000020, is kept; no weights were saved"):
         fit(config, progress=False)
     assert [p.name for p in list_checkpoints(run)][-3:] == ["step-00000015", "step-00000016", "step-00000020"]
     assert all(torch.isfinite(torch.tensor(read_state(p)["loss_sum"])) for p in list_checkpoints(run))

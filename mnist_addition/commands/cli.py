@@ -21,35 +21,28 @@ from .flags import build_parser
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..training.loop import fit, prepare  # Accelerate is imported here, not for --help
     from ..training.resume import NEW_RUN_OPTIONS, resumed_config
+    from ..training.run import start_of, train  # Accelerate is imported here, not for --help
     from .tables import epoch_line, results, start_line
 
     typed = {k: v for k, v in vars(args).items() if k in field_kinds()}
     config = resumed_config(args.resume, typed, {k: getattr(args, k) for k in NEW_RUN_OPTIONS}) if args.resume \
         else TrainConfig.resolve(args.config, args.smoke, typed)
-    config, process, data, mode = prepare(config, resume=bool(args.resume), overwrite=args.overwrite,
-                                          download=not args.no_download, auto_resume=args.auto_resume)
-    console = Console(stderr=True, quiet=not process.is_main_process, soft_wrap=True)  # one line per message
-    if mode == "finished":
-        console.print(f"{config.output_dir} already holds this run, finished (metrics.json): nothing to do")
-    else:
-        console.print(start_line(config, mode == "resume", process.num_processes))
-        final = fit(config, report=lambda row: console.print(epoch_line(row, config.epochs)), data=data,
-                    resume=mode == "resume", overwrite=mode == "overwrite",
-                    warn=lambda line: console.print(line, markup=False, highlight=False))
-        Console(quiet=not process.is_main_process).print(*results(final, config.output_dir), sep="\n")
-    _leave_process_group(process)
+    console = Console(stderr=True, soft_wrap=True)  # one line per message; quiet but on the main process
+
+    def started(run: Any) -> None:
+        console.quiet = not run.main
+        if run.mode == "finished":
+            console.print(f"{run.config.output_dir} already holds this run, finished (metrics.json): nothing to do")
+        else:
+            console.print(start_line(run.config, run.mode == "resume", run.processes))
+
+    outcome = train(config, lambda row: console.print(epoch_line(row, config.epochs)),
+                    start=start_of(bool(args.resume), args.overwrite, args.auto_resume), download=not args.no_download,
+                    warn=lambda line: console.print(line, markup=False, highlight=False), on_start=started)
+    if outcome.final is not None:
+        Console(quiet=not outcome.main).print(*results(outcome.final, outcome.config.output_dir), sep="\n")
     return 0
-
-
-def _leave_process_group(process: Any) -> None:
-    """Every process done: leave the process group together (a barrier, then destroy it), the
-    shutdown torch documents. Without it, the two launchers of a requeued finished run once both
-    died of SIGABRT at exit after answering "nothing to do" (CI, 1 run in many; not reproduced)."""
-    if process.num_processes > 1:
-        process.wait_for_everyone()
-        process.destroy_process_group()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

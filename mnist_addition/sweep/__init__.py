@@ -2,7 +2,7 @@
 
 * ``options``: what was asked (``SweepOptions``), its checks, the shipped search spaces;
 * ``folder``: the sweep folder a driver holds (one writer), new or resumed;
-* ``trial``: what runs on a Ray worker (one trial: the core ``fit``, reporting each epoch);
+* ``trial``: what runs on a Ray worker (one trial: ``training.run.train``, reporting each epoch);
 * ``driver``: Ray start-up, resources, the Tuner (scheduler, search, resume or rebuild);
 * ``interrupts``: Ctrl-C and SIGTERM, a stop that ``--resume`` continues;
 * ``trust`` and ``signing``: Ray's state signed at every save, checked before ``--resume`` loads it;
@@ -13,7 +13,10 @@
 Layout of a sweep, ``STORAGE/NAME/``: Ray's experiment state and one folder per trial (with the
 trial's run folder ``run/``), plus ours: ``sweep.json`` (what was asked, for ``--resume``),
 ``trials.csv``, ``best_config.json`` (feed it to ``mnist-addition train --config``),
-``sweep.png`` and ``summary.json``.
+``sweep.png`` and ``summary.json`` (their names: ``rundir.names``).
+
+May import: ``core``, ``rundir``, ``training``; Ray only inside the modules that run a sweep
+(``driver``, ``trial``, ``pbt``, ``signing``, ``trackers``' callbacks), never at import of the package.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What runs on a Ray worker: one trial of a sweep.
 
-A trial builds its ``TrainConfig`` from the sampled values, runs the core ``fit`` (no second
-training loop) and, after each epoch, reports the validation metrics together with the checkpoint
-``fit`` has just written, so that ASHA can stop it, a crash is retried from that checkpoint, and an
+A trial builds its ``TrainConfig`` from the sampled values, trains it with ``training.run.train``
+(the one way into a run, as ``mnist-addition train``) and, after each epoch, reports the validation
+metrics together with the checkpoint it has just written, so that ASHA can stop it, a crash is retried from that checkpoint, and an
 interrupted sweep can be restored.
 
 The trial writes its run folder locally (Ray's working directory for the trial) and uploads it,
@@ -11,8 +11,8 @@ every epoch and at the end: on a cluster whose storage is a bucket, the run fold
 whichever node trained them.
 
 GPUs: Ray makes only the GPUs it assigned to a trial visible to it (``CUDA_VISIBLE_DEVICES``), so
-``fit`` trains on that GPU (or that share of one); a trial assigned none is kept off every GPU.
-A trial with several workers runs the same ``fit`` under Ray Train's ``TorchTrainer`` started from
+the run trains on that GPU (or that share of one); a trial assigned none is kept off every GPU.
+A trial with several workers runs the same ``train`` under Ray Train's ``TorchTrainer`` started from
 inside the Tune trial (Ray 2.5x/2.6x: Train V2); Accelerate joins the process group Ray Train made.
 """
 
@@ -59,7 +59,8 @@ def trial_dirname(trial_id: str) -> str:
 
 def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: Path, upload_as: str,
                      report: Callable[..., None], checkpoint_class: type, restored: Any) -> None:
-    """Prepare the run folder (restoring a reported checkpoint), run the one ``fit``, upload the run.
+    """Prepare the run folder (restoring a reported checkpoint), train (``training.run.train``, the
+    one way into a run), upload the run.
 
     ``report``/``checkpoint_class`` are Tune's for a single-process trial and Ray Train's on the
     workers of a multi-worker trial. Where it starts: ``_starting_point``.
@@ -68,7 +69,8 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
 
     torch = _worker_set_up(settings)
     from ..core.data import load_mnist, make_splits
-    from ..training.loop import fit, process_state
+    from ..training.group import process_state
+    from ..training.run import train
 
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
@@ -108,9 +110,9 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     if replay_after is not None:  # epochs Ray's state does not hold, as the scheduler and the searcher saw them
         history = [{**row, "replayed": True} for row in read_state(current())["history"] if row["epoch"] > replay_after]
         _replay(history, config.epochs, lambda row: report({**row, **facts}), send)
-    final = fit(config, report=on_epoch, data=data, progress=False, resume=restored is not None and start is None,
-                score_test=False, warn=lambda line: print(line, flush=True), on_checkpoint=written.append,
-                continue_from=start)
+    final = train(config, report=on_epoch, start=start or ("resume" if restored is not None else "new"), data=data,
+                  test="never", progress=False, warn=lambda line: print(line, flush=True),
+                  on_checkpoint=written.append).final
     # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
     # the scheduler ends a trial at its last report, before any code after it runs.
     last = final["history"][-1]
@@ -239,7 +241,7 @@ def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: 
     or this trial's own after a pause or a retry, or (``own``) its earlier self's in a rebuilt
     sweep (nothing to record)."""
     from ..core.hparams import continued
-    from ..training.loop import Continuation
+    from ..training.start import Continuation
 
     copy = run_dir.parent / CONTINUED_FROM
     shutil.rmtree(run_dir, ignore_errors=True)
