@@ -84,7 +84,7 @@ LONG = "x" * 300
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    skip = (".lock", ".lock-owner.json")
+    skip = (".lock",)
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name not in skip} \
         if folder.exists() else {}
 
@@ -220,7 +220,8 @@ class Cases:
         return "" if "is in use by process" in refused or "already holds a run" in refused else refused
 
     def payload(self) -> str:
-        from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.checkpoint import _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.names import MANIFEST
 
         run, marker = self.unfinished("p"), self.work / "payload-ran"
 
@@ -254,7 +255,8 @@ class Cases:
         return self.same(run, lambda r: cli("train", "--resume", str(r)), 2)
 
     def damaged_state(self) -> str:
-        from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.checkpoint import _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.names import MANIFEST
 
         run = self.unfinished("r2")
         for checkpoint in list_checkpoints(run):
@@ -605,7 +607,8 @@ class Issue15:
         import torch
         from safetensors.torch import load_file, save_file
 
-        from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.checkpoint import _files, _sha256, list_checkpoints
+        from mnist_addition.rundir.names import MANIFEST
 
         self._altered += 1
         run = self.base.unfinished(f"alt-{self._altered}")

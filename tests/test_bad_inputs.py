@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from mnist_addition.commands.cli import main
-from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256, list_checkpoints
+from mnist_addition.rundir.checkpoint import _files, _sha256, list_checkpoints
+from mnist_addition.rundir.names import MANIFEST
 
 from .conftest import write_idx, write_mnist
 

@@ -222,10 +222,10 @@ def test_weights_that_are_not_finite_are_refused_by_every_reader(command, run_di
 # Run folders: one writer, --overwrite loses nothing, a refused start leaves nothing behind
 # ------------------------------------------------------------------------------------------------
 def _files(folder):
-    from mnist_addition.rundir.folder import RunFolder
+    from mnist_addition.rundir.names import LOCK
 
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and p.name != RunFolder.LOCK}
+            if p.is_file() and p.name != LOCK}
 
 
 def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_path, capsys):

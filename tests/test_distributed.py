@@ -347,9 +347,9 @@ def test_fit_itself_enforces_the_resume_rules(crashed, uninterrupted, tmp_path):
 def _contents(run: Path) -> dict[Path, bytes]:
     """Every file of a run folder, but the lock's bookkeeping (who holds the folder; a killed run
     leaves a stale note that the next attempt clears): the run's data, byte for byte."""
-    from mnist_addition.rundir.folder import RunFolder
+    from mnist_addition.rundir.names import LOCK
 
-    skip = {RunFolder.LOCK}
+    skip = {LOCK}
     return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in skip} if run.exists() else {}
 
 
@@ -377,7 +377,8 @@ def test_a_code_running_payload_in_a_checkpoint_never_runs(name, needed, crashed
     does not need is never opened."""
     import pickle
 
-    from mnist_addition.rundir.checkpoint import MANIFEST, _files, _sha256
+    from mnist_addition.rundir.checkpoint import _files, _sha256
+    from mnist_addition.rundir.names import MANIFEST
 
     run = _copy(crashed, tmp_path / "run")
     marker = tmp_path / "payload-ran"

@@ -20,11 +20,9 @@ from mnist_addition.rundir.names import REPORT_FILES
 TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
         "--mixed-precision", "no", "--cpu", "--no-download"]
 PRECIOUS = b"someone's file: must never change\n"
-# Every name a run, a resume, a report or an export writes, and the fixed temporary names older
-# versions wrote through.
+# Every name a run, a resume, a report or an export writes, and fixed temporary names beside them.
 WRITTEN = ["metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *REPORT_FILES, ".lock",
-           ".lock-owner.json", "model.safetensors.tmp", "metrics.json.tmp", "metrics.jsonl.tmp", "config.json.tmp",
-           ".lock-owner.json.tmp", ".model.onnx.tmp"]
+           "model.safetensors.tmp", "metrics.json.tmp", "metrics.jsonl.tmp", "config.json.tmp", ".model.onnx.tmp"]
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mnist_addition.core.backends import resolve_mixed_precision
 from mnist_addition.core.config import ConfigError, TrainConfig
 from mnist_addition.core.errors import Interrupted
-from mnist_addition.core.backends import resolve_mixed_precision
 from mnist_addition.training.loop import fit
 
 from .conftest import tiny_config
@@ -154,8 +154,9 @@ def test_ema_evaluates_and_saves_the_weights_average_and_resumes_bit_identically
     """--ema: the same training to the bit (the optimizer never steps the average), but validation,
     test and model.safetensors are the moving average's; each checkpoint holds the model's weights and
     the average, and a run stopped after epoch 1 resumes to the same average as one never stopped."""
-    from mnist_addition.rundir.checkpoint import EMA_FILE, MODEL_FILE, list_checkpoints
+    from mnist_addition.rundir.checkpoint import list_checkpoints
     from mnist_addition.rundir.contents import load_run
+    from mnist_addition.rundir.names import EMA_FILE, MODEL_FILE
 
     plain = trained[0]
     config = tiny_config(mnist_dir, cpu=True, ema=0.9)
@@ -184,7 +185,8 @@ def test_ema_evaluates_and_saves_the_weights_average_and_resumes_bit_identically
 def test_a_checkpoint_without_the_average_is_not_resumed_with_ema(mnist_dir, tmp_path):
     """A checkpoint of an --ema run whose ema.safetensors is gone (its manifest rewritten to match)
     cannot be resumed: the average would restart from the weights, not continue."""
-    from mnist_addition.rundir.checkpoint import EMA_FILE, MANIFEST, CheckpointError, list_checkpoints
+    from mnist_addition.rundir.checkpoint import CheckpointError, list_checkpoints
+    from mnist_addition.rundir.names import EMA_FILE, MANIFEST
 
     def stop_after_epoch_1(row):
         raise KeyboardInterrupt
@@ -327,8 +329,8 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_saves_no_weigh
     training stops at the next check (the checkpoint due at epoch 2 step 9) with one message, the
     checkpoints written before it stay, none after it, and no model.safetensors appears."""
     import mnist_addition.training.step as step
-    from mnist_addition.training.checkpointer import TrainingDiverged
     from mnist_addition.rundir.checkpoint import list_checkpoints, read_state
+    from mnist_addition.training.checkpointer import TrainingDiverged
 
     real = step.lr_schedule
 
@@ -355,7 +357,7 @@ def test_train_state_knows_its_global_step_and_round_trips_through_its_state_dic
     state = TrainState(steps=15, epoch=3, step=4, loss_sum=1.5, train_seconds=2.0, samples_per_process=512,
                        history=[{"epoch": 1}, {"epoch": 2}])
     assert state.global_step == 2 * 15 + 4
-    saved = state.state_dict({"preset": "fast", "width": 8, "world": 2})
+    saved = state.state_dict({"preset": "fast", "width": 8, "world": 2, "schedule": []})
     assert set(saved) == set(SAVED_FIELDS) and saved["global_step"] == 34
     again = TrainState.from_saved(saved, steps=15, world=1)  # one process takes over two processes' images
     assert (again.epoch, again.step, again.global_step, again.samples_per_process) == (3, 4, 34, 1024)

@@ -11,7 +11,6 @@ finished or interrupted (``summary.json``).
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from ..rundir.names import (
     SWEEP_FILE,
     TENSORBOARD,
     is_run_dir,
+    stamp,
 )
 
 # --sort keys: accuracies and the date sort best/newest first, the rest in ascending order
@@ -236,10 +236,10 @@ def sweep_row(sweep_dir: Path, name: str) -> dict[str, Any]:
 
 def _mtime(path: Path) -> str | None:
     try:
-        stamp = os.stat(path).st_mtime
+        modified = os.stat(path).st_mtime
     except OSError:
         return None
-    return datetime.datetime.fromtimestamp(stamp).astimezone().strftime("%Y-%m-%dT%H:%M:%S%z")
+    return stamp(when=modified)
 
 
 def catalog(folders: list[Path], sort: str = "date") -> list[dict[str, Any]]:

@@ -12,9 +12,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..core.config import INT_RANGES, TTA_VIEWS, TrainConfig, field_kinds, flag, smoke_overrides
+from ..core.config import INT_RANGES, TTA_VIEWS, TrainConfig, field_kinds, flag, preset_values, smoke_overrides
 from ..core.errors import EXIT_USAGE, shown
-from ..sweep.options import SweepOptions
+from ..sweep.options import SweepOptions, shipped_spaces
 from .catalog import NUMERIC_DESCENDING, SORT_KEYS
 
 RUN_DIR_HELP = "a run folder written by 'mnist-addition train'"
@@ -40,10 +40,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag(f.name), dest=f.name, action="store_true", default=argparse.SUPPRESS,
                                help=meta["help"])
             continue
-        default = "preset's" if f.name not in ("preset", "seed", "data_dir", "output_dir") else f.default
+        default = meta["shown"] or "; ".join([str(f.default), *(f"{value} with --preset {preset}" for preset, value
+                                                                 in preset_values(f.name).items())])
         group.add_argument(flag(f.name), dest=f.name, type=kind, choices=meta["choices"], default=argparse.SUPPRESS,
-                           metavar=_metavar(f.name, meta),
-                           help=f"{meta['help']} (default: {default})".replace("%", "%%"))  # argparse formats with %
+                           metavar=_metavar(f.name, meta), help=_help(meta["help"], default))
 
 
 def add_tune_flags(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +61,13 @@ def add_tune_flags(parser: argparse.ArgumentParser) -> None:
             name = "--no-download" if f.name == "download" else flag(f.name)
             group.add_argument(name, dest=f.name, action="store_false" if f.default else "store_true", help=meta["help"])
             continue
+        text = meta["help"] + (f": {', '.join(sorted(shipped_spaces()))}" if f.name == "space" else "")
         group.add_argument(flag(f.name), dest=f.name, type=kind, choices=meta["choices"], metavar=_metavar(f.name, meta),
-                           help=meta["help"] if "default" in meta["help"] else f"{meta['help']} (default: {f.default})")
+                           help=_help(text, meta["shown"] or f.default))
+
+
+def _help(text: str, default: Any) -> str:
+    return f"{text} (default: {default})".replace("%", "%%")  # argparse formats help with %
 
 
 def _metavar(name: str, meta: Any) -> str | None:
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser(
         "tune", help="hyperparameter sweep with Ray Tune (ASHA early stopping; selects on validation)",
-        description="Sample training configs from a search space, train each with the same fit() as 'train', "
+        description="Sample training configs from a search space, train each with the same train() as 'mnist-addition train', "
                     "report validation accuracy every epoch, stop bad trials early, and write the best config "
                     "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS)
     add_tune_flags(tune)

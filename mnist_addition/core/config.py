@@ -40,7 +40,8 @@ _UNSET = object()
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, *, infra: bool = False, resumable: bool = False,
-       sweep: str | None = None, smoke: Any = _UNSET, sweep_smoke: Any = _UNSET, factory: Any = None) -> Any:
+       sweep: str | None = None, smoke: Any = _UNSET, sweep_smoke: Any = _UNSET, factory: Any = None,
+       shown: str | None = None) -> Any:
     """A TrainConfig field and its roles, declared once (read by the CLI, resume, spaces and smoke modes):
 
     * ``infra``: plumbing, not maths (how and where it runs): the CLI lists it apart;
@@ -50,9 +51,12 @@ def _f(default: Any, help: str, choices: tuple | None = None, *, infra: bool = F
       space may not set it;
     * ``smoke``: its value under ``train --smoke``; ``sweep_smoke`` under ``tune --smoke`` (the
       smoke value unless given);
-    * ``factory``: the default is ``factory()`` (a list), not ``default``.
+    * ``factory``: the default is ``factory()`` (a list), not ``default``;
+    * ``shown``: what ``--help`` says the default is, where None would not tell (else the value, and
+      each preset's own: ``preset_values``).
     """
-    meta = {"help": help, "choices": choices, "infra": infra or resumable, "resumable": resumable, "sweep": sweep}
+    meta = {"help": help, "choices": choices, "infra": infra or resumable, "resumable": resumable, "sweep": sweep,
+            "shown": shown}
     if smoke is not _UNSET:
         meta["smoke"] = smoke
         meta["sweep_smoke"] = smoke if sweep_smoke is _UNSET else sweep_smoke
@@ -132,11 +136,11 @@ class TrainConfig:
     # (NCCL) for which a lost machine would hold every other one's GPUs. See docs/distributed.md.
     dist_timeout: int = _f(300, "seconds a process waits for the others in a collective before it stops, saying a "
                                 "peer stopped answering (data-parallel runs)", resumable=True)
-    data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte (default: $MNIST_ADDITION_DATA or "
-                                    "~/.cache/mnist-addition)", resumable=True, sweep="--data-dir")
+    data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte", resumable=True, sweep="--data-dir",
+                              shown="$MNIST_ADDITION_DATA or ~/.cache/mnist-addition")
     # the run folder itself: a resumed run keeps its own (resume.py), a trial's is the sweep's
-    output_dir: str | None = _f(None, "run folder (default: runs/<timestamp>)", infra=True,
-                                sweep="--storage-path/--name")
+    output_dir: str | None = _f(None, "run folder", infra=True, sweep="--storage-path/--name",
+                                shown="runs/<timestamp>")
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -327,6 +331,11 @@ def smoke_overrides(sweep: bool = False) -> dict[str, Any]:
     Explicit flags still win."""
     key = "sweep_smoke" if sweep else "smoke"
     return {f.name: f.metadata[key] for f in dataclasses.fields(TrainConfig) if key in f.metadata}
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The presets that give field ``name`` a value of their own, and that value."""
+    return {preset: values[name] for preset, values in PRESET_DEFAULTS.items() if name in values}
 
 
 def resumable_fields() -> frozenset[str]:

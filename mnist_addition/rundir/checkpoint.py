@@ -37,18 +37,19 @@ import torch
 from ..core.errors import UserError, first_line, shown
 from ..core.hparams import SCHEDULED
 from . import files
-from .names import CHECKPOINTS
+from .names import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS,
+    EMA_FILE,
+    MANIFEST,
+    MODEL_FILE,
+    OPTIMIZER_GROUPS,
+    OPTIMIZER_TENSORS,
+    STATE_FILE,
+)
 
 if TYPE_CHECKING:
     from ..core.average import WeightAverage
-
-STATE_FILE = "trainer_state.json"
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_TENSORS = "optimizer.safetensors"
-OPTIMIZER_GROUPS = "optimizer.json"
-MANIFEST = "MANIFEST.json"
-EMA_FILE = "ema.safetensors"
-PREFIX = "step-"
 
 
 class CheckpointError(UserError):
@@ -72,7 +73,7 @@ REQUIRED = (MODEL_FILE, OPTIMIZER_TENSORS, OPTIMIZER_GROUPS, STATE_FILE)
 
 def checkpoint_dir(run_dir: str | os.PathLike, global_step: int) -> Path:
     """Where the checkpoint of ``global_step`` lives in a run folder."""
-    return Path(run_dir) / CHECKPOINTS / f"{PREFIX}{global_step:08d}"
+    return Path(run_dir) / CHECKPOINTS / f"{CHECKPOINT_PREFIX}{global_step:08d}"
 
 
 def write_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path, global_step: int,
@@ -222,7 +223,7 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], groups: Any, optimizer: t
 # the global step, and the writing run's identity (``Run.identity``).
 SAVED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "epoch": int, "step": int, "global_step": int, "loss_sum": (int, float), "train_seconds": (int, float),
-    "history": list, "preset": str, "width": int, "world": int, "samples_per_process": int}
+    "history": list, "preset": str, "width": int, "world": int, "samples_per_process": int, "schedule": list}
 # The plot and the reports read these of every history row; every value of a row is a finite number.
 HISTORY_KEYS = ("epoch", "train_loss")
 # ... and these of every row of a run with a validation split (none has them: a --val-size 0 refit)
@@ -268,7 +269,7 @@ def _out_of_range(state: dict[str, Any]) -> str | None:
                 any((k in row) != validated for k in VAL_KEYS) or \
                 not all(_number(v) or (k == WEIGHTS_FROM and isinstance(v, str)) for k, v in row.items()):
             return f"history row {i} is not epoch {i}'s metrics (got {shown(row)})"
-    return _bad_schedule(state.get("schedule"))
+    return _bad_schedule(state["schedule"])
 
 
 def _number(value: Any) -> bool:
@@ -276,10 +277,7 @@ def _number(value: Any) -> bool:
 
 
 def _bad_schedule(schedule: Any) -> str | None:
-    """What is wrong with a trainer state's ``schedule`` (``hparams.segments``; None in checkpoints
-    written before schedules were recorded)."""
-    if schedule is None:
-        return None
+    """What is wrong with a trainer state's ``schedule`` (``hparams.segments``)."""
     if not isinstance(schedule, list) or not schedule or not all(
             isinstance(s, dict) and set(s) == {"epoch", *SCHEDULED} and isinstance(s["epoch"], int)
             and all(_number(s[k]) for k in SCHEDULED) for s in schedule) or schedule[0]["epoch"] != 1 or \
@@ -302,9 +300,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not files.is_real_dir(root):
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+    found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()
              and files.is_real_dir(p)]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))  # by step: 9 digits sort after 8
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))  # by step: 9 digits sort after 8
 
 
 def verify(checkpoint: Path) -> str | None:

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -25,7 +24,19 @@ from ..core.config import MIXED_PRECISION, ConfigError, TrainConfig, check_model
 from ..core.errors import UserError, first_line, shown
 from ..core.model import build_model, count_parameters
 from . import files
-from .names import LOCK, RUN_DIRS, RUN_FILES, SWEEP_FILE, is_run_dir
+from .names import (
+    CONFIG,
+    FOLDER_STAMP,
+    LOCK,
+    ONNX,
+    REPLACED,
+    RUN_DIRS,
+    RUN_FILES,
+    SWEEP_FILE,
+    WEIGHTS,
+    is_run_dir,
+    stamp,
+)
 
 
 class RunError(UserError):
@@ -33,7 +44,7 @@ class RunError(UserError):
 
 
 def default_run_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / stamp(FOLDER_STAMP)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,8 +84,8 @@ def git_commit() -> str | None:
 
 def write_config(run_dir: Path, config: TrainConfig, setup: dict[str, Any]) -> None:
     payload = {"config": config.to_dict(), "setup": setup, "versions": versions(), "git_commit": git_commit(),
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(run_dir / "config.json", payload)
+               "created": stamp()}
+    write_json(run_dir / CONFIG, payload)
 
 
 # What shapes a net's weights, written into the header of its model.safetensors and checked when it
@@ -157,7 +168,7 @@ def holding_folder(path: Path) -> Path | None:
         top = path.relative_to(folder).parts[0]
         if files.is_real_file(folder / SWEEP_FILE):
             return folder
-        if is_run_dir(folder) and (top in (*RUN_DIRS, ".replaced") or depth == 0 and top in (*RUN_FILES, "model.onnx", LOCK)):
+        if is_run_dir(folder) and (top in (*RUN_DIRS, REPLACED) or depth == 0 and top in (*RUN_FILES, ONNX, LOCK)):
             return folder
     return None
 
@@ -215,7 +226,7 @@ def read_run_config(run_dir: str | os.PathLike) -> tuple[TrainConfig, dict[str, 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist: pass the --output-dir of a finished training run")
-    path = member(run_dir, "config.json", f"{run_dir} has no config.json: it is not a run folder (or training "
+    path = member(run_dir, CONFIG, f"{run_dir} has no config.json: it is not a run folder (or training "
                                           "never started)")
     try:
         data = read_json_file(path, "config file", "restore the run's config.json")
@@ -250,7 +261,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", tta
             raise RunError(f"--tta {tta}: {run_dir} is a {config.preset!r} run, which evaluates one view only: "
                            "drop --tta")
         config = config.replace(tta=tta)
-    weights_path = member(run_dir, "model.safetensors", f"{run_dir} has no model.safetensors: training did not "
+    weights_path = member(run_dir, WEIGHTS, f"{run_dir} has no model.safetensors: training did not "
                                                         "finish; resume it (train --resume) or pick another run")
     try:  # one read for the tensors and the header
         with safe_open(str(weights_path), "pt", device=str(device)) as f:

@@ -19,6 +19,8 @@ import stat
 from pathlib import Path
 from typing import Callable
 
+from .names import stamp
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -213,10 +215,9 @@ def holder_note() -> bytes:
     """The note a lock's holder writes: this process, this machine, now."""
     import json
     import platform
-    import time
 
     return json.dumps({"pid": os.getpid(), "host": platform.node(),
-                       "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
+                       "since": stamp()}).encode()
 
 
 def lock_is_held(path: Path) -> bool:

@@ -26,11 +26,7 @@ from typing import Any, Callable
 from . import files
 from .checkpoint import list_checkpoints
 from .contents import RunError
-from .names import CHECKPOINTS, CONFIG, FINISHED, LOCK, RUN_DIRS, RUN_FILES
-
-ASIDE = ".replaced"
-OLD_OWNER = ".lock-owner.json"  # where earlier versions noted the holder (now in the lock file itself)
-EXTRA_FILES = ("model.onnx",)  # written into a run folder by `export`
+from .names import CHECKPOINTS, CONFIG, FINISHED, LOCK, ONNX, REPLACED, RUN_DIRS, RUN_FILES
 
 
 def _kind(folder: Path, name: str) -> str | None:
@@ -39,16 +35,16 @@ def _kind(folder: Path, name: str) -> str | None:
     path = folder / name
     if os.path.islink(path):
         return f"a link to {os.readlink(path)}"
-    if name in (*RUN_FILES, *EXTRA_FILES, LOCK, OLD_OWNER) or (name.startswith(".") and name.endswith(".tmp")):
+    if name in (*RUN_FILES, ONNX, LOCK) or (name.startswith(".") and name.endswith(".tmp")):
         return None if files.is_real_file(path) else "not a regular file"
-    if name in (*RUN_DIRS, ASIDE):
+    if name in (*RUN_DIRS, REPLACED):
         return None if files.is_real_dir(path) else "not a folder"
     return "not part of a run"
 
 
 def _run_entries(folder: Path) -> list[str]:
     """The names a run leaves in a folder (its data, not the lock's bookkeeping)."""
-    return [name for name in (*RUN_FILES, *RUN_DIRS, *EXTRA_FILES) if os.path.lexists(folder / name)]
+    return [name for name in (*RUN_FILES, *RUN_DIRS, ONNX) if os.path.lexists(folder / name)]
 
 
 def holds_run(path: str | os.PathLike) -> bool:
@@ -104,7 +100,7 @@ def check_resumable(path: str | os.PathLike, locked: bool = False) -> None:
         raise RunError(f"--resume {named}: no such run folder; pass the --output-dir of an earlier run")
     if not locked and files.lock_is_held(real / LOCK):
         raise _in_use(named, real)
-    for name in (*RUN_DIRS, ASIDE):
+    for name in (*RUN_DIRS, REPLACED):
         if os.path.lexists(real / name) and not files.is_real_dir(real / name):
             raise RunError(f"--resume {named}: {name} is {_kind(real, name)}, not the run's own folder: a run folder "
                            "is never followed out of; restore the folder")
@@ -137,8 +133,6 @@ class RunFolder:
     * A new run that fails before its first checkpoint leaves nothing (so "train again" works).
     """
 
-    LOCK, ASIDE = LOCK, ASIDE
-
     def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  also: Callable[[Path], None] | None = None) -> None:
         self.named = Path(path)
@@ -168,7 +162,6 @@ class RunFolder:
             self._check()  # again under the lock: another process may have finished a run here meanwhile
             if self.also is not None:
                 self.also(self.path)
-            (self.path / OLD_OWNER).unlink(missing_ok=True)
             self._remove_stale_temporaries()
             if self.overwrite and not self.resume:
                 self._set_aside()
@@ -182,8 +175,8 @@ class RunFolder:
 
     def committed(self) -> None:
         """The new run has a checkpoint: the run it replaces can go."""
-        if files.is_real_dir(self.path / ASIDE):
-            shutil.rmtree(self.path / ASIDE, ignore_errors=True)
+        if files.is_real_dir(self.path / REPLACED):
+            shutil.rmtree(self.path / REPLACED, ignore_errors=True)
 
     def close(self, ok: bool) -> None:
         """Release the lock. A failed run: a replacement before its first checkpoint restores the old
@@ -193,7 +186,7 @@ class RunFolder:
         self._release()
 
     def _undo(self) -> str:
-        aside = self.path / ASIDE
+        aside = self.path / REPLACED
         if files.is_real_dir(aside):
             self._remove_run()
             for item in aside.iterdir():
@@ -227,7 +220,7 @@ class RunFolder:
                 path.unlink()
 
     def _set_aside(self) -> None:
-        aside = self.path / ASIDE
+        aside = self.path / REPLACED
         if files.is_real_dir(aside):  # a crash while replacing: that run is still the one to keep
             return
         old = _run_entries(self.path)

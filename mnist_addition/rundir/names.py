@@ -1,4 +1,4 @@
-"""The names in a run folder, in one place. Standard library only: ``catalog`` (``mnist-addition
+"""The names in a run folder and a sweep folder, and the time stamps in them, in one place. Standard library only: ``catalog`` (``mnist-addition
 runs``) lists run folders without loading torch.
 
 A run folder holds ``config.json`` (the config, how it trained, when), ``metrics.jsonl`` (one row per
@@ -9,6 +9,7 @@ resumed run continues them); ``status.json`` says why an unfinished run stopped.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 CONFIG = "config.json"
@@ -24,11 +25,31 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 RUN_DIRS = (CHECKPOINTS, TENSORBOARD)
 LOCK = ".lock"
+REPLACED = ".replaced"  # the run --overwrite replaces, set aside until the new run's first checkpoint
+ONNX = "model.onnx"  # written into a run folder by `export`
+
+# One checkpoint, checkpoints/step-NNNNNNNN/ (the format: checkpoint.py)
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE, MODEL_FILE, EMA_FILE = "trainer_state.json", "model.safetensors", "ema.safetensors"
+OPTIMIZER_TENSORS, OPTIMIZER_GROUPS, MANIFEST = "optimizer.safetensors", "optimizer.json", "MANIFEST.json"
 
 # A sweep's folder (STORAGE/NAME): sweep.json first (what was asked), the results files at the end.
 SWEEP_FILE, CSV_FILE, BEST_FILE, PLOT_FILE, SUMMARY_FILE = (
     "sweep.json", "trials.csv", "best_config.json", "sweep.png", "summary.json")
 PARETO_CSV, PARETO_PLOT = "pareto.csv", "pareto.png"  # a multi-objective sweep's front
+TUNER_FILE = "tuner.pkl"  # Ray's Tuner, written by Ray straight into the sweep folder
+SIGNATURES = "state-signatures.json"  # our signatures of Ray's state (sweep/trust.py)
+UNVERIFIED = ".unverified"  # Ray's state that failed its check, set aside (never read)
+TRIAL_RUN = "run"  # a trial's run folder, STORAGE/NAME/trial-ID/run
+CONTINUED_FROM = "continued-from"  # beside TRIAL_RUN: the checkpoint a PBT trial continues
+
+FOLDER_STAMP = "%Y%m%d-%H%M%S"  # runs/<stamp>, tune-<stamp>
+TIME_STAMP = "%Y-%m-%dT%H:%M:%S%z"  # when, in the JSON files (ISO 8601 with the UTC offset)
+
+
+def stamp(form: str = TIME_STAMP, when: float | None = None) -> str:
+    """``when`` (default: now, local time) in one of the two forms above."""
+    return time.strftime(form, time.localtime(when))
 
 
 def is_run_dir(folder: Path) -> bool:

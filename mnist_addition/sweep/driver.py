@@ -16,17 +16,16 @@ from typing import Any, Iterator
 from ..core.config import ConfigError, TrainConfig, check_batch, smoke_overrides
 from ..core.errors import first_line
 from ..core.hparams import SCHEDULED
-from ..rundir.names import SWEEP_FILE
+from ..rundir.names import SWEEP_FILE, TUNER_FILE, UNVERIFIED
 from . import pbt, rebuild, trackers, trial
 from .folder import Sweep, open_sweep
 from .interrupts import Interrupts
 from .options import DRIVER_CPUS, SweepError, SweepOptions, gpu_share
-from .results import score_metric, trial_rows, write_results
+from .results import FINISHED, ended_status, score_metric, trial_rows, write_results
 from .spaces import Space
 from .storage import Store
 from .trust import Signer
 
-TUNER_FILE = "tuner.pkl"  # Ray's Tuner, written by Ray straight into the sweep folder
 
 def require_ray() -> None:
     import importlib.util
@@ -202,7 +201,7 @@ def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int,
         moved = rebuild.set_aside(store, signer)
         earlier = rebuild.earlier_trials(store, list(space.search))
         console.print(f"[yellow]resuming without Ray's saved state[/]: it is {why}; it is never loaded "
-                      f"({len(moved)} file(s) moved to {store.where(rebuild.ASIDE)}); the sweep starts again from "
+                      f"({len(moved)} file(s) moved to {store.where(UNVERIFIED)}); the sweep starts again from "
                       f"{SWEEP_FILE}, and {len(earlier)} earlier trial(s) continue from their checkpoints")
     else:
         sweep_json = json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()}, indent=2).encode()
@@ -346,9 +345,9 @@ def _printer(trials: int) -> Any:
                         f"allows; details: {trial.local_path}/error.txt)")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            epoch, budget = last.get("epoch", 0), last.get("budget_epochs", 0)
-            verb = "finished" if epoch >= budget else f"stopped early by the scheduler at epoch {epoch} of {budget}"
+            ended = ended_status(trial.last_result)
+            verb = "finished" if ended["status"] == FINISHED else \
+                f"stopped early by the scheduler at epoch {ended['epochs_run']} of {ended['budget_epochs']}"
             self._print(f"{trial.trial_id} {verb}: {_short(trial.config)}")
 
     return Printer()

@@ -12,17 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import shown
 from ..rundir import files
-from ..rundir.names import LOCK, SWEEP_FILE
+from ..rundir.names import FOLDER_STAMP, LOCK, SIGNATURES, SWEEP_FILE, stamp
 from .options import SweepError, SweepOptions
 from .spaces import Space, load_space, parse_space
 from .storage import Store, absolute, experiment_uri
-from .trust import SIGNATURES, Signer
+from .trust import Signer
 
 MAX_NAME_BYTES = 255  # a folder name, on every filesystem we know
 
@@ -90,7 +89,7 @@ def open_sweep(options: SweepOptions) -> Sweep:
         return sweep
     options.check()
     space = load_space(options.space)
-    options.name = options.name or time.strftime("tune-%Y%m%d-%H%M%S")
+    options.name = options.name or f"tune-{stamp(FOLDER_STAMP)}"
     store = Store(experiment_uri(options.storage_path, options.name))
     _refuse_existing(store)
     sweep = _take(options, store)
@@ -137,9 +136,8 @@ def _restore_options(options: SweepOptions, store: Store) -> Space:
     try:
         saved = json.loads(store.read_small(SWEEP_FILE))
         for key in SweepOptions.SWEEP_DEFINING:
-            default = SweepOptions.ADDED_LATER.get(key, KeyError)
-            setattr(options, key, saved["options"][key] if default is KeyError else saved["options"].get(key, default))
-        options.__post_init__()  # a metric list from JSON (or one metric's string, from earlier versions) as a tuple
+            setattr(options, key, saved["options"][key])
+        options.__post_init__()  # a metric list from JSON as a tuple
         if options.data_dir is None:
             options.data_dir = saved["options"]["data_dir"]
         space_doc, space_path = saved["space"], str(saved["options"]["space"])

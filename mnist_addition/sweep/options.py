@@ -38,11 +38,14 @@ class NoUsableTrial(SweepError):
     exit_code = EXIT_FAILED
 
 
-def _o(default: Any, help: str, group: str = "", choices: tuple | None = None, repeat: bool = False) -> Any:
-    """A SweepOptions field and its ``tune`` flag: the help (``(default: ...)`` added unless it says
-    its own default), the help group ("" for the first, "where it runs", "how it searches") and
-    ``repeat``: the flag may be given several times (a tuple of its values)."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "repeat": repeat})
+def _o(default: Any, help: str, group: str = "", choices: tuple | None = None, repeat: bool = False,
+       shown: str | None = None) -> Any:
+    """A SweepOptions field and its ``tune`` flag: the help, the help group ("" for the first, "where
+    it runs", "how it searches"), ``repeat``: the flag may be given several times (a tuple of its
+    values), and ``shown``: what ``--help`` says the default is, where the value alone would not
+    tell (None or 0 meaning "decided at run time")."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "repeat": repeat,
+                                            "shown": shown})
 
 
 WHERE, HOW = "where it runs", "how it searches"
@@ -53,17 +56,17 @@ class SweepOptions:
     """What ``mnist-addition tune`` was asked to do (saved as ``sweep.json`` for --resume); each field
     is a ``tune`` flag (``flags.add_tune_flags``)."""
 
-    space: str = _o("default", "YAML search space, or the name of a shipped one (tune/): default, smoke, wide "
-                               "(default: default; smoke with --smoke)")
-    num_samples: int = _o(8, "trials to sample (default: 8; 4 with --smoke)")
-    data_dir: str | None = _o(None, "folder with MNIST/raw/*-ubyte, the same path on every node "
-                                    "(default: $MNIST_ADDITION_DATA or ~/.cache/mnist-addition)")
+    space: str = _o("default", "YAML search space, or the name of a shipped one (tune/)",
+                    shown="default; smoke with --smoke")  # --help adds the shipped names (flags.py)
+    num_samples: int = _o(8, "trials to sample", shown=f"8; {SMOKE_SAMPLES} with --smoke")
+    data_dir: str | None = _o(None, "folder with MNIST/raw/*-ubyte, the same path on every node",
+                              shown="$MNIST_ADDITION_DATA or ~/.cache/mnist-addition")
     smoke: bool = _o(False, "tiny trials: 10,000 training images, 2 epochs")
     download: bool = _o(True, "never try to download MNIST")  # the flag is --no-download
-    address: str | None = _o(None, "an existing Ray cluster, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, else start "
-                                   "a local Ray on this machine's CPUs)", WHERE)
+    address: str | None = _o(None, "an existing Ray cluster, e.g. 127.0.0.1:6379", WHERE,
+                             shown="$RAY_ADDRESS, else start a local Ray on this machine's CPUs")
     storage_path: str = _o("runs/sweeps", "folder or s3://... URI for sweeps", WHERE)
-    name: str | None = _o(None, "sweep name: a folder in --storage-path (default: tune-<timestamp>)", WHERE)
+    name: str | None = _o(None, "sweep name: a folder in --storage-path", WHERE, shown="tune-<timestamp>")
     resume: bool = _o(False, "continue the interrupted sweep --name; finished trials are kept, unfinished ones "
                              "resume from checkpoints", WHERE)
     # 1: two 1-thread trials at once did 1.44x the epochs per hour of one 2-thread trial (docs/sweeps.md)
@@ -71,12 +74,12 @@ class SweepOptions:
                                      "least 1)", WHERE)
     # None: fill the cluster's GPUs (none: CPU trials); see gpu_share
     gpus_per_trial: float | None = _o(None, "GPUs per trial: a fraction shares a GPU (0.25: 4 trials per GPU); above "
-                                            "1 the trial is data-parallel with one Ray Train worker per GPU (default: "
-                                            "the cluster's GPUs shared evenly by as many trials as the CPUs fit; 0 "
-                                            "without GPUs)", WHERE)
+                                            "1 the trial is data-parallel with one Ray Train worker per GPU", WHERE,
+                                      shown="the cluster's GPUs shared evenly by as many trials as the CPUs fit; 0 "
+                                            "without GPUs")
     workers_per_trial: int = _o(0, "data-parallel workers per trial (Ray Train + Accelerate); CPUs and GPUs are split "
-                                   "between them (default: one per GPU above 1 GPU, else 1)", WHERE)
-    max_concurrent: int = _o(0, "trials at once (default: as many as resources allow)", WHERE)
+                                   "between them", WHERE, shown="one per GPU above 1 GPU, else 1")
+    max_concurrent: int = _o(0, "trials at once", WHERE, shown="as many as resources allow")
     max_failures: int = _o(2, "retries of a crashed trial, each from its last checkpoint", WHERE)
     dashboard: bool = _o(False, "start the Ray dashboard on 127.0.0.1 (local Ray only)", WHERE)
     log_with: str = _o("none", "trackers that log each trial as a run of one experiment named --name, comma-separated: "
@@ -92,19 +95,19 @@ class SweepOptions:
     search: str = _o("random", "random sampling or Optuna's TPE", HOW, SEARCHERS)
     metric: tuple[str, ...] = _o(("val_both_acc",), "what to select on; repeat it for a multi-objective sweep, e.g. "
                                                     "--metric val_both_acc --metric train_seconds (Pareto front; "
-                                                    "ASHA prunes on the first) (default: val_both_acc)", HOW,
-                                 tuple(METRICS), repeat=True)
-    mode: tuple[str, ...] | None = _o(None, "max or min, once per --metric (default: max for accuracies, min for "
-                                            "val_loss and train_seconds)", HOW, ("max", "min"), repeat=True)
+                                                    "ASHA prunes on the first)", HOW,
+                                 tuple(METRICS), repeat=True, shown="val_both_acc")
+    mode: tuple[str, ...] | None = _o(None, "max or min, once per --metric", HOW, ("max", "min"), repeat=True,
+                                      shown="max for accuracies, min for val_loss and train_seconds")
     pick: str | None = _o(None, "which trial best_config.json is, as a rule on one metric, e.g. "
                                 "\"val_both_acc>=0.993\": the best on the other --metric among the trials that meet "
-                                "it (the cheapest accurate-enough one) (default: the best on the first --metric)", HOW)
-    seed: int = _o(0, "seed of the sampler (every trial trains with the space's seed, default 0, so configs are "
-                      "compared on equal terms)", HOW)
+                                "it (the cheapest accurate-enough one)", HOW, shown="the best on the first --metric")
+    seed: int = _o(0, "seed of the sampler (every trial trains with the space's seed, 0 unless it sets one, so "
+                      "configs are compared on equal terms)", HOW)
     top: int = _o(10, "rows in the results table", HOW)
 
     def __post_init__(self) -> None:
-        # one metric may be given as a string (the Python API, sweep.json of earlier versions)
+        # one metric may be given as a string (the Python API)
         if isinstance(self.metric, str):
             self.metric = (self.metric,)
         if isinstance(self.mode, str):
@@ -116,8 +119,6 @@ class SweepOptions:
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
                       "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke",
                       "log_with", "perturbation_epochs")  # the trackers' callbacks are restored with the sweep's state
-    # What sweep.json of an earlier version, without these options, ran with.
-    ADDED_LATER = {"log_with": "none", "perturbation_epochs": 2}
 
     @classmethod
     def from_flags(cls, given: dict[str, Any]) -> "SweepOptions":

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..rundir.names import FOLDER_STAMP, SWEEP_FILE, UNVERIFIED, stamp
 from .storage import Store
-from .trust import ASIDE, Signer, needs_signature
+from .trust import Signer, needs_signature
 
 TRIAL_PREFIX, TRAIN_PREFIX = "trial-", "train-"  # a trial's folder, and a multi-worker trial's Ray Train run
 _INDEX = re.compile(r".*_(\d{5})$")  # Ray's BasicVariantGenerator names trials PREFIX_00007
@@ -50,8 +50,8 @@ def set_aside(store: Store, signer: Signer) -> list[str]:
     """Move Ray's state out of Ray's way: every file of it at the top of the sweep folder, and
     every other file that failed its check, into ``.unverified/<time>/``. Returns what moved."""
     moving = sorted({*signer.unverified, *(p for p, _ in store.walk() if "/" not in p and needs_signature(p)
-                                           and p != "sweep.json")})
-    folder = f"{ASIDE}/{time.strftime('%Y%m%d-%H%M%S')}"
+                                           and p != SWEEP_FILE)})
+    folder = f"{UNVERIFIED}/{stamp(FOLDER_STAMP)}"
     for relpath in moving:
         store.move(relpath, f"{folder}/{relpath}")
         signer.forget(relpath)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import TrainConfig
-from ..rundir.names import BEST_FILE, CONFIG, CSV_FILE, PARETO_CSV, PARETO_PLOT, PLOT_FILE, SUMMARY_FILE
+from ..rundir.names import BEST_FILE, CONFIG, CSV_FILE, PARETO_CSV, PARETO_PLOT, PLOT_FILE, SUMMARY_FILE, TRIAL_RUN
 from .options import NoUsableTrial, SweepOptions
 from .storage import Store
 
@@ -26,13 +26,20 @@ METRIC_COLUMNS = ("val_digit_acc", "val_sum_acc", "val_both_acc", "val_loss", "i
 
 
 def trial_status(ray_status: str, errored: bool, epochs_run: int, budget: int) -> str:
-    """finished: trained all of its own epochs; stopped early: the scheduler ended it sooner;
-    error: it failed (after its retries); unfinished: the sweep was interrupted (--resume goes on)."""
+    """A trial's status, the one rule (``trials.csv``, the trackers, the printed lines): finished:
+    trained all of its own epochs; stopped early: the scheduler ended it sooner; error: it failed
+    (after its retries); unfinished: the sweep was interrupted (--resume goes on)."""
     if errored or ray_status == "ERROR":
         return ERROR
     if ray_status != "TERMINATED":
         return UNFINISHED
     return FINISHED if epochs_run >= budget else STOPPED
+
+
+def ended_status(last: dict[str, Any] | None, failed: bool = False) -> dict[str, Any]:
+    """How a trial that has just ended ended, from its last report: status, epochs run, budget."""
+    epoch, budget = (last or {}).get("epoch", 0), (last or {}).get("budget_epochs", 0)
+    return {"status": trial_status("TERMINATED", failed, epoch, budget), "epochs_run": epoch, "budget_epochs": budget}
 
 
 def usable(trial: dict[str, Any], metric: str) -> bool:
@@ -260,9 +267,9 @@ def _write_best(best: dict[str, Any], keys: list[str], base: dict[str, Any], sto
     """best_config.json (for ``train --config``); what summary.json says of it. ``schedule`` (PBT):
     the best trial's own config.json, whose hparam_schedule replays what it held epoch by epoch."""
     if schedule:
-        from .trial import RUN, trial_dirname
+        from .trial import trial_dirname
 
-        where = f"{trial_dirname(best['trial_id'])}/{RUN}/{CONFIG}"
+        where = f"{trial_dirname(best['trial_id'])}/{TRIAL_RUN}/{CONFIG}"
         best_config = TrainConfig.from_dict(json.loads(store.read_small(where))["config"], source=store.where(where))
     else:
         best_config = TrainConfig.from_dict({**base, **{k: best[k] for k in keys}}, source="the best trial")

@@ -14,7 +14,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .trust import SIGNATURES, Signer
+from ..rundir.names import SIGNATURES
+from .trust import Signer
 
 
 @dataclass

@@ -20,6 +20,7 @@ import importlib.util
 from typing import Any
 
 from .options import SweepError
+from .results import FINISHED, STOPPED, ended_status
 
 # tracker -> (the module it needs, the extra that installs it)
 SWEEP_TRACKERS = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX", "tune"),
@@ -45,14 +46,6 @@ def check(log_with: str) -> None:
         from ..training.stores import check_mlflow_store
 
         check_mlflow_store()
-
-
-def outcome(trial: Any, failed: bool) -> dict[str, Any]:
-    """How a trial ended, from its last report: status, epochs run, budget."""
-    last = trial.last_result or {}
-    epoch, budget = last.get("epoch", 0), last.get("budget_epochs", 0)
-    status = "error" if failed else "finished" if epoch >= budget else "stopped early"
-    return {"status": status, "epochs_run": epoch, "budget_epochs": budget}
 
 
 GUARDED = ("setup", "on_trial_start", "on_trial_restore", "on_trial_save", "on_trial_result", "on_trial_complete",
@@ -124,7 +117,7 @@ def _mlflow(sweep_name: str, storage_uri: str) -> Any:
             run_id = self._trial_runs.get(trial)
             if run_id is not None:
                 client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-                for key, value in outcome(trial, failed).items():
+                for key, value in ended_status(trial.last_result, failed).items():
                     client.set_tag(run_id, key, str(value))
             super().log_trial_end(trial, failed)
 
@@ -140,9 +133,9 @@ def _tensorboard() -> Any:
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
             if self._trial_result.get(trial):  # the last result, which becomes the trial's HParams metrics
-                ended = outcome(trial, failed)
-                self._trial_result[trial] = {**self._trial_result[trial], "finished": float(ended["status"] == "finished"),
-                                             "stopped_early": float(ended["status"] == "stopped early"),
+                ended = ended_status(trial.last_result, failed)["status"]
+                self._trial_result[trial] = {**self._trial_result[trial], "finished": float(ended == FINISHED),
+                                             "stopped_early": float(ended == STOPPED),
                                              "error": float(failed)}
             super().log_trial_end(trial, failed)
 

@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.config import TrainConfig
-from ..rundir.checkpoint import CHECKPOINTS, latest_valid, read_state, restore_into
+from ..rundir.checkpoint import latest_valid, read_state, restore_into
+from ..rundir.names import CHECKPOINTS, CONTINUED_FROM, TRIAL_RUN
 from .options import trial_threads
 from .storage import Store
-
-RUN = "run"
-CONTINUED_FROM = "continued-from"  # beside RUN: the checkpoint a PBT trial continues
 
 
 @dataclass
@@ -250,8 +248,6 @@ def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: 
     with restored.as_directory() as src:
         shutil.copytree(src, copy, symlinks=True)
     saved = read_state(copy)
-    if saved.get("schedule") is None:
-        raise RuntimeError(f"checkpoint {restored.path} records no hyperparameters: it was not written by this version")
     source = Path(restored.path).parent.name
     return continued(config, saved["schedule"], saved["epoch"]), Continuation(copy, None if own or source == trial_dir
                                                                                  else source)
@@ -261,7 +257,7 @@ def staging_dir(trial_dir: str) -> Path:
     """Where a trial writes its run folder before uploading it: Ray's working directory for the
     trial (Ray moves each trial there unless RAY_CHDIR_TO_TRIAL_DIR=0), else a temporary folder."""
     cwd = Path.cwd()
-    return (cwd if cwd.name == trial_dir else Path(tempfile.gettempdir()) / "mnist-addition-trials" / trial_dir) / RUN
+    return (cwd if cwd.name == trial_dir else Path(tempfile.gettempdir()) / "mnist-addition-trials" / trial_dir) / TRIAL_RUN
 
 
 def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
@@ -272,7 +268,7 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
     trial_dir = trial_dirname(context.get_trial_id())
     if settings.workers > 1:
         return _run_multi_worker(params, settings, trial_dir)
-    train_and_report(params, settings, staging_dir(trial_dir), f"{trial_dir}/{RUN}",
+    train_and_report(params, settings, staging_dir(trial_dir), f"{trial_dir}/{TRIAL_RUN}",
                      ray.tune.report, ray.tune.Checkpoint, ray.tune.get_checkpoint())
 
 
@@ -297,7 +293,7 @@ def _run_multi_worker(params: dict[str, Any], settings: TrialSettings, trial_dir
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"params": params, "settings": settings, "run_dir": str(staging_dir(trial_dir)),
-                           "upload_as": f"{trial_dir}/{RUN}"},
+                           "upload_as": f"{trial_dir}/{TRIAL_RUN}"},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         # The same name on a retry: Ray Train then resumes from this run's latest checkpoint.

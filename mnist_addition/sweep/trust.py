@@ -37,13 +37,22 @@ import stat
 from pathlib import Path
 
 from ..core.errors import first_line
-from ..rundir.names import BEST_FILE, CSV_FILE, LOCK, PARETO_CSV, PARETO_PLOT, PLOT_FILE, SUMMARY_FILE, SWEEP_FILE
+from ..rundir.names import (
+    BEST_FILE,
+    CSV_FILE,
+    LOCK,
+    PARETO_CSV,
+    PARETO_PLOT,
+    PLOT_FILE,
+    SIGNATURES,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    UNVERIFIED,
+)
 from .options import SweepError
 from .storage import Store
 
-SIGNATURES = "state-signatures.json"
 KEY_FILE = "sweep-signing.key"
-ASIDE = ".unverified"  # Ray's state that failed its check, moved here by ``rebuild`` (never read)
 # At the top of a sweep folder: our results (written, never read back), the signatures themselves,
 # the lock, and Ray's storage marker (its existence is checked, its bytes never read).
 UNSIGNED = frozenset({CSV_FILE, BEST_FILE, PLOT_FILE, SUMMARY_FILE, PARETO_CSV, PARETO_PLOT, SIGNATURES, LOCK,
@@ -117,7 +126,7 @@ def _read_key(path: Path) -> bytes:
 def needs_signature(relpath: str) -> bool:
     """Whether Ray may unpickle the file ``relpath`` of a sweep folder (see the module docstring).
     What ``rebuild`` set aside is never read again, by Ray or by us."""
-    if relpath.split("/", 1)[0] == ASIDE:
+    if relpath.split("/", 1)[0] == UNVERIFIED:
         return False
     top = "/" not in relpath
     return (top and relpath not in UNSIGNED) or relpath.endswith(".pkl")

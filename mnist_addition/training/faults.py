@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..core.errors import EXIT_FAILED, EXIT_PREEMPTED, Interrupted, UserError
+from ..core.errors import EXIT_FAILED, EXIT_PREEMPTED, Interrupted, UserError, first_line
 
 
 class Preempted(Interrupted):
@@ -88,8 +88,7 @@ def peers_explained(rank: int, world: int, timeout: int) -> Iterator[None]:
     except (RuntimeError, ConnectionError) as e:
         if world == 1 or not is_peer_failure(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PeerLost(f"rank {rank}: another process of the run stopped answering ({first[:120]}; "
+        raise PeerLost(f"rank {rank}: another process of the run stopped answering ({first_line(e, 120).strip()}; "
                        f"--dist-timeout {timeout} s): the newest valid checkpoint is kept; once every machine is "
                        "back, run the same command with --auto-resume") from None
 

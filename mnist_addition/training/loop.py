@@ -35,7 +35,7 @@ from ..core.evaluation import evaluate_counts
 from ..core.metrics import summarize
 from ..rundir import checkpoint, pictures
 from ..rundir import contents as runs
-from ..rundir.names import FINISHED, STATUS
+from ..rundir.names import CURVES, FINISHED, HISTORY, STATUS, WEIGHTS
 from . import step
 from . import trackers as tracking
 from .checkpointer import Checkpointer
@@ -143,7 +143,7 @@ def begin(run: Run, state: TrainState, resume: bool) -> None:
         runs.write_config(run.run_dir, run.config, run.setup)
         (run.run_dir / STATUS).unlink(missing_ok=True)  # why it stopped last time: it is running now
         if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
-            runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
+            runs.write_jsonl(run.run_dir / HISTORY, state.history)
     tracking.start(run, state.history, resume)
 
 
@@ -173,7 +173,7 @@ def record(run: Run, state: TrainState, row: dict[str, Any]) -> None:
     """The epoch's row joins the history, and metrics.jsonl on the main process."""
     state.history.append(row)
     if run.run_dir and run.main:
-        runs.write_jsonl(run.run_dir / "metrics.jsonl", state.history)
+        runs.write_jsonl(run.run_dir / HISTORY, state.history)
 
 
 def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool) -> dict[str, Any]:
@@ -189,10 +189,10 @@ def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool
              "setup": run.setup}
     if run.run_dir and run.main:
         unwrapped = run.accelerator.unwrap_model(run.evaluated)
-        runs.save_weights(unwrapped, run.run_dir / "model.safetensors", config)
+        runs.save_weights(unwrapped, run.run_dir / WEIGHTS, config)
         from ..rundir.plots import plot_curves
 
-        plot_curves(history, run.run_dir / "curves.png", label_smoothing=config.label_smoothing,
+        plot_curves(history, run.run_dir / CURVES, label_smoothing=config.label_smoothing,
                     title=f"{config.preset} (width {config.width}), seed {config.seed}")
         if score_test:
             pictures.write_pictures(unwrapped, run.test, run.run_dir, config.eval_batch_size)

@@ -17,7 +17,8 @@ from typing import Any
 from ..core.config import ConfigError, TrainConfig, flag, resumable_fields
 from ..rundir.checkpoint import list_checkpoints
 from ..rundir.contents import read_run_config
-from ..rundir.folder import FINISHED, check_resumable, check_run_dir, holds_run
+from ..rundir.folder import check_resumable, check_run_dir, holds_run
+from ..rundir.names import CONFIG, FINISHED
 
 # Options of `train` that start (or decide) a run: never combined with --resume.
 NEW_RUN_OPTIONS = ("config", "smoke", "overwrite", "auto_resume")
@@ -65,7 +66,7 @@ def check_resume(run_dir: Path, config: TrainConfig) -> None:
     """``fit``'s check, under the run folder's lock: ``config`` may differ from the run's config.json
     only in resumable fields. A folder without config.json (a checkpoint a sweep restored into a
     fresh folder) is checked against the checkpoint itself when it is loaded."""
-    if (run_dir / "config.json").exists():
+    if (run_dir / CONFIG).exists():
         check_unchanged(run_dir, read_run_config(run_dir)[0], config)
 
 

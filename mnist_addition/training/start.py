@@ -62,9 +62,6 @@ def continued_state(run: Run, start: Continuation, say: Callable[[str], None]) -
     if saved["step"] != run.steps:
         raise error(f"checkpoint {path} is in the middle of epoch {saved['epoch']}: a run continues another from "
                     "the end of an epoch; use that run's epoch-end checkpoint")
-    if saved.get("schedule") is None:
-        raise error(f"checkpoint {path} was written before checkpoints recorded their hyperparameters: it can be "
-                    "resumed, not continued with other values")
     problem = hparams.disagreement(run.config, saved["schedule"], saved["epoch"])
     if problem:
         raise ConfigError(f"cannot continue from {path}: {problem}; a continued run's config keeps the past of the "

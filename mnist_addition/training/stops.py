@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from typing import Iterator
 
 from ..core.backends import is_out_of_memory
@@ -15,7 +14,7 @@ from ..core.errors import Interrupted
 from ..rundir import checkpoint
 from ..rundir import contents as runs
 from ..rundir.folder import RunFolder, describe
-from ..rundir.names import FINISHED, STATUS
+from ..rundir.names import FINISHED, STATUS, stamp
 from . import trackers as tracking
 from .checkpointer import TrainingDiverged
 from .faults import PeerLost, Preempted
@@ -60,7 +59,7 @@ def note_stop(run: Run, stopped: str, error: BaseException | None) -> None:
     a refusal before training began changes nothing."""
     if run.began and run.run_dir and checkpoint.list_checkpoints(run.run_dir) and not (run.run_dir / FINISHED).exists():
         try:
-            runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": stamp(),
                                                    "message": str(error or "interrupted (Ctrl-C)")})
         except OSError:
             pass  # a note for `runs` only (a full disk is why the run stopped, often): the error said is the run's
