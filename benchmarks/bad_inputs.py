@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mnist_addition.core.synthetic import write_mnist
 
-from tests.conftest import write_mnist  # noqa: E402  (the fixtures' synthetic IDX files)
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["--width", "8", "--epochs", "1", "--batch-size", "32", "--val-size", "100", "--mixed-precision", "no", "--cpu",
         "--no-download"]
@@ -580,7 +579,7 @@ class Issue15:
     def empty_data(self, command: str) -> str:
         import torch
 
-        from tests.conftest import write_idx
+        from mnist_addition.core.synthetic import write_idx
 
         data = write_mnist(self.work / f"empty-{command}")
         prefix = "train" if command == "train" else "t10k"

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mnist_addition.core.synthetic import write_mnist
 
-from tests.conftest import write_mnist  # noqa: E402  (the fixtures' synthetic IDX files)
+ROOT = Path(__file__).resolve().parents[1]
 
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 EXPECTED = {"SIGKILL": -9, "SIGTERM": 75, "SIGINT": 130}

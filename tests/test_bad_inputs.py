@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from mnist_addition.commands.cli import main
+from mnist_addition.core.synthetic import write_idx, write_mnist
 from mnist_addition.rundir.checkpoint import _files, _sha256, list_checkpoints
 from mnist_addition.rundir.names import MANIFEST
-
-from .conftest import write_idx, write_mnist
 
 TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
         "--mixed-precision", "no", "--cpu", "--no-download"]

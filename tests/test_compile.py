@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from mnist_addition.training.loop import fit
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 # SGD, fp32, 4 steps of 32 images. The compiler fuses and reorders float32 arithmetic, so the
 # weights are not bit-identical to eager. Measured on the 2-core CPU after 4 steps: max |diff| 2.2e-7

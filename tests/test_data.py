@@ -7,8 +7,9 @@ import torch
 
 from mnist_addition.core import data as D
 from mnist_addition.core.data import DataError
+from mnist_addition.core.synthetic import synthetic_digits, write_idx, write_mnist
 
-from .conftest import REAL_MNIST, synthetic_digits, write_idx, write_mnist
+from .helpers import REAL_MNIST
 
 
 def test_idx_round_trip(tmp_path):

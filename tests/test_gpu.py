@@ -14,7 +14,7 @@ from mnist_addition.commands.cli import main
 from mnist_addition.core.data import Split, train_batches
 from mnist_addition.training.loop import fit
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 pytestmark = pytest.mark.gpu
 

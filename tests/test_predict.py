@@ -11,8 +11,9 @@ from PIL import Image
 from mnist_addition.commands.cli import main
 from mnist_addition.commands.predict import ImageError, read_image, to_mnist
 from mnist_addition.core.data import normalize
+from mnist_addition.core.synthetic import synthetic_digits
 
-from .conftest import REAL_MNIST, synthetic_digits
+from .helpers import REAL_MNIST
 
 
 def _save(array: torch.Tensor, path, mode: str = "L"):

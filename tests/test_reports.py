@@ -122,7 +122,7 @@ def test_evaluate_and_predict_score_other_tta_views_without_touching_the_run(run
 
     from PIL import Image
 
-    from .conftest import synthetic_digits
+    from mnist_addition.core.synthetic import synthetic_digits
 
     before = {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()}
 
@@ -185,7 +185,7 @@ def test_tensorboard_needs_the_package_and_a_run_folder(mnist_dir, monkeypatch):
     from mnist_addition.core.config import ConfigError
     from mnist_addition.training.loop import fit
 
-    from .conftest import tiny_config
+    from .helpers import tiny_config
 
     with pytest.raises(ConfigError, match="--log-with tensorboard needs a run folder"):
         fit(tiny_config(mnist_dir, log_with="tensorboard", epochs=1), progress=False)

@@ -11,18 +11,7 @@ import pytest
 
 from mnist_addition.commands.cli import main
 
-from .conftest import REAL_MNIST
-
-# --cpu: these runs are compared bit for bit (reproduced from config.json, re-evaluated), a CPU fact
-TINY = ["--width", "8", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--val-size", "100",
-        "--mixed-precision", "no", "--cpu"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(mnist_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run1"
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY]) == 0
-    return out
+from .helpers import REAL_MNIST, TINY
 
 
 def test_train_writes_the_run_folder(run_dir):
@@ -36,14 +25,6 @@ def test_train_writes_the_run_folder(run_dir):
     final = json.loads((run_dir / "metrics.json").read_text())
     assert set(final) >= {"val", "test", "params", "train_seconds"}
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_existing_run_is_not_overwritten(run_dir, mnist_dir, capsys):
-    before = (run_dir / "model.safetensors").read_bytes()
-    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run_dir), *TINY])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "already holds a run" in err and "--overwrite" in err and "\n" not in err
-    assert (run_dir / "model.safetensors").read_bytes() == before
 
 
 def test_config_json_reproduces_the_run(run_dir, mnist_dir, tmp_path):
@@ -145,12 +126,6 @@ def test_smoke_on_real_mnist(tmp_path):
     assert final["test"]["n"] == 1000 and final["test"]["digit_acc"] > 0.9 and final["test"]["sum_acc"] > 0.9
 
 
-def test_missing_data_leaves_no_run_folder(tmp_path):
-    assert main(["train", "--no-download", "--data-dir", str(tmp_path / "nowhere"),
-                 "--output-dir", str(tmp_path / "run"), *TINY]) == 1
-    assert not (tmp_path / "run").exists()
-
-
 def test_every_expected_failure_shares_one_base_with_an_exit_code():
     from mnist_addition.commands.predict import ImageError
     from mnist_addition.core.config import ConfigError
@@ -221,106 +196,6 @@ def test_weights_that_are_not_finite_are_refused_by_every_reader(command, run_di
 # ------------------------------------------------------------------------------------------------
 # Run folders: one writer, --overwrite loses nothing, a refused start leaves nothing behind
 # ------------------------------------------------------------------------------------------------
-def _files(folder):
-    from mnist_addition.rundir.names import LOCK
-
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and p.name != LOCK}
-
-
-def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_path, capsys):
-    import os
-
-    from mnist_addition.rundir.folder import RunFolder
-
-    out = tmp_path / "busy"
-    holder = RunFolder(out).open()  # as a running `train` holds it
-    try:
-        code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY])
-        err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert code == 2 and f"{out} is in use by process {os.getpid()} on " in err and "another --output-dir" in err
-        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".lock")) == []
-    finally:
-        holder.close(ok=True)
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY]) == 0  # free again
-
-
-def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(run_dir, mnist_dir, tmp_path, monkeypatch):
-    import shutil
-
-    import mnist_addition.rundir.checkpoint as ck
-
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
-    old = _files(run)
-    seen_at_first_checkpoint = []
-    real = ck.write_checkpoint
-
-    def save_and_look(*args, **kwargs):
-        seen_at_first_checkpoint.append((run / ".replaced" / "model.safetensors").is_file())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ck, "write_checkpoint", save_and_look)
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--seed", "1",
-                 "--overwrite"]) == 0
-    assert seen_at_first_checkpoint[0] is True  # the old run was still there, set aside
-    assert not (run / ".replaced").exists()
-    new = _files(run)
-    assert new.keys() >= {p for p in old if p.parts[0] != "checkpoints"}
-    assert new[Path("model.safetensors")] != old[Path("model.safetensors")]
-    assert json.loads(new[Path("config.json")])["config"]["seed"] == 1
-
-
-def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back(run_dir, mnist_dir, tmp_path,
-                                                                              monkeypatch, capsys):
-    import shutil
-
-    import mnist_addition.training.step as step
-
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
-    old = _files(run)
-
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt  # Ctrl-C during the first epoch
-
-    monkeypatch.setattr(step, "train_step", crash)
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, "--overwrite"]) == 130
-    assert _files(run) == old and not (run / ".replaced").exists()
-    assert f"before the first checkpoint: the run that was in {run} is back, unchanged" in \
-        capsys.readouterr().err.replace("\n", "")
-
-
-@pytest.mark.parametrize("flags,match", [
-    (["--batch-size", "70000"], "--batch-size 70000 is larger than the 500 training images"),
-    (["--batch-size", "30", "--gradient-accumulation-steps", "4"], "--gradient-accumulation-steps must divide"),
-])
-def test_a_refused_start_leaves_the_old_run_and_no_new_folder(flags, match, run_dir, mnist_dir, tmp_path, capsys):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
-    old = _files(run)
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY, *flags, "--overwrite"]) == 2
-    assert match in capsys.readouterr().err and _files(run) == old
-    fresh = tmp_path / "fresh"
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(fresh), *TINY, *flags]) == 2
-    assert not fresh.exists()
-
-
-@pytest.mark.parametrize("case", ["below_a_file", "resume_with_output_dir"])
-def test_output_dir_mistakes_are_one_line(case, run_dir, mnist_dir, tmp_path, capsys):
-    if case == "below_a_file":
-        (tmp_path / "file").write_text("x")
-        args, match = ["--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "file" / "run"), *TINY], \
-            "is below " + str(tmp_path / "file") + ", which is a file"
-    else:
-        args, match = ["--resume", str(run_dir), "--output-dir", str(tmp_path / "elsewhere")], \
-            "--output-dir cannot be combined with --resume"
-    assert main(["train", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and match in err
-    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("case", ["missing folder", "device with overwrite", "folder"])
@@ -343,51 +218,3 @@ def test_val_size_leaving_no_training_images_is_a_usage_error(mnist_dir, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
-def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.core.backends as backends
-
-    monkeypatch.setattr(backends, "free_memory", lambda device: 10 * 2**20)  # 10 MiB free
-    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY, "--width", "200"])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and "--width 200 makes" in err and "more than the 0.0 GiB free" in err and "smaller --width" in err
-    assert not (tmp_path / "r").exists()
-
-
-def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
-    import torch
-
-    import mnist_addition.training.step as step
-
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(step, "train_step", out_of_memory)
-    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and "out of memory on cpu with --batch-size 32 and --width 8: lower --batch-size" in err
-
-
-def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnist_dir, tmp_path, monkeypatch, capsys):
-    import mnist_addition.training.step as step
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(step, "train_step", interrupt)
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY]) == 130
-    err = capsys.readouterr().err.replace("\n", "")
-    assert "before the first checkpoint: nothing to resume" in err and "--resume" not in err
-
-
-def test_a_full_disk_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
-    import errno
-
-    import mnist_addition.rundir.contents as runs_module
-
-    def full(path, rows):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(runs_module, "write_jsonl", full)
-    code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and f"cannot write {tmp_path / 'r' / 'metrics.jsonl'} (No space left on device)" in err

@@ -180,7 +180,7 @@ def test_writes_are_atomic_renames_that_keep_the_umask(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # A refused command changes nothing
 # ------------------------------------------------------------------------------------------------
-def _contents(folder: Path) -> dict[str, bytes]:
+def folder_contents(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
@@ -189,7 +189,7 @@ def test_a_refused_writer_leaves_the_lock_and_the_folder_alone(finished, mnist_d
     (tmp_path / "link").symlink_to(run)
     holder = RunFolder(run, resume=True).open()  # as a running `train --resume` holds it
     try:
-        before = _contents(run)
+        before = folder_contents(run)
         spellings = [tmp_path / "nowhere" / ".." / "run", tmp_path / "link", run]
         for spelling in spellings:
             for extra in ([], ["--overwrite"]):
@@ -197,7 +197,7 @@ def test_a_refused_writer_leaves_the_lock_and_the_folder_alone(finished, mnist_d
                 _one_line_error(capsys, 2, code, f"is in use by process {os.getpid()} on ")
             _one_line_error(capsys, 2, main(["train", "--resume", str(spelling)]), f"in use by process {os.getpid()}")
         assert not (tmp_path / "nowhere").exists()
-        assert files.lock_is_held(run / ".lock") and _contents(run) == before
+        assert files.lock_is_held(run / ".lock") and folder_contents(run) == before
     finally:
         holder.close(ok=True)
     assert not files.lock_is_held(run / ".lock")

@@ -13,7 +13,7 @@ from mnist_addition.core.config import ConfigError, TrainConfig
 from mnist_addition.core.errors import Interrupted
 from mnist_addition.training.loop import fit
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from mnist_addition.commands.cli import main
 from mnist_addition.rundir.checkpoint import latest_valid, list_checkpoints
 
-from .test_distributed import COMMON, LAUNCH, _env, _free_port
+from .helpers import COMMON, LAUNCH, free_port, initial_weights, launch_env, max_diff
 
 # 15 steps an epoch, 45 in all; a checkpoint every 4 steps; agreement on SIGTERM at every step.
 ARGS = ["--width", "8", "--epochs", "3", "--lr", "0.01", "--checkpoint-every", "4", "--keep-checkpoints", "3",
@@ -45,7 +45,7 @@ def _slow_env(tmp_path: Path) -> dict[str, str]:
     folder = tmp_path / "slow"
     folder.mkdir(exist_ok=True)
     (folder / "sitecustomize.py").write_text(SLOW)
-    env = _env()
+    env = launch_env()
     env["PYTHONPATH"] = os.pathsep.join([str(folder), env.get("PYTHONPATH", "")])
     return env
 
@@ -158,12 +158,12 @@ def _signal_two_workers(launch: list[str], run: Path, tmp_path: Path, signals: d
         _stop(proc)
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
+def run_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
 
 
 def _same_weights(a: Path, b: Path) -> bool:
-    x, y = _weights(a), _weights(b)
+    x, y = run_weights(a), run_weights(b)
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
@@ -181,8 +181,8 @@ def one_process_run(mnist_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_process_run(mnist_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("two") / "run"
-    proc = subprocess.run(_launcher(mnist_dir, run, *_two_processes(_free_port())), capture_output=True, text=True,
-                          env=_env(), timeout=600)
+    proc = subprocess.run(_launcher(mnist_dir, run, *_two_processes(free_port())), capture_output=True, text=True,
+                          env=launch_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
 
@@ -239,7 +239,7 @@ def test_sigterm_stops_one_process_after_a_checkpoint_and_auto_resume_is_bit_ide
 
 def test_sigterm_stops_two_processes_together_and_auto_resume_is_bit_identical(two_process_run, mnist_dir, tmp_path):
     run = tmp_path / "run"
-    launch = _launcher(mnist_dir, run, *_two_processes(_free_port()))
+    launch = _launcher(mnist_dir, run, *_two_processes(free_port()))
     # as SLURM and Kubernetes do: every process of the job gets SIGTERM
     _, err = _signal_two_workers(launch, run, tmp_path, {0: signal.SIGTERM, 1: signal.SIGTERM}, 120)
     lines = _our_lines(err)
@@ -247,7 +247,7 @@ def test_sigterm_stops_two_processes_together_and_auto_resume_is_bit_identical(t
     assert all("stopped by SIGTERM" in line for line in lines) and "Traceback (most recent call last)" not in \
         "".join(line for line in err.splitlines() if "mnist_addition" in line)
     latest_valid(run, warn=pytest.fail)
-    again = subprocess.run(launch, capture_output=True, text=True, env=_env(), timeout=600)
+    again = subprocess.run(launch, capture_output=True, text=True, env=launch_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _same_weights(run, two_process_run)
 
@@ -259,7 +259,7 @@ def test_a_killed_worker_is_restarted_by_max_restarts_and_the_run_ends_bit_ident
                                                                                      tmp_path):
     run = tmp_path / "run"
     # the c10d rendezvous, as docs/distributed.md says to use with --max_restarts
-    launch = _launcher(mnist_dir, run, *_two_processes(_free_port()), "--rdzv_backend", "c10d", "--max_restarts", "1",
+    launch = _launcher(mnist_dir, run, *_two_processes(free_port()), "--rdzv_backend", "c10d", "--max_restarts", "1",
                        "--monitor_interval", "1")
     proc, err = _signal_two_workers(launch, run, tmp_path, {1: signal.SIGKILL}, 300)  # rank 1, as a lost machine
     assert proc.returncode == 0, err[-3000:]
@@ -272,7 +272,7 @@ def test_a_killed_worker_is_restarted_by_max_restarts_and_the_run_ends_bit_ident
 # ------------------------------------------------------------------------------------------------
 def test_a_frozen_machine_stops_the_other_within_the_timeout_and_auto_resume_continues(two_process_run, mnist_dir,
                                                                                         tmp_path):
-    run, port = tmp_path / "run", _free_port()
+    run, port = tmp_path / "run", free_port()
 
     def machine(rank: int, env: dict[str, str], log: Path) -> subprocess.Popen:
         launch = ["--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
@@ -299,11 +299,11 @@ def test_a_frozen_machine_stops_the_other_within_the_timeout_and_auto_resume_con
     assert "rank 0: another process of the run stopped answering" in lines[0] and "--dist-timeout 10" in lines[0]
     latest_valid(run, warn=pytest.fail)
     assert not (run / "model.safetensors").exists()
-    port = _free_port()  # both machines back: the same commands continue the run
-    first, second = machine(0, _env(), logs[0]), None
+    port = free_port()  # both machines back: the same commands continue the run
+    first, second = machine(0, launch_env(), logs[0]), None
     try:
         _wait_for_port(port, first)
-        second = machine(1, _env(), logs[1])
+        second = machine(1, launch_env(), logs[1])
         assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0, logs[0].read_text()[-3000:]
     finally:
         for proc in (first, second):
@@ -340,14 +340,13 @@ def _machine_command(how: str, rank: int, port: int, mnist_dir: Path, run: Path)
 def test_two_machines_train_the_same_model_as_one_process(how, seed_one_process, mnist_dir, tmp_path):
     """Two launchers on 127.0.0.1 as two machines, one process each, as the 2-process test
     (tests/test_distributed.py) with the same tolerances: 1e-4 absolute and 5% of each update."""
-    from .test_distributed import _initial_weights, _max_diff
 
-    run, port = tmp_path / "run", _free_port()
+    run, port = tmp_path / "run", free_port()
     logs = [tmp_path / "machine0.log", tmp_path / "machine1.log"]
-    machines = [_start(_machine_command(how, 0, port, mnist_dir, run), _env(), logs[0])]
+    machines = [_start(_machine_command(how, 0, port, mnist_dir, run), launch_env(), logs[0])]
     try:
         _wait_for_port(port, machines[0])  # machine 0 hosts the rendezvous: on one host both could claim it
-        machines.append(_start(_machine_command(how, 1, port, mnist_dir, run), _env(), logs[1]))
+        machines.append(_start(_machine_command(how, 1, port, mnist_dir, run), launch_env(), logs[1]))
         codes = [m.wait(timeout=600) for m in machines]
     finally:
         for m in machines:
@@ -358,8 +357,8 @@ def test_two_machines_train_the_same_model_as_one_process(how, seed_one_process,
     setup = json.loads((run / "metrics.json").read_text())["setup"]
     assert setup["num_processes"] == 2 and setup["per_process_batch_size"] == 16
     assert setup["train_samples_per_process"] == [480, 480]  # each machine saw half of each batch
-    a, b, init = _weights(run), _weights(seed_one_process), _initial_weights("seed", 32)
-    assert _max_diff(a, b) <= 1e-4
+    a, b, init = run_weights(run), run_weights(seed_one_process), initial_weights("seed", 32)
+    assert max_diff(a, b) <= 1e-4
     for name in b:
         assert (a[name] - b[name]).abs().max().item() <= 0.05 * (b[name] - init[name]).abs().max().item(), name
 
@@ -376,9 +375,9 @@ def test_the_slurm_script_runs_its_per_node_command_twice_under_stand_ins(mnist_
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     venv = Path(sys.executable).parent.parent
-    env = dict(_env(), PATH=f"{bin_dir}{os.pathsep}{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VENV=str(venv),
+    env = dict(launch_env(), PATH=f"{bin_dir}{os.pathsep}{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VENV=str(venv),
                SLURM_JOB_NODELIST="node[1-2]", SLURM_NNODES="2", SLURM_JOB_ID="42", GPUS_PER_NODE="1",
-               MAIN_PORT=str(_free_port()), MNIST_ADDITION_DATA=str(mnist_dir),
+               MAIN_PORT=str(free_port()), MNIST_ADDITION_DATA=str(mnist_dir),
                TRAIN_ARGS=" ".join(["--width", "8", "--epochs", "1", "--lr", "0.01", *COMMON, "--cpu"]))
     script = LAUNCH / "slurm_multinode.sbatch"
     first = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -387,6 +386,6 @@ def test_the_slurm_script_runs_its_per_node_command_twice_under_stand_ins(mnist_
     import json
 
     assert json.loads((run / "metrics.json").read_text())["setup"]["num_processes"] == 2
-    env["MAIN_PORT"] = str(_free_port())
+    env["MAIN_PORT"] = str(free_port())
     again = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "already holds this run, finished" in again.stderr, again.stderr[-3000:]

@@ -16,7 +16,7 @@ from mnist_addition.training.loop import fit
 from mnist_addition.training.start import Continuation
 from mnist_addition.training.step import lr_schedule
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 def test_values_hold_from_the_start_of_their_epoch_and_stretches_say_all_of_them():
