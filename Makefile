@@ -1,4 +1,5 @@
-# Two commands on a fresh clone: `make train` (the main job) and `make test` (the test suite).
+# Two commands on a fresh clone: `make train` (the main job) and `make test` (the test suite;
+# `make test-fast` for the quick tier before a commit).
 # Both create the virtual environment $(VENV) and install the package with its [dev] extras when
 # it is missing or pyproject.toml changed. Managing your own environment instead:
 #   pip install -e ".[dev]" && mnist-addition train && python -m pytest -q
@@ -10,7 +11,7 @@ DATA ?=
 ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: train test install clean-venv
+.PHONY: train test test-fast install clean-venv
 
 install: $(VENV)/.installed
 
@@ -29,6 +30,12 @@ train: install
 test: install
 	@$(PY) -m pytest -q $(ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests; failing." >&2; exit 1; fi; exit $$code
+
+# The tests a person runs before a commit (about 2 minutes on 2 cores): all but those marked slow
+# (multi-process launches, Ray clusters, compilation, the wheel build). `make test` runs everything.
+test-fast: install
+	@$(PY) -m pytest -q -m "not slow" $(ARGS); code=$$?; \
+	if [ $$code -eq 5 ]; then echo "make test-fast: pytest collected no tests; failing." >&2; exit 1; fi; exit $$code
 
 clean-venv:
 	rm -rf $(VENV)
