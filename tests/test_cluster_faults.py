@@ -20,6 +20,8 @@ from mnist_addition.rundir.checkpoint import latest_valid, list_checkpoints
 
 from .helpers import COMMON, LAUNCH, free_port, initial_weights, launch_env, max_diff
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
+
 # 15 steps an epoch, 45 in all; a checkpoint every 4 steps; agreement on SIGTERM at every step.
 ARGS = ["--width", "8", "--epochs", "3", "--lr", "0.01", "--checkpoint-every", "4", "--keep-checkpoints", "3",
         "--log-every", "1", *COMMON, "--cpu"]

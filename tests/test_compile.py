@@ -12,6 +12,8 @@ from mnist_addition.training.loop import fit
 
 from .helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
+
 # SGD, fp32, 4 steps of 32 images. The compiler fuses and reorders float32 arithmetic, so the
 # weights are not bit-identical to eager. Measured on the 2-core CPU after 4 steps: max |diff| 2.2e-7
 # (BatchNorm running statistics), at most 3e-5 of any tensor's own update (updates 2e-3 to 0.3).

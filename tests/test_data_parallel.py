@@ -1,13 +1,17 @@
-"""Data parallel training proven equal to one process; kill-and-resume is bit-identical; launch/ files parse."""
+"""Data-parallel training proven equal to one process, and a run resumed on another number of processes."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 
+import pytest
+
 from mnist_addition.commands.cli import main
 
 from .helpers import COMMON, CPU, copy_run, initial_weights, launch_two, max_diff, run_weights
+
+pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
 
 # ------------------------------------------------------------------------------------------------
 # launch/ files

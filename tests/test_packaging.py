@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -32,6 +32,8 @@ import ray.cloudpickle  # noqa: E402
 
 from mnist_addition.sweep import trial as trial_module  # noqa: E402
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
+
 # The trial wrappers below run in Ray's worker processes, which cannot import this test module:
 # send them by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

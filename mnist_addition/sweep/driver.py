@@ -393,9 +393,12 @@ def _tune_config(options: SweepOptions, space: Space, max_epochs: int, concurren
                                          max_concurrent=0 if options.scheduler == "pbt" else concurrent)
         limit = None
     metric, mode = (options.primary, options.resolved_mode()) if single else (None, None)
+    # A trial's actor is reused by the next trial (one process started per slot, not per trial, and
+    # none per PBT pause): a 1-process trial sets everything it uses at its start (trial.py).
     return tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                            search_alg=searcher, num_samples=options.num_samples, max_concurrent_trials=limit,
-                           trial_name_creator=_trial_dir, trial_dirname_creator=_trial_dir)
+                           trial_name_creator=_trial_dir, trial_dirname_creator=_trial_dir,
+                           reuse_actors=options.workers() == 1)
 
 
 def _trial_dir(t: Any) -> str:
