@@ -15,6 +15,8 @@ from mnist_addition.rundir.checkpoint import list_checkpoints
 
 from .helpers import copy_run, folder_contents, run_weights
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
+
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(crashed, uninterrupted, tmp_path, capsys):
     run = copy_run(crashed, tmp_path / "run")
@@ -26,6 +28,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(crashed, uninterrupte
     assert "resuming from step-00000015" in err
     a, b = run_weights(run), run_weights(uninterrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
 
 def test_half_written_checkpoint_is_ignored(crashed, tmp_path, capsys):
     run = copy_run(crashed, tmp_path / "run")
@@ -67,6 +70,7 @@ def test_a_code_running_payload_in_a_checkpoint_never_runs(name, needed, crashed
         assert f"resuming from {previous.name}" in err
     else:
         assert warnings == [] and f"resuming from {newest.name}" in err
+
 
 def test_all_checkpoints_damaged_is_one_line_and_changes_nothing(crashed, tmp_path, capsys):
     run = copy_run(crashed, tmp_path / "run")

@@ -118,6 +118,7 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and "--sum-weight" in out.stdout and "--smoke" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
 def test_smoke_on_real_mnist(tmp_path):
     out = tmp_path / "smoke"

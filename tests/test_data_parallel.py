@@ -14,11 +14,6 @@ from .helpers import COMMON, CPU, copy_run, initial_weights, launch_two, max_dif
 pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
 
 # ------------------------------------------------------------------------------------------------
-# launch/ files
-# ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
 # N processes == 1 process
 # ------------------------------------------------------------------------------------------------
 def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path):

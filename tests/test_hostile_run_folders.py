@@ -262,6 +262,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_so_training
     assert main(args) == 0  # "start again" works: nothing was left to refuse it
 
 
+@pytest.mark.slow
 def test_export_and_predict_csv_replace_a_link_at_their_output(finished, tmp_path):
     from PIL import Image
 

@@ -18,11 +18,13 @@ def test_launch_yaml_parses_with_accelerates_loader(name):
     assert config.num_processes >= 1 and config.num_machines >= 1
     assert config.num_processes % config.num_machines == 0
 
+
 def test_gpu_recipe_is_a_valid_config():
     from mnist_addition.core.config import TrainConfig
 
     config = TrainConfig.load(LAUNCH / "gpu_recipe.json")
     assert config.preset == "fast" and config.batch_size > TrainConfig().batch_size and not config.compile
+
 
 def test_cpu_fastest_recipe_is_a_valid_config():
     from mnist_addition.core.config import TrainConfig
@@ -30,6 +32,7 @@ def test_cpu_fastest_recipe_is_a_valid_config():
     config = TrainConfig.load(LAUNCH / "cpu_fastest.json")
     assert (config.preset, config.stem) == ("fast", "stride") and config.crop > 0
     assert config.epochs <= TrainConfig().epochs
+
 
 def test_cpu_accurate_recipe_is_the_accurate_space_with_its_winners_values():
     import yaml
@@ -41,6 +44,7 @@ def test_cpu_accurate_recipe_is_the_accurate_space_with_its_winners_values():
     space = yaml.safe_load(find_space("accurate").read_text())
     assert all(getattr(config, k) == v for k, v in space["fixed"].items())  # the net, budget, augmentation, views
     assert set(space["search"]) <= set(json.loads((LAUNCH / "cpu_accurate.json").read_text()))
+
 
 def test_slurm_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(LAUNCH / "slurm_multinode.sbatch")]).returncode == 0

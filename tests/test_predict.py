@@ -222,6 +222,7 @@ def test_weight_headers_from_before_the_net_fields_still_load():
     assert header_mismatch({}, config) is None  # a safetensors file from elsewhere: no header
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/mnist")
 def test_real_digits_raw_and_redrawn(tmp_path):
     """MNIST test digits saved as raw 28x28 PNGs, and inverted, 4x enlarged, off-centre JPEGs."""

@@ -82,6 +82,7 @@ def test_onnx_export_matches_pytorch(run_dir, tmp_path):
         assert abs(torch.from_numpy(sum_onnx) - sum_pt).max() <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_ONNX, reason="onnx extra not installed")
 def test_onnx_export_carries_the_tta_views(run_dir, tmp_path):
     """A run with --tta 5 exports its five views into the graph: onnxruntime matches PyTorch's TTA."""
@@ -181,31 +182,35 @@ def test_export_without_the_onnx_extra(run_dir, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_tensorboard_needs_the_package_and_a_run_folder(mnist_dir, monkeypatch):
+def test_tensorboard_needs_the_package_and_a_run_folder(mnist_dir, monkeypatch, tmp_path):
+    """Checked once, by ``train`` (the one way into a run), before anything starts or is written."""
+    from mnist_addition import train
     from mnist_addition.core.config import ConfigError
-    from mnist_addition.training.loop import fit
 
     from .helpers import tiny_config
 
     with pytest.raises(ConfigError, match="--log-with tensorboard needs a run folder"):
-        fit(tiny_config(mnist_dir, log_with="tensorboard", epochs=1), progress=False)
+        train(tiny_config(mnist_dir, log_with="tensorboard", epochs=1), progress=False)
     import accelerate.tracking
 
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # as if not installed
     with pytest.raises(ConfigError, match=r'needs the tensorboard package: pip install -e "\.\[tensorboard\]"'):
-        fit(tiny_config(mnist_dir, log_with="tensorboard", epochs=1, output_dir="unused"), progress=False)
+        train(tiny_config(mnist_dir, log_with="tensorboard", epochs=1, output_dir=str(tmp_path / "r")), progress=False)
+    assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_weight_files_are_byte_identical_when_their_tensors_are(tmp_path):
-    """The same tensors saved by separate processes give the same bytes. safetensors writes its
-    metadata map in a random order per process: with the two keys we had, 8 processes all agree
-    with probability 1/128; ours holds one key."""
+    """The same tensors saved by separate processes (each with its own string hashing) give the
+    same bytes. safetensors writes its metadata map in a random order per process: ours holds one
+    key (asserted below), so no order can vary; 4 processes with two keys all agreed with
+    probability 1/8."""
     script = ("import sys, torch; from mnist_addition.core.config import TrainConfig; from mnist_addition.core.model import "
               "build_model; from mnist_addition.rundir.contents import save_weights; torch.manual_seed(0); "
               "save_weights(build_model('fast', 8), __import__('pathlib').Path(sys.argv[1]), "
               "TrainConfig.from_preset('fast', width=8))")
     files = []
-    for i in range(8):  # separate processes, as separate runs are
+    for i in range(4):  # separate processes, as separate runs are
         path = tmp_path / f"{i}.safetensors"
         env = dict(os.environ, PYTHONHASHSEED=str(i))
         subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=120)

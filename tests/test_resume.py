@@ -21,6 +21,8 @@ from .helpers import (
     train_to_the_end,
 )
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
+
 
 def test_resume_after_sigkill_is_bit_identical(crashed, uninterrupted, tmp_path, capsys):
     run = copy_run(crashed, tmp_path / "run")
@@ -69,12 +71,14 @@ def test_bad_resume_is_one_line_and_changes_nothing(case, match, crashed, uninte
     assert error.startswith("mnist-addition train: error: ") and match in error and "Traceback" not in err
     assert folder_contents(run) == before
 
+
 def test_the_same_command_with_resume_is_accepted_and_resumes_bit_identically(crashed, uninterrupted, mnist_dir,
                                                                               tmp_path, capsys):
     """Flags given with the values the run already has (--cpu, --lr, --width ...) are not changes."""
     run = copy_run(crashed, tmp_path / "run")
     assert main(["train", *crashed_run_args(mnist_dir), "--resume", str(run), "--output-dir", str(run)]) == 0
     resumed_like_uninterrupted(run, uninterrupted, capsys.readouterr().err)
+
 
 def test_fit_itself_enforces_the_resume_rules(crashed, uninterrupted, tmp_path):
     """The Python API refuses what the command line refuses, and accepts what it accepts."""

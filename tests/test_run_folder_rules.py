@@ -19,10 +19,12 @@ def test_existing_run_is_not_overwritten(run_dir, mnist_dir, capsys):
     assert code == 2 and "already holds a run" in err and "--overwrite" in err and "\n" not in err
     assert (run_dir / "model.safetensors").read_bytes() == before
 
+
 def test_missing_data_leaves_no_run_folder(tmp_path):
     assert main(["train", "--no-download", "--data-dir", str(tmp_path / "nowhere"),
                  "--output-dir", str(tmp_path / "run"), *TINY]) == 1
     assert not (tmp_path / "run").exists()
+
 
 def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_path, capsys):
     import os
@@ -39,6 +41,7 @@ def test_a_second_writer_is_refused_naming_the_holder(run_dir, mnist_dir, tmp_pa
     finally:
         holder.close(ok=True)
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY]) == 0  # free again
+
 
 def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(run_dir, mnist_dir, tmp_path, monkeypatch):
     import shutil
@@ -64,6 +67,7 @@ def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(run_dir
     assert new.keys() >= {p for p in old if p.parts[0] != "checkpoints"}
     assert new[Path("model.safetensors")] != old[Path("model.safetensors")]
     assert json.loads(new[Path("config.json")])["config"]["seed"] == 1
+
 
 def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back(run_dir, mnist_dir, tmp_path,
                                                                               monkeypatch, capsys):

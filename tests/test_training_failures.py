@@ -16,6 +16,7 @@ def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(mnis
     assert code == 2 and "--width 200 makes" in err and "more than the 0.0 GiB free" in err and "smaller --width" in err
     assert not (tmp_path / "r").exists()
 
+
 def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
     import torch
 
@@ -29,6 +30,7 @@ def test_running_out_of_memory_while_training_is_one_line(mnist_dir, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "out of memory on cpu with --batch-size 32 and --width 8: lower --batch-size" in err
 
+
 def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnist_dir, tmp_path, monkeypatch, capsys):
     import mnist_addition.training.step as step
 
@@ -39,6 +41,7 @@ def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(mnis
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY]) == 130
     err = capsys.readouterr().err.replace("\n", "")
     assert "before the first checkpoint: nothing to resume" in err and "--resume" not in err
+
 
 def test_a_full_disk_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
     import errno

@@ -308,12 +308,12 @@ def compare(run_dirs: list[Path], output: Path | None, overwrite: bool = False) 
               "differ": _strict({k: [r["config"].get(k) for r in found] for k in keys}),
               "metrics": [r["row"] for r in found], "picture": None}
     if output is not None:
-        from ..rundir import contents as runs
+        from ..rundir import contents
         from ..rundir.plots import plot_compare
 
-        protected = tuple(p for r in found for p in runs.run_files(r["path"]))
-        runs.check_output_file(output, overwrite, "--output", protected)
-        runs.replace_file(output, lambda tmp: plot_compare([(n, r["history"]) for n, r in zip(names, found)], tmp),
+        protected = tuple(p for r in found for p in contents.run_files(r["path"]))
+        contents.check_output_file(output, overwrite, "--output", protected)
+        contents.replace_file(output, lambda tmp: plot_compare([(n, r["history"]) for n, r in zip(names, found)], tmp),
                           "--output")
         result["picture"] = str(output)
     return result

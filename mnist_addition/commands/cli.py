@@ -1,8 +1,8 @@
 """The command line, ``mnist-addition train|evaluate|report|export|predict|tune|runs|compare``: it parses flags
-(``flags.py``), calls the package and prints. Every rule lives in the module that owns it (``resume.py``,
-``evaluate.py``, ``predict.py``, ``sweep/options.py``), so the Python API obeys the same ones. Only the
-standard library and the config module load up front (torch inside ``main``): every failure, Ctrl-C
-while torch loads included, is one line.
+(``flags.py``), calls the package and prints. Every rule lives in the module that owns it
+(``training/run.py``, ``training/resume.py``, ``evaluate.py``, ``predict.py``, ``sweep/options.py``), so the
+Python API obeys the same ones. Only the standard library, the config and the sweep's options load
+up front (torch inside a command): every failure, Ctrl-C while torch loads included, is one line.
 """
 
 from __future__ import annotations

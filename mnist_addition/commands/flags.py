@@ -79,19 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnist-addition", description="Digit and digit+number classification on MNIST.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", help="train a model and write a run folder",
-                           description="Train a model. Precedence: preset < --config file < --smoke < flags.")
-    train.add_argument("--config", type=Path, help="JSON file of TrainConfig fields (e.g. a run's config.json)")
-    train.add_argument("--smoke", action="store_true", help="single-CPU smoke test: " + ", ".join(
-        f"{k}={v}" for k, v in smoke_overrides().items()))
-    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
-    train.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                       help="continue an interrupted run from its newest valid checkpoint")
-    train.add_argument("--auto-resume", action="store_true", help="with --output-dir: start the run there, or continue "
-                       "it, or (finished) do nothing; one command for the first start and every restart")
-    add_config_flags(train)
-
+    _train_command(sub)
     ev = _run_command(sub, "evaluate", "re-evaluate a saved model on the test set (or its validation split)")
     ev.add_argument("--all-numbers", action="store_true", help="pair every test image with all ten numbers (100,000 pairs)")
     ev.add_argument("--split", choices=("test", "val"), default="test",
@@ -121,6 +109,34 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _tta_flag(pr)
 
+    _catalog_commands(sub)
+    tune = sub.add_parser(
+        "tune", help="hyperparameter sweep with Ray Tune (ASHA early stopping; selects on validation)",
+        description="Sample training configs from a search space, train each with the same train() as 'mnist-addition train', "
+                    "report validation accuracy every epoch, stop bad trials early, and write the best config "
+                    "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS)
+    add_tune_flags(tune)
+    return parser
+
+
+def _train_command(sub: Any) -> None:
+    """``train``: its own switches, then one flag per TrainConfig field."""
+    train = sub.add_parser("train", help="train a model and write a run folder",
+                           description="Train a model. Precedence: preset < --config file < --smoke < flags.")
+    train.add_argument("--config", type=Path, help="JSON file of TrainConfig fields (e.g. a run's config.json)")
+    train.add_argument("--smoke", action="store_true", help="single-CPU smoke test: " + ", ".join(
+        f"{k}={v}" for k, v in smoke_overrides().items()))
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
+    train.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue an interrupted run from its newest valid checkpoint")
+    train.add_argument("--auto-resume", action="store_true", help="with --output-dir: start the run there, or continue "
+                       "it, or (finished) do nothing; one command for the first start and every restart")
+    add_config_flags(train)
+
+
+def _catalog_commands(sub: Any) -> None:
+    """``runs`` and ``compare``: they read run and sweep folders' JSON files only."""
     rs = sub.add_parser("runs", help="one table of the runs and sweeps under folders (JSON files only: fast)",
                         description="List every run folder (config.json) and sweep (sweep.json) under FOLDERs: status "
                                     "(running, finished, or why it stopped and whether it resumes), recipe, validation "
@@ -137,14 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--output", type=Path, default=Path("compare.png"), help="the picture (default: compare.png)")
     cp.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
-
-    tune = sub.add_parser(
-        "tune", help="hyperparameter sweep with Ray Tune (ASHA early stopping; selects on validation)",
-        description="Sample training configs from a search space, train each with the same train() as 'mnist-addition train', "
-                    "report validation accuracy every epoch, stop bad trials early, and write the best config "
-                    "for 'mnist-addition train --config'. Needs the [tune] extra.", argument_default=argparse.SUPPRESS)
-    add_tune_flags(tune)
-    return parser
 
 
 def _run_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:

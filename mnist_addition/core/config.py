@@ -1,6 +1,6 @@
 """TrainConfig: the single source of truth for a run.
 
-CLI flags are generated from the fields (see ``cli.py``), a Tune search space is checked against
+CLI flags are generated from the fields (``commands/flags.py``), a Tune search space is checked against
 the field names, and the resolved config is written into every run folder as ``config.json``.
 Presets only change defaults: ``TrainConfig.from_preset("seed", epochs=3)``.
 """
@@ -45,7 +45,7 @@ def _f(default: Any, help: str, choices: tuple | None = None, *, infra: bool = F
     """A TrainConfig field and its roles, declared once (read by the CLI, resume, spaces and smoke modes):
 
     * ``infra``: plumbing, not maths (how and where it runs): the CLI lists it apart;
-    * ``resumable``: may change when a run resumes (``resume.py``): where things are, how often to
+    * ``resumable``: may change when a run resumes (``training/resume.py``): where things are, how often to
       log or save; everything else is the run's, fixed by its config.json;
     * ``sweep``: set by ``mnist-addition tune`` for every trial, from the flag named here; a search
       space may not set it;
@@ -138,7 +138,7 @@ class TrainConfig:
                                 "peer stopped answering (data-parallel runs)", resumable=True)
     data_dir: str | None = _f(None, "folder with MNIST/raw/*-ubyte", resumable=True, sweep="--data-dir",
                               shown="$MNIST_ADDITION_DATA or ~/.cache/mnist-addition")
-    # the run folder itself: a resumed run keeps its own (resume.py), a trial's is the sweep's
+    # the run folder itself: a resumed run keeps its own (training/resume.py), a trial's is the sweep's
     output_dir: str | None = _f(None, "run folder", infra=True, sweep="--storage-path/--name",
                                 shown="runs/<timestamp>")
 
@@ -203,7 +203,7 @@ class TrainConfig:
     @property
     def trackers(self) -> tuple[str, ...]:
         """``--log-with`` as tracker names (none for 'none')."""
-        return () if self.log_with == "none" else tuple(name.strip() for name in self.log_with.split(","))
+        return tracker_names(self.log_with)
 
     # -- checks ---------------------------------------------------------------------------------
     def _coerce_types(self) -> None:
@@ -331,6 +331,11 @@ def smoke_overrides(sweep: bool = False) -> dict[str, Any]:
     Explicit flags still win."""
     key = "sweep_smoke" if sweep else "smoke"
     return {f.name: f.metadata[key] for f in dataclasses.fields(TrainConfig) if key in f.metadata}
+
+
+def tracker_names(log_with: str) -> tuple[str, ...]:
+    """``--log-with`` (of ``train`` or ``tune``) as tracker names: none for 'none'."""
+    return () if log_with == "none" else tuple(name.strip() for name in log_with.split(","))
 
 
 def preset_values(name: str) -> dict[str, Any]:

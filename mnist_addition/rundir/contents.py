@@ -1,5 +1,5 @@
 """What a run folder holds: config.json, metrics, weights; written atomically, read back checked.
-Pure torch. Who may write a run folder, and when, is ``runfolder.py``.
+Pure torch. Who may write a run folder, and when, is ``folder.py``.
 
 Every file is written through ``files`` (a new temporary file renamed onto its name: a link
 planted at the name is replaced, never written through), and read only if it lies inside the run

@@ -10,7 +10,7 @@ The rules, checked before anything is created and again under the lock:
   kinds: no links), and moves it aside until the new run has its first checkpoint;
 * **a resumed run** needs an unfinished run (checkpoints, no metrics.json) whose folders
   (checkpoints/, tensorboard/) are folders, not links out of it; the command line reads its
-  config.json (``resume.resumed_config``), and ``fit`` checks its config against it (``resume.py``).
+  config.json (``resume.resumed_config``), and ``fit`` checks its config against it (``training/resume.py``).
 
 The folder is named by its real path (``SOMEWHERE/../RUN`` and links resolved) for every
 operation, so no spelling creates another folder or reaches around the lock.

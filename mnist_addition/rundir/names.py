@@ -1,5 +1,5 @@
-"""The names in a run folder and a sweep folder, and the time stamps in them, in one place. Standard library only: ``catalog`` (``mnist-addition
-runs``) lists run folders without loading torch.
+"""The names in a run folder and a sweep folder, and the time stamps in them, in one place.
+Standard library only: ``catalog`` (``mnist-addition runs``) lists run folders without torch.
 
 A run folder holds ``config.json`` (the config, how it trained, when), ``metrics.jsonl`` (one row per
 epoch), ``checkpoints/``, and once finished ``model.safetensors``, ``curves.png``, the pictures and,

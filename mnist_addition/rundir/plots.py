@@ -93,29 +93,32 @@ def plot_confusion(truth: "torch.Tensor", pred: "torch.Tensor", classes: int, pa
 
 def plot_examples(images: "torch.Tensor", numbers, digits, sums, digit_pred, sum_pred, path: Path, title: str,
                   columns: int = 8) -> None:
-    """A grid of test images with the number, the predictions and the truth; mistakes in red."""
+    """A grid of test images with the number, the predictions and the truth; mistakes framed in red.
+
+    One image of all the digits on one axes, not an axes per digit: drawn in a tenth of the time
+    (it is drawn at the end of every run)."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
     plt = pyplot()
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.35, rows * 1.6), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= n:
-            continue
+    cell_w, cell_h = 34, 48  # pixels of the mosaic per digit: 28 + a margin, + room for two lines of text
+    mosaic = np.ones((rows * cell_h, columns * cell_w))  # white paper
+    fig = plt.figure(figsize=(columns * 1.35, rows * 1.6 + 0.4))
+    ax = fig.add_axes((0.0, 0.0, 1.0, rows * 1.6 / (rows * 1.6 + 0.4)))
+    for k in range(n):
+        top, left = (k // columns) * cell_h + cell_h - 31, (k % columns) * cell_w + 3
+        mosaic[top:top + 28, left:left + 28] = images[k].reshape(28, 28).numpy()
         wrong = int(digit_pred[k]) != int(digits[k]) or int(sum_pred[k]) != int(sums[k])
-        ax.imshow(images[k].reshape(28, 28).numpy(), cmap="gray", vmin=0, vmax=1)
         label = f"{int(digit_pred[k])} + {int(numbers[k])} = {int(sum_pred[k])}"
         if wrong:
             label += f"\ntrue {int(digits[k])} + {int(numbers[k])} = {int(sums[k])}"
-        ax.set_title(label, fontsize=8, color="crimson" if wrong else "black")
-        if wrong:
-            for spine in ax.spines.values():
-                spine.set(visible=True, color="crimson", linewidth=2)
-            ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.add_patch(Rectangle((left - 1.5, top - 1.5), 30, 30, fill=False, edgecolor="crimson", linewidth=2))
+        ax.text(left + 14, top - 3, label, ha="center", va="bottom", fontsize=8, color="crimson" if wrong else "black")
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
     save(fig, path, dpi=110)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from ..core.config import tracker_names
 from .options import SweepError
 from .results import FINISHED, STOPPED, ended_status
 
@@ -27,13 +28,9 @@ SWEEP_TRACKERS = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX"
                   "wandb": ("wandb", "wandb"), "aim": ("aim", "aim"), "comet_ml": ("comet_ml", "comet_ml")}
 
 
-def names(log_with: str) -> tuple[str, ...]:
-    return () if log_with == "none" else tuple(name.strip() for name in log_with.split(","))
-
-
 def check(log_with: str) -> None:
     """Known names, each installed: else one line with the install command."""
-    given = names(log_with)
+    given = tracker_names(log_with)
     unknown = [n for n in given if n not in SWEEP_TRACKERS]
     if unknown or len(set(given)) != len(given) or (log_with != "none" and not given):
         raise SweepError(f"--log-with {log_with!r} is not a list of sweep trackers: use 'none' or comma-separated "
@@ -83,7 +80,7 @@ def callbacks(log_with: str, sweep_name: str, storage_uri: str) -> list[Any]:
     """Ray Tune logger callbacks for ``log_with``, each guarded by ``keep_going`` (they are pickled
     with the sweep's state, so a resumed sweep logs to the same places)."""
     made = []
-    for name in names(log_with):
+    for name in tracker_names(log_with):
         if name == "mlflow":
             made.append(_mlflow(sweep_name, storage_uri))
         elif name == "tensorboard":

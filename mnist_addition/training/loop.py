@@ -1,17 +1,18 @@
-"""The training loop, ``fit``: the only core module that imports Accelerate.
+"""The training loop: ``fit``, which ``run.train`` (the one way into a run) calls.
 
 ``fit(config, report)`` trains, validates every epoch, tests once at the end and returns the final
 metrics. The same code runs as one CPU process, on one GPU, or data-parallel under
 ``accelerate launch``: ``--batch-size`` is the global batch, and each process takes an equal
 shard of every global batch, so the learning rate needs no rescaling.
 
-``fit`` reads top to bottom: set-up (``setup``: accelerator, data on the device, model,
-optimizer, the step; ``open_run_folder``; ``start_state``: fresh or from a checkpoint), then for
-each epoch and step the optimizer step (``step.train_step``), the progress bar and the checkpoint
-decision (``checkpointer.Checkpointer``), and at each epoch's end evaluation, the metrics row, the
-epoch's checkpoint and ``report(row)``; then ``finish`` (test set, weights, pictures, metrics.json).
-The hot loop never waits for the host: batches are slices of tensors already on the device, the
-learning rate is a pure function of the step, and ``.item()`` runs only at log intervals.
+``fit`` reads top to bottom: set-up (``setup.setup``: accelerator, data on the device, model,
+optimizer, the step; ``setup.open_run_folder``; ``start.start_state``: fresh or from a
+checkpoint), then each epoch's steps (``train_epoch``: the optimizer step ``step.train_step``, the
+progress bar and the checkpoint decision ``checkpointer.Checkpointer``), and at each epoch's end
+evaluation, the metrics row, the epoch's checkpoint and ``report(row)``; then ``finish`` (test
+set, weights, pictures, metrics.json). The hot loop never waits for the host: batches are slices
+of tensors already on the device, the learning rate is a pure function of the step, and
+``.item()`` runs only at log intervals.
 
 Callbacks are the seams: ``report(row)`` after every epoch, ``on_checkpoint(path)`` after every
 checkpoint. Tests that inject faults replace public functions that ``fit`` calls through their
@@ -34,10 +35,10 @@ from ..core.data import PairedMnist, Split, train_batches
 from ..core.evaluation import evaluate_counts
 from ..core.metrics import summarize
 from ..rundir import checkpoint, pictures
-from ..rundir import contents as runs
+from ..rundir import contents
 from ..rundir.names import CURVES, FINISHED, HISTORY, STATUS, WEIGHTS
 from . import step
-from . import trackers as tracking
+from . import trackers
 from .checkpointer import Checkpointer
 from .faults import Preempted, StopSignal, peers_explained
 from .group import process_state
@@ -84,44 +85,52 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
             checkpointer = Checkpointer(run, folder, on_checkpoint)
             with Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
                 while state.epoch <= config.epochs:
-                    first, start = state.step, time.perf_counter()
-                    loss_sum = torch.full((), state.loss_sum, device=run.device)
-                    run.model.train()
-                    step.hold(run, state.epoch)
-                    bar.start_epoch(state.epoch, first)
-                    checkpointer.begin_epoch(state)
-                    for images, numbers, digits, sums in train_batches(
-                            run.train, config.batch_size, config.seed, state.epoch, config.shift, run.rank,
-                            run.world, first, config.rotate, config.scale, config.elastic):
-                        loss_sum += step.train_step(run, images, numbers, digits, sums, run.lr_at(state.global_step))
-                        state.advance(len(digits))
-                        if run.average is not None:
-                            run.average.update(state.global_step)
-                        if bar.enabled and (state.step % config.log_every == 0 or state.step == run.steps):
-                            # .item() is a device sync: only at log intervals, only where a bar is drawn
-                            bar.update(state.step, loss_sum.item() / state.step,
-                                       (state.step - first) * config.batch_size / (time.perf_counter() - start))
-                        # SIGTERM: all processes agree at log intervals, save this step and stop
-                        stopping = state.step % config.log_every == 0 and state.step < run.steps and stop.agreed(run)
-                        if stopping or checkpointer.due(state):
-                            checkpointer.save(state, loss_sum, state.train_seconds + time.perf_counter() - start)
-                        if stopping:
-                            raise preempted(run, state)
-                    synchronize(run.device)  # the clock must include the GPU work still queued
-                    seconds = time.perf_counter() - start
+                    first = state.step
+                    loss_sum, seconds = train_epoch(run, state, checkpointer, bar, stop)
                     checkpointer.check_finite(state, loss_sum)
                     state.loss_sum = run.accelerator.reduce(loss_sum, reduction="mean").item()
                     state.train_seconds += seconds
                     row = epoch_row(run, state, seconds, first, test_every_epoch)
                     record(run, state, row)
                     checkpointer.save(state)
-                    tracking.log_epoch(run, row, state.global_step)
+                    trackers.log_epoch(run, row, state.global_step)
                     if report is not None:
                         report(row)
                     if state.epoch < config.epochs and stop.agreed(run):
                         raise preempted(run, state)  # the epoch's checkpoint is written
                     state.next_epoch()
             return finish(run, state, test_every_epoch, score_test)
+
+
+def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, bar: Progress,
+                stop: StopSignal) -> tuple[torch.Tensor, float]:
+    """The steps of ``state.epoch`` from ``state.step`` on (a resumed epoch starts mid-way): the
+    summed loss (on the device) and the seconds they took, the GPU's queued work included."""
+    config, first, began = run.config, state.step, time.perf_counter()
+    loss_sum = torch.full((), state.loss_sum, device=run.device)
+    run.model.train()
+    step.hold(run, state.epoch)
+    bar.start_epoch(state.epoch, first)
+    checkpointer.begin_epoch(state)
+    for images, numbers, digits, sums in train_batches(
+            run.train, config.batch_size, config.seed, state.epoch, config.shift, run.rank,
+            run.world, first, config.rotate, config.scale, config.elastic):
+        loss_sum += step.train_step(run, images, numbers, digits, sums, run.lr_at(state.global_step))
+        state.advance(len(digits))
+        if run.average is not None:
+            run.average.update(state.global_step)
+        if bar.enabled and (state.step % config.log_every == 0 or state.step == run.steps):
+            # .item() is a device sync: only at log intervals, only where a bar is drawn
+            bar.update(state.step, loss_sum.item() / state.step,
+                       (state.step - first) * config.batch_size / (time.perf_counter() - began))
+        # SIGTERM: all processes agree at log intervals, save this step and stop
+        stopping = state.step % config.log_every == 0 and state.step < run.steps and stop.agreed(run)
+        if stopping or checkpointer.due(state):
+            checkpointer.save(state, loss_sum, state.train_seconds + time.perf_counter() - began)
+        if stopping:
+            raise preempted(run, state)
+    synchronize(run.device)  # the clock must include the GPU work still queued
+    return loss_sum, time.perf_counter() - began
 
 
 def preempted(run: Run, state: TrainState) -> Preempted:
@@ -140,11 +149,11 @@ def begin(run: Run, state: TrainState, resume: bool) -> None:
     run.began = True
     run.setup["compile_seconds"] = step.warm_up(run)  # not counted as training time
     if run.run_dir and run.main:
-        runs.write_config(run.run_dir, run.config, run.setup)
+        contents.write_config(run.run_dir, run.config, run.setup)
         (run.run_dir / STATUS).unlink(missing_ok=True)  # why it stopped last time: it is running now
         if resume:  # metrics.jsonl holds exactly the epochs the checkpoint knows about
-            runs.write_jsonl(run.run_dir / HISTORY, state.history)
-    tracking.start(run, state.history, resume)
+            contents.write_jsonl(run.run_dir / HISTORY, state.history)
+    trackers.start(run, state.history, resume)
 
 
 def score(run: Run, split: Split) -> dict[str, Any]:
@@ -173,7 +182,7 @@ def record(run: Run, state: TrainState, row: dict[str, Any]) -> None:
     """The epoch's row joins the history, and metrics.jsonl on the main process."""
     state.history.append(row)
     if run.run_dir and run.main:
-        runs.write_jsonl(run.run_dir / HISTORY, state.history)
+        contents.write_jsonl(run.run_dir / HISTORY, state.history)
 
 
 def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool) -> dict[str, Any]:
@@ -189,15 +198,15 @@ def finish(run: Run, state: TrainState, test_every_epoch: bool, score_test: bool
              "setup": run.setup}
     if run.run_dir and run.main:
         unwrapped = run.accelerator.unwrap_model(run.evaluated)
-        runs.save_weights(unwrapped, run.run_dir / WEIGHTS, config)
+        contents.save_weights(unwrapped, run.run_dir / WEIGHTS, config)
         from ..rundir.plots import plot_curves
 
         plot_curves(history, run.run_dir / CURVES, label_smoothing=config.label_smoothing,
                     title=f"{config.preset} (width {config.width}), seed {config.seed}")
         if score_test:
             pictures.write_pictures(unwrapped, run.test, run.run_dir, config.eval_batch_size)
-        runs.write_json(run.run_dir / FINISHED, final)  # last: a run without it is resumed, not called finished
-    tracking.log_final(run, final, state.global_step)  # closed by _failures_explained, however the run ends
+        contents.write_json(run.run_dir / FINISHED, final)  # last: a run without it is resumed, not called finished
+    trackers.log_final(run, final, state.global_step)  # closed by _failures_explained, however the run ends
     run.accelerator.wait_for_everyone()
     final["history"] = history
     return final

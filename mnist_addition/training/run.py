@@ -28,8 +28,7 @@ from ..core.config import ConfigError, TrainConfig
 from ..core.data import PairedMnist, load_mnist, make_splits
 from ..rundir import contents
 from ..rundir.folder import check_run_dir
-from . import stores
-from . import trackers as tracking
+from . import trackers
 from .faults import peers_explained
 from .group import leave, main_decides, owns_group, process_state
 from .loop import Report, fit
@@ -74,10 +73,7 @@ def train(config: TrainConfig, report: Report | None = None, *, start: str | Con
     as ``fit``'s."""
     if start == "auto" and not config.output_dir:
         raise ConfigError(AUTO_NEEDS)
-    if config.trackers and not config.output_dir:
-        raise ConfigError(f"--log-with {config.log_with} needs a run folder: pass --output-dir")
-    tracking.check_trackers(config.trackers)  # a tracker not installed, or its store not usable:
-    stores.check(config.trackers)  # said before anything starts
+    trackers.check(config)  # --log-with: a tracker not installed, or its store not usable, said before anything starts
     if config.deterministic:
         backends.set_deterministic_env()  # before CUDA starts
     owner = owns_group()

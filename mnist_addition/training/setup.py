@@ -20,7 +20,7 @@ from ..core.data import PairedMnist, load_mnist, make_splits, steps_per_epoch
 from ..core.model import build_model, count_parameters, parameter_count
 from ..rundir.folder import RunFolder
 from . import step
-from . import trackers as tracking
+from . import trackers
 from .group import main_decides, process_state
 from .resume import check_resume
 from .state import Run
@@ -89,7 +89,7 @@ def open_run_folder(run: Run, resume: bool, overwrite: bool) -> RunFolder | None
 
     def also(path: Path) -> None:  # under the lock: the resume rules, and the tracker runs to continue
         check_resume(path, run.config)
-        run.tracker_ids = tracking.resumed_ids(path, run.config)
+        run.tracker_ids = trackers.resumed_ids(path, run.config)
 
     folder = RunFolder(run.run_dir, resume, overwrite, also=also if resume else None)
     main_decides(run.accelerator.state, lambda: folder.open() and None)  # the lock stays here, the answer travels

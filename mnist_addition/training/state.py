@@ -1,4 +1,4 @@
-"""What a training run holds: ``Run`` (built once by ``train.setup``) and ``TrainState`` (where
+"""What a training run holds: ``Run`` (built once by ``setup.setup``) and ``TrainState`` (where
 training stands; saved in every checkpoint as ``trainer_state.json``, JSON, no pickle)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..core.data import Split
 
 @dataclass(kw_only=True)
 class Run:
-    """Everything one fit() works with, built once by ``train.setup``."""
+    """Everything one fit() works with, built once by ``setup.setup``."""
 
     config: TrainConfig
     accelerator: Any  # accelerate.Accelerator (not imported here)
@@ -33,7 +33,7 @@ class Run:
     run_dir: Path | None
     hparams: dict[str, float]  # the scheduled values held in the epoch (hparams.SCHEDULED; step.hold sets them)
     tracker_ids: dict[str, dict[str, str]] = field(default_factory=dict)  # trackers.json of a resumed run
-    began: bool = False  # training began (train.begin): a failure from here on is the run's (status.json)
+    began: bool = False  # training began (loop.begin): a failure from here on is the run's (status.json)
     weights_from: str | None = None  # whose weights a continued run copied (the next epoch's row says it)
     average: WeightAverage | None = None  # --ema: the moving average of the weights
     trackers_lost: bool = False  # a tracker's store failed mid-run: logging stopped, training went on

@@ -12,10 +12,10 @@ from ..core.backends import is_out_of_memory
 from ..core.config import ConfigError
 from ..core.errors import Interrupted
 from ..rundir import checkpoint
-from ..rundir import contents as runs
+from ..rundir import contents
 from ..rundir.folder import RunFolder, describe
 from ..rundir.names import FINISHED, STATUS, stamp
-from . import trackers as tracking
+from . import trackers
 from .checkpointer import TrainingDiverged
 from .faults import PeerLost, Preempted
 from .state import Run
@@ -32,7 +32,7 @@ def failures_explained(run: Run, folder: RunFolder | None) -> Iterator[None]:
     except KeyboardInterrupt:
         interrupted = True  # said once the folder is closed: only then is it known what is left
     except OSError as e:  # the run folder could not be written: disk full, read-only, removed
-        error = runs.write_failed(e, "--output-dir", run.run_dir)
+        error = contents.write_failed(e, "--output-dir", run.run_dir)
         raise type(error)(f"{error}; checkpoints already written are kept") from None
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
@@ -49,7 +49,7 @@ def failures_explained(run: Run, folder: RunFolder | None) -> Iterator[None]:
                     note_stop(run, stopped, sys.exc_info()[1])
                 folder.close(ok)
         finally:  # the trackers are told how the run ended, whatever happened to the folder
-            tracking.end(run, "FINISHED" if ok else "KILLED" if stopped in ("interrupted", "preempted") else "FAILED")
+            trackers.end(run, "FINISHED" if ok else "KILLED" if stopped in ("interrupted", "preempted") else "FAILED")
     if interrupted:
         raise Interrupted(describe(folder.outcome if folder else "", run.run_dir))
 
@@ -59,7 +59,7 @@ def note_stop(run: Run, stopped: str, error: BaseException | None) -> None:
     a refusal before training began changes nothing."""
     if run.began and run.run_dir and checkpoint.list_checkpoints(run.run_dir) and not (run.run_dir / FINISHED).exists():
         try:
-            runs.write_json(run.run_dir / STATUS, {"status": stopped, "at": stamp(),
+            contents.write_json(run.run_dir / STATUS, {"status": stopped, "at": stamp(),
                                                    "message": str(error or "interrupted (Ctrl-C)")})
         except OSError:
             pass  # a note for `runs` only (a full disk is why the run stopped, often): the error said is the run's

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..core.config import TRACKERS, ConfigError, TrainConfig, read_json_file
 from ..core.errors import first_line, shown
-from ..rundir import contents as runs
+from ..rundir import contents
 from ..rundir import files
 from ..rundir.names import CONFIG, CURVES, REPORT_FILES
 from ..rundir.names import TRACKERS as TRACKERS_FILE
@@ -44,9 +44,18 @@ _PACKAGES = {"comet_ml": "comet-ml"}  # where the pip name differs from the trac
 _ID_KEYS = {"mlflow": "run_id", "wandb": "id", "aim": "run_hash", "tensorboard": "logdir"}  # what trackers.json must hold
 
 
+def check(config: TrainConfig) -> None:
+    """What ``--log-with`` needs, checked once before a run starts (``run.train``), in seconds: a run
+    folder, each tracker installed (``check_trackers``), and its store usable (``stores.check``)."""
+    if config.trackers and not config.output_dir:
+        raise ConfigError(f"--log-with {config.log_with} needs a run folder: pass --output-dir")
+    check_trackers(config.trackers)
+    stores.check(config.trackers)
+
+
 def check_trackers(names: tuple[str, ...]) -> None:
     """Every tracker asked for is one this Accelerate knows and whose package is installed: else one
-    line. (Their stores: ``stores.check``, called by ``train.prepare`` and ``make_accelerator``.)"""
+    line."""
     import accelerate
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
@@ -65,7 +74,7 @@ def saved_ids(run_dir: Path) -> dict[str, dict[str, str]]:
     path = run_dir / TRACKERS_FILE
     if not os.path.lexists(path):
         return {}
-    path = runs.member(run_dir, TRACKERS_FILE, "")
+    path = contents.member(run_dir, TRACKERS_FILE, "")
     data = read_json_file(path, "tracker file", "restore it, or delete it to start new tracker runs")
     if not (isinstance(data, dict) and all(k in TRACKERS and isinstance(v, dict) and _ID_KEYS.get(k, "") in (*v, "")
                                            and all(isinstance(x, str) for x in v.values()) for k, v in data.items())):
@@ -76,13 +85,11 @@ def saved_ids(run_dir: Path) -> dict[str, dict[str, str]]:
 
 def make_trackers(config: TrainConfig, saved: dict[str, dict[str, str]]) -> list[Any]:
     """Accelerate tracker objects for ``config.trackers``, continuing the runs in ``saved``. Nothing
-    starts here (``Accelerator.init_trackers`` starts them on the main process)."""
+    starts here (``Accelerator.init_trackers`` starts them on the main process); ``check`` has
+    checked ``config`` before the run began."""
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-    check_trackers(config.trackers)
     run_dir = Path(config.output_dir) if config.output_dir else None
-    if config.trackers and run_dir is None:
-        raise ConfigError(f"--log-with {config.log_with} needs a run folder: pass --output-dir")
     made = []
     for name in config.trackers:
         cls, ids = LOGGER_TYPE_TO_CLASS[name], saved.get(name, {})
@@ -190,7 +197,7 @@ def start(run: Any, history: list[dict[str, Any]], resume: bool) -> None:
         tracker.store_init_configuration(params)
         for row in history if resume else ():
             tracker.log(epoch_values(row), step=row["epoch"] * run.steps)
-    runs.write_json(run.run_dir / TRACKERS_FILE, {**saved, **identities(accelerator.trackers)})
+    contents.write_json(run.run_dir / TRACKERS_FILE, {**saved, **identities(accelerator.trackers)})
 
 
 def epoch_values(row: dict[str, Any]) -> dict[str, Any]:
