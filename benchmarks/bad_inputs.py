@@ -381,7 +381,7 @@ class Issue15:
                 str(self.text("big-seed.yaml", "fixed: {seed: 4294967296}\nsearch: {lr: {uniform: [0.001, 0.01]}}\n"))),
             "Ctrl-C while Python loads torch": self.interrupt_imports,
             "Ctrl-C in evaluate --all-numbers": lambda: self.interrupted(
-                interrupt_in("mnist_addition.core.evaluation", "evaluate_all_numbers"), "evaluate", r, "--all-numbers"),
+                interrupt_in("mnist_addition.commands.evaluate", "evaluate_all_numbers"), "evaluate", r, "--all-numbers"),
             "Ctrl-C while predicting a large image": lambda: self.interrupted(
                 interrupt_in("mnist_addition.commands.predict", "load_image"), "predict", r, self.base.image(), "3"),
             "Ctrl-C in the tune space check": lambda: self.interrupted(

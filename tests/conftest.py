@@ -10,7 +10,7 @@ import torch
 from mnist_addition.commands.cli import main
 from mnist_addition.core.synthetic import write_mnist
 
-from .helpers import TINY, crashed_run_args, train_and_kill, train_to_the_end
+from .helpers import SEED_ARGS, TINY, crashed_run_args, train_and_kill, train_to_the_end
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +43,14 @@ def _no_env_data_dir(monkeypatch):
     # Tests never pick up a developer's $MNIST_ADDITION_DATA (or a launcher's CPU switch) by accident.
     monkeypatch.delenv("MNIST_ADDITION_DATA", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+
+
+@pytest.fixture(scope="session")
+def seed_one_process(mnist_dir, tmp_path_factory):
+    """The seed network trained by one process (SEED_ARGS): what every data-parallel run must equal."""
+    run = tmp_path_factory.mktemp("seed-one") / "run"
+    assert main(["train", *SEED_ARGS, "--data-dir", str(mnist_dir), "--output-dir", str(run)]) == 0
+    return run
 
 
 @pytest.fixture(scope="session")

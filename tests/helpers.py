@@ -28,6 +28,8 @@ COMMON = ["--val-size", "100", "--batch-size", "32", "--mixed-precision", "no", 
 # These tests prove CPU facts (gloo data parallelism, bit-identical resume without --deterministic):
 # they ask for the CPU, so they hold on a GPU machine too.
 CPU = ["--cpu"]
+# The data-parallel proofs: the seed network (no BatchNorm), SGD, 2 epochs of 8 steps of 32 images.
+SEED_ARGS = ["--preset", "seed", "--epochs", "2", "--lr", "0.01", "--train-limit", "256", *COMMON, *CPU]
 
 
 def tiny_config(mnist_dir: Path, preset: str = "fast", **overrides) -> TrainConfig:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from mnist_addition.commands.cli import main
 from mnist_addition.rundir.checkpoint import latest_valid, list_checkpoints
 
-from .helpers import COMMON, LAUNCH, free_port, initial_weights, launch_env, max_diff
+from .helpers import COMMON, LAUNCH, SEED_ARGS, free_port, initial_weights, launch_env, max_diff
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
 
@@ -317,16 +317,6 @@ def test_a_frozen_machine_stops_the_other_within_the_timeout_and_auto_resume_con
 # ------------------------------------------------------------------------------------------------
 # Two machines on one: static and c10d rendezvous, and plain torchrun
 # ------------------------------------------------------------------------------------------------
-SEED_ARGS = ["--preset", "seed", "--epochs", "2", "--lr", "0.01", *COMMON, "--cpu"]
-
-
-@pytest.fixture(scope="module")
-def seed_one_process(mnist_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("seed-one") / "run"
-    assert main(["train", *SEED_ARGS, "--data-dir", str(mnist_dir), "--output-dir", str(run)]) == 0
-    return run
-
-
 def _machine_command(how: str, rank: int, port: int, mnist_dir: Path, run: Path) -> list[str]:
     train = ["-m", "mnist_addition", "train", *SEED_ARGS, "--data-dir", str(mnist_dir), "--output-dir", str(run)]
     if how == "torchrun":
@@ -341,7 +331,7 @@ def _machine_command(how: str, rank: int, port: int, mnist_dir: Path, run: Path)
 @pytest.mark.parametrize("how", ["static", "c10d", "torchrun"])
 def test_two_machines_train_the_same_model_as_one_process(how, seed_one_process, mnist_dir, tmp_path):
     """Two launchers on 127.0.0.1 as two machines, one process each, as the 2-process test
-    (tests/test_distributed.py) with the same tolerances: 1e-4 absolute and 5% of each update."""
+    (tests/test_data_parallel.py) with the same tolerances: 1e-4 absolute and 5% of each update."""
 
     run, port = tmp_path / "run", free_port()
     logs = [tmp_path / "machine0.log", tmp_path / "machine1.log"]
@@ -358,7 +348,7 @@ def test_two_machines_train_the_same_model_as_one_process(how, seed_one_process,
 
     setup = json.loads((run / "metrics.json").read_text())["setup"]
     assert setup["num_processes"] == 2 and setup["per_process_batch_size"] == 16
-    assert setup["train_samples_per_process"] == [480, 480]  # each machine saw half of each batch
+    assert setup["train_samples_per_process"] == [256, 256]  # each machine saw half of each batch
     a, b, init = run_weights(run), run_weights(seed_one_process), initial_weights("seed", 32)
     assert max_diff(a, b) <= 1e-4
     for name in b:
