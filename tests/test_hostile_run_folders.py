@@ -26,10 +26,9 @@ WRITTEN = ["metrics.jsonl", "metrics.json", "model.safetensors", "curves.png", *
 
 
 @pytest.fixture(scope="module")
-def finished(mnist_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(run), *TINY]) == 0
-    return run
+def finished(run_dir) -> Path:
+    """A finished run (conftest's, shared with the other run-folder tests): copied before any change."""
+    return run_dir
 
 
 def _copy(run: Path, dest: Path, finished: bool = True) -> Path:
