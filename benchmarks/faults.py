@@ -1,5 +1,5 @@
 """How long each fault takes to notice and to recover from, on this machine (two launchers on
-127.0.0.1 play two machines). Prints one table; nothing is asserted (tests/test_faults.py proves
+127.0.0.1 play two machines). Prints one table; nothing is asserted (tests/test_cluster_faults.py proves
 the behaviour, this script measures it).
 
     python benchmarks/faults.py --data-dir ../shared/mnist

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,25 @@ def run_dir(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run1"
     assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), *TINY]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path | None:
+    """An empty MLflow sqlite store whose tables are made once (MLflow's migrations take seconds);
+    None without the [mlflow] extra."""
+    try:
+        import mlflow
+    except ImportError:
+        return None
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_db(_mlflow_template, tmp_path) -> str:
+    """This test's own MLflow store, a sqlite file as a user's MLFLOW_TRACKING_URI names (a copy of
+    the empty template: the same tables and default experiment)."""
+    if _mlflow_template is not None:
+        shutil.copy(_mlflow_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

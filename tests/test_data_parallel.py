@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these
 # ------------------------------------------------------------------------------------------------
 # N processes == 1 process
 # ------------------------------------------------------------------------------------------------
-def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path, seed_one_process):
+def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path, seed_one_process, mlflow_db):
     """Seed network (no BatchNorm), SGD, 2 epochs x 8 steps, global batch 32 (SEED_ARGS).
 
     2 processes (DDP over gloo, 16 images each, 1 thread each) vs 1 process (32 images, 2 threads).
@@ -29,7 +29,7 @@ def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path, seed_one
     """
     args = [*SEED_ARGS, "--data-dir", str(mnist_dir)]
     # the 2-process run also logs to MLflow (a tracker changes no maths): only the main process does
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     tracked = ["--log-with", "mlflow"] if importlib.util.find_spec("mlflow") else []
     # (in tmp_path: MLflow puts its artefacts in ./mlruns)
     two = launch_two([*args, "--output-dir", str(tmp_path / "two"), *tracked], env={"MLFLOW_TRACKING_URI": uri},

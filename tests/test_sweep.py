@@ -146,11 +146,11 @@ def node_ids(cluster) -> set[str]:
 
 # -- the laptop path: the CLI starts (and stops) its own local Ray ------------------------------
 
-def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir):
+def test_smoke_sweep_on_a_local_ray(tmp_path, mnist_dir, mlflow_db):
     """The laptop path, logging every trial to MLflow (a sqlite store) and TensorBoard; then `runs`
     and `train --config best_config.json`."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["MLFLOW_TRACKING_URI"] = mlflow_db
     env["OMP_NUM_THREADS"] = "2"  # a 1-CPU trial computes with 1 thread all the same
     trackers = [name for name, module in (("mlflow", "mlflow"), ("tensorboard", "tensorboard")) if HAS(module)]
     done = subprocess.run([sys.executable, "-m", "mnist_addition", *tune_args(
@@ -235,13 +235,24 @@ def check_trials_in_tensorboard(sweep: Path, trials: list[dict[str, str]]) -> No
 
 # -- an existing cluster -----------------------------------------------------------------------
 
-def test_sweep_runs_on_an_existing_cluster_across_its_nodes(tmp_path, mnist_dir, cluster):
+def seeded_sweeps(root: Path, mnist_dir: Path, cluster, search: str) -> list[Path]:
+    """Two sweeps of one space with --seed 7: two 1-epoch trials each, both at once (FIFO)."""
+    space = tiny_space(root, epochs=1)
+    for name in ("first", "second"):
+        assert main(tune_args(space, mnist_dir, root, name, "--num-samples", "2", "--scheduler", "fifo",
+                              "--search", search, "--seed", "7", "--address", cluster.address)) == 0
+    return [root / "first", root / "second"]
+
+
+@pytest.fixture(scope="module")
+def random_sweeps(tmp_path_factory, mnist_dir, cluster) -> list[Path]:
+    return seeded_sweeps(tmp_path_factory.mktemp("seeded"), mnist_dir, cluster, "random")
+
+
+def test_sweep_runs_on_an_existing_cluster_across_its_nodes(random_sweeps, cluster):
     ids = node_ids(cluster)
     assert len(ids) == 2
-    # two 1-CPU trials at once on two 1-CPU nodes: one must run on each
-    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "cluster", "--num-samples", "2",
-                          "--scheduler", "fifo", "--address", cluster.address)) == 0
-    trials = read_trials(tmp_path / "cluster")
+    trials = read_trials(random_sweeps[0])  # two 1-CPU trials at once on two 1-CPU nodes: one ran on each
     assert {t["node_id"] for t in trials} == ids
     assert all(t["status"] == "finished" for t in trials)
     assert not ray.is_initialized()  # the CLI disconnected ...
@@ -249,13 +260,10 @@ def test_sweep_runs_on_an_existing_cluster_across_its_nodes(tmp_path, mnist_dir,
 
 
 @pytest.mark.parametrize("search", ["random", "optuna"])
-def test_the_same_seed_samples_the_same_configs(tmp_path, mnist_dir, cluster, search):
-    space = tiny_space(tmp_path, epochs=1)
-    sampled = []
-    for name in ("first", "second"):
-        assert main(tune_args(space, mnist_dir, tmp_path, name, "--num-samples", "2", "--scheduler", "fifo",
-                              "--search", search, "--seed", "7", "--address", cluster.address)) == 0
-        sampled.append(sorted((t["lr"], t["sum_weight"]) for t in read_trials(tmp_path / name)))
+def test_the_same_seed_samples_the_same_configs(tmp_path, mnist_dir, cluster, search, request):
+    sweeps = request.getfixturevalue("random_sweeps") if search == "random" else \
+        seeded_sweeps(tmp_path, mnist_dir, cluster, search)
+    sampled = [sorted((t["lr"], t["sum_weight"]) for t in read_trials(sweep)) for sweep in sweeps]
     assert sampled[0] == sampled[1] and len(set(sampled[0])) == 2
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,11 @@ def needs(name: str):
 
 
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
+def mlflow_store(mlflow_db, tmp_path, monkeypatch):
     """MLflow on a sqlite file of this test (MLflow's own variable, as a user sets it)."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     monkeypatch.chdir(tmp_path)  # MLflow's artefacts go to ./mlruns beside the store: never into the checkout
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
@@ -54,7 +55,7 @@ def _interrupt_in_epoch(monkeypatch, epoch: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def resumed_run(mnist_dir, tmp_path_factory):
+def resumed_run(mnist_dir, tmp_path_factory, _mlflow_template):
     """A run logging to every installed tracker of the three, interrupted in epoch 2, then resumed
     from its folder (Aim's repository is found from the working directory, as Aim does)."""
     trackers = [name for name in ("mlflow", "tensorboard", "aim") if HAS[name]]
@@ -64,6 +65,8 @@ def resumed_run(mnist_dir, tmp_path_factory):
     run = root / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
+        if _mlflow_template is not None:
+            shutil.copy(_mlflow_template, root / "mlflow.db")  # its tables made once for the session
         uri = f"sqlite:///{root / 'mlflow.db'}"
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
