@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import torch
@@ -67,11 +68,27 @@ def run_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / WEIGHTS))
 
 
+def same_weights(a: Path, b: Path) -> bool:
+    """The two runs' final weights are equal, bit for bit."""
+    x, y = run_weights(a), run_weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> float:
     """The largest difference between two state dicts' floating-point tensors (the keys must agree)."""
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a
                if not k.endswith(skip) and a[k].is_floating_point())
+
+
+def assert_trains_like(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
+                       names: list[str] | None = None) -> None:
+    """Data-parallel weights ``a`` against one process's ``b`` (both from ``init``): within 1e-4
+    absolute and within 5% of each tensor's update, the data-parallel tests' tolerances."""
+    names = list(b) if names is None else names
+    assert max_diff({k: a[k] for k in names}, {k: b[k] for k in names}) <= 1e-4
+    for name in names:
+        assert (a[name] - b[name]).abs().max().item() <= 0.05 * (b[name] - init[name]).abs().max().item(), name
 
 
 def initial_weights(preset: str, width: int) -> dict[str, torch.Tensor]:
@@ -153,3 +170,46 @@ def folder_files(folder):
 
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
             if p.is_file() and p.name != LOCK}
+
+
+# Each optimizer step sleeps a little in the processes a test interrupts, so that there is a
+# "mid-run" to interrupt; through the public seam step.train_step (a sitecustomize of the test's).
+SLOW = """
+import importlib.abc, sys, time
+class _Slow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "mnist_addition.training.loop":
+            import mnist_addition.training.step as step
+            real = step.train_step
+            def slow(*args, **kwargs):
+                time.sleep(0.15)
+                return real(*args, **kwargs)
+            step.train_step = slow
+        return None
+sys.meta_path.insert(0, _Slow())
+"""
+
+
+def slow_env(tmp_path: Path) -> dict[str, str]:
+    folder = tmp_path / "slow"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(SLOW)
+    env = launch_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), env.get("PYTHONPATH", "")])
+    return env
+
+
+def wait_for_checkpoint(run: Path, step: int, proc: subprocess.Popen, limit: float = 300) -> None:
+    """Until the checkpoint of ``step`` (or a later one) is in place (a hang guard, not a measurement)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        found = list_checkpoints(run)
+        if found and int(found[-1].name.split("-")[1]) >= step:
+            return
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before checkpoint {step}"
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint {step} within {limit} s")
+
+
+def our_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("mnist-addition train:")]

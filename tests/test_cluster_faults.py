@@ -12,46 +12,30 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from mnist_addition.commands.cli import main
-from mnist_addition.rundir.checkpoint import latest_valid, list_checkpoints
+from mnist_addition.rundir.checkpoint import latest_valid
 
-from .helpers import COMMON, LAUNCH, SEED_ARGS, free_port, initial_weights, launch_env, max_diff
+from .helpers import (
+    COMMON,
+    LAUNCH,
+    SEED_ARGS,
+    assert_trains_like,
+    free_port,
+    initial_weights,
+    launch_env,
+    our_lines,
+    run_weights,
+    same_weights,
+    slow_env,
+    wait_for_checkpoint,
+)
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
 
 # 15 steps an epoch, 45 in all; a checkpoint every 4 steps; agreement on SIGTERM at every step.
 ARGS = ["--width", "8", "--epochs", "3", "--lr", "0.01", "--checkpoint-every", "4", "--keep-checkpoints", "3",
         "--log-every", "1", *COMMON, "--cpu"]
-# Each optimizer step sleeps a little in the processes a test interrupts, so that there is a
-# "mid-run" to interrupt; through the public seam step.train_step (a sitecustomize of the test's).
-SLOW = """
-import importlib.abc, sys, time
-class _Slow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "mnist_addition.training.loop":
-            import mnist_addition.training.step as step
-            real = step.train_step
-            def slow(*args, **kwargs):
-                time.sleep(0.15)
-                return real(*args, **kwargs)
-            step.train_step = slow
-        return None
-sys.meta_path.insert(0, _Slow())
-"""
-
-
-def _slow_env(tmp_path: Path) -> dict[str, str]:
-    folder = tmp_path / "slow"
-    folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text(SLOW)
-    env = launch_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(folder), env.get("PYTHONPATH", "")])
-    return env
-
-
 def _train_args(mnist_dir: Path, run: Path, *extra: str) -> list[str]:
     return ["train", *ARGS, "--data-dir", str(mnist_dir), "--output-dir", str(run), "--auto-resume", *extra]
 
@@ -64,18 +48,6 @@ def _launcher(mnist_dir: Path, run: Path, *launch: str, extra: tuple[str, ...] =
 def _two_processes(port: int) -> list[str]:
     return ["--config_file", str(LAUNCH / "cpu_2proc.yaml"), "--main_process_ip", "127.0.0.1",
             "--main_process_port", str(port)]
-
-
-def _wait_for_checkpoint(run: Path, step: int, proc: subprocess.Popen, limit: float = 300) -> None:
-    """Until the checkpoint of ``step`` (or a later one) is in place (a hang guard, not a measurement)."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        found = list_checkpoints(run)
-        if found and int(found[-1].name.split("-")[1]) >= step:
-            return
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before checkpoint {step}"
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint {step} within {limit} s")
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, limit: float = 120) -> None:
@@ -148,9 +120,9 @@ def _signal_two_workers(launch: list[str], run: Path, tmp_path: Path, signals: d
     """Launch (slowed), send ``signals`` by rank once checkpoint 8 is written, wait for the end;
     the launcher and its stderr."""
     log = tmp_path / "launcher.log"
-    proc = _start(launch, _slow_env(tmp_path), log)
+    proc = _start(launch, slow_env(tmp_path), log)
     try:
-        _wait_for_checkpoint(run, 8, proc)
+        wait_for_checkpoint(run, 8, proc)
         workers = _workers(proc.pid)
         assert len(workers) == 2
         for rank, sig in signals.items():
@@ -158,19 +130,6 @@ def _signal_two_workers(launch: list[str], run: Path, tmp_path: Path, signals: d
         return proc, _finish(proc, log, timeout)
     finally:
         _stop(proc)
-
-
-def run_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
-
-
-def _same_weights(a: Path, b: Path) -> bool:
-    x, y = run_weights(a), run_weights(b)
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-
-
-def _our_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("mnist-addition train:")]
 
 
 @pytest.fixture(scope="module")
@@ -222,21 +181,21 @@ def test_sigterm_stops_one_process_after_a_checkpoint_and_auto_resume_is_bit_ide
         one_process_run, mnist_dir, tmp_path, capsys):
     run = tmp_path / "run"
     log = tmp_path / "train.log"
-    proc = _start([sys.executable, "-m", "mnist_addition", *_train_args(mnist_dir, run)], _slow_env(tmp_path), log)
+    proc = _start([sys.executable, "-m", "mnist_addition", *_train_args(mnist_dir, run)], slow_env(tmp_path), log)
     try:
-        _wait_for_checkpoint(run, 8, proc)
+        wait_for_checkpoint(run, 8, proc)
         proc.send_signal(signal.SIGTERM)
         err = _finish(proc, log, 120)
     finally:
         _stop(proc)
     assert proc.returncode == 75, err[-2000:]
-    lines = _our_lines(err)
+    lines = our_lines(err)
     assert len(lines) == 1 and "stopped by SIGTERM at epoch" in lines[0] and "--auto-resume" in lines[0]
     assert "Traceback" not in err and not (run / "model.safetensors").exists()
     latest_valid(run, warn=pytest.fail)  # every checkpoint left is valid
     assert main(_train_args(mnist_dir, run)) == 0
     assert "resuming from step-" in capsys.readouterr().err
-    assert _same_weights(run, one_process_run)
+    assert same_weights(run, one_process_run)
 
 
 def test_sigterm_stops_two_processes_together_and_auto_resume_is_bit_identical(two_process_run, mnist_dir, tmp_path):
@@ -244,14 +203,14 @@ def test_sigterm_stops_two_processes_together_and_auto_resume_is_bit_identical(t
     launch = _launcher(mnist_dir, run, *_two_processes(free_port()))
     # as SLURM and Kubernetes do: every process of the job gets SIGTERM
     _, err = _signal_two_workers(launch, run, tmp_path, {0: signal.SIGTERM, 1: signal.SIGTERM}, 120)
-    lines = _our_lines(err)
+    lines = our_lines(err)
     assert sorted(line.split(": ")[1] for line in lines) == ["rank 0", "rank 1"], err[-3000:]
     assert all("stopped by SIGTERM" in line for line in lines) and "Traceback (most recent call last)" not in \
         "".join(line for line in err.splitlines() if "mnist_addition" in line)
     latest_valid(run, warn=pytest.fail)
     again = subprocess.run(launch, capture_output=True, text=True, env=launch_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert _same_weights(run, two_process_run)
+    assert same_weights(run, two_process_run)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +225,7 @@ def test_a_killed_worker_is_restarted_by_max_restarts_and_the_run_ends_bit_ident
     proc, err = _signal_two_workers(launch, run, tmp_path, {1: signal.SIGKILL}, 300)  # rank 1, as a lost machine
     assert proc.returncode == 0, err[-3000:]
     assert "resuming from step-" in err
-    assert _same_weights(run, two_process_run)
+    assert same_weights(run, two_process_run)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,12 +241,12 @@ def test_a_frozen_machine_stops_the_other_within_the_timeout_and_auto_resume_con
                   "--mixed_precision", "no", "--dynamo_backend", "no"]
         return _start(_launcher(mnist_dir, run, *launch, extra=("--dist-timeout", "10")), env, log)
 
-    slow, logs = _slow_env(tmp_path), [tmp_path / "machine0.log", tmp_path / "machine1.log"]
+    slow, logs = slow_env(tmp_path), [tmp_path / "machine0.log", tmp_path / "machine1.log"]
     first, second = machine(0, slow, logs[0]), None
     try:
         _wait_for_port(port, first)
         second = machine(1, slow, logs[1])
-        _wait_for_checkpoint(run, 8, first)
+        wait_for_checkpoint(run, 8, first)
         frozen = _workers(second.pid)
         assert len(frozen) == 1
         os.kill(frozen[0], signal.SIGSTOP)  # a hung machine, or a network partition
@@ -296,7 +255,7 @@ def test_a_frozen_machine_stops_the_other_within_the_timeout_and_auto_resume_con
         for proc in (first, second):
             if proc is not None:
                 _stop(proc)
-    lines = _our_lines(err)
+    lines = our_lines(err)
     assert first.returncode != 0 and len(lines) == 1, err[-3000:]
     assert "rank 0: another process of the run stopped answering" in lines[0] and "--dist-timeout 10" in lines[0]
     latest_valid(run, warn=pytest.fail)
@@ -349,10 +308,7 @@ def test_two_machines_train_the_same_model_as_one_process(how, seed_one_process,
     setup = json.loads((run / "metrics.json").read_text())["setup"]
     assert setup["num_processes"] == 2 and setup["per_process_batch_size"] == 16
     assert setup["train_samples_per_process"] == [256, 256]  # each machine saw half of each batch
-    a, b, init = run_weights(run), run_weights(seed_one_process), initial_weights("seed", 32)
-    assert max_diff(a, b) <= 1e-4
-    for name in b:
-        assert (a[name] - b[name]).abs().max().item() <= 0.05 * (b[name] - init[name]).abs().max().item(), name
+    assert_trains_like(run_weights(run), run_weights(seed_one_process), initial_weights("seed", 32))
 
 
 def test_the_slurm_script_runs_its_per_node_command_twice_under_stand_ins(mnist_dir, tmp_path):

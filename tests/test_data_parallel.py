@@ -9,7 +9,7 @@ import pytest
 
 from mnist_addition.commands.cli import main
 
-from .helpers import COMMON, CPU, SEED_ARGS, copy_run, initial_weights, launch_two, max_diff, run_weights
+from .helpers import COMMON, CPU, SEED_ARGS, assert_trains_like, copy_run, initial_weights, launch_two, run_weights
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
 
@@ -43,12 +43,7 @@ def test_two_processes_train_the_same_model_as_one(mnist_dir, tmp_path, seed_one
     one_setup = json.loads((seed_one_process / "metrics.json").read_text())["setup"]
     assert one_setup["train_samples_per_process"] == [512]
 
-    a, b = run_weights(tmp_path / "two"), run_weights(seed_one_process)
-    init = initial_weights("seed", 32)
-    assert max_diff(a, b) <= 1e-4
-    for name in b:
-        update = (b[name] - init[name]).abs().max().item()
-        assert (a[name] - b[name]).abs().max().item() <= 0.05 * update, name
+    assert_trains_like(run_weights(tmp_path / "two"), run_weights(seed_one_process), initial_weights("seed", 32))
     # only the main process prints: one results table
     assert two.stderr.count("Results") + two.stdout.count("Results") == 1
     if tracked:
@@ -75,11 +70,8 @@ def test_two_processes_with_batchnorm_equal_one_process_accumulating(mnist_dir, 
     assert two.returncode == 0, two.stderr[-2000:]
     assert main(["train", *args, "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path / "acc")]) == 0
     a, b = run_weights(tmp_path / "two"), run_weights(tmp_path / "acc")
-    init = initial_weights("fast", 8)
     trained = [k for k in b if b[k].is_floating_point() and "running" not in k]
-    assert max_diff({k: a[k] for k in trained}, {k: b[k] for k in trained}) <= 1e-4
-    for name in trained:
-        assert (a[name] - b[name]).abs().max() <= 0.05 * (b[name] - init[name]).abs().max(), name
+    assert_trains_like(a, b, initial_weights("fast", 8), trained)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 PACKAGE = Path(__file__).resolve().parents[1] / "mnist_addition"
 LAYERS = ("core", "rundir", "training", "sweep", "commands")
 # What each layer may import beyond the standard library, torch and the small helpers (rich, yaml...)

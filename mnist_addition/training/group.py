@@ -14,6 +14,7 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from ..core.backends import use_cpu
 from ..core.errors import UserError
 from .faults import join_restarted_group
+from .network import settle_interface
 
 T = TypeVar("T")
 
@@ -25,6 +26,8 @@ def process_state(cpu: bool = False, timeout: int | None = None) -> PartialState
     several CPU processes would each train alone, or take the GPU path on a GPU machine. ``timeout``
     (seconds, ``--dist-timeout``) bounds every collective's wait; the first caller's group is kept.
     """
+    if use_cpu(cpu):
+        settle_interface()  # gloo's interface, on a launch across machines
     join_restarted_group(use_cpu(cpu), timeout)
     group = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout)).to_kwargs() if timeout else {}
     return PartialState(cpu=use_cpu(cpu), **group)
