@@ -91,3 +91,13 @@ def test_the_command_line_parser_and_the_sweep_package_load_neither_torch_nor_ra
                            "from mnist_addition.commands.cli import build_parser; build_parser()")
     assert "mnist_addition" in loaded
     assert not loaded & {"torch", "accelerate", "ray"}
+
+
+def test_the_testing_tools_stand_apart():
+    """``mnist_addition/testing`` (the network-namespace harness) serves tests and benchmarks: no
+    layer imports it, and it imports no part of the package, nor torch."""
+    users = [f"{p.relative_to(PACKAGE)}:{line}" for p in _modules() for line, module in _imports(p)
+             if module.startswith("mnist_addition.testing")]
+    assert not users
+    own = [module for p in (PACKAGE / "testing").glob("*.py") for _, module in _imports(p)]
+    assert own and not [m for m in own if m.split(".")[0] in {"mnist_addition", "torch", "accelerate", "ray"}]

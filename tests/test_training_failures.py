@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mnist_addition.commands.cli import main
+from mnist_addition.training.faults import PeerLost, peers_explained
 
 from .helpers import TINY
 
@@ -55,3 +58,25 @@ def test_a_full_disk_while_training_is_one_line(mnist_dir, tmp_path, monkeypatch
     code = main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "r"), *TINY])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and f"cannot write {tmp_path / 'r' / 'metrics.jsonl'} (No space left on device)" in err
+
+
+@pytest.mark.parametrize("raised, says", [
+    ("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 10000ms for recv",
+     "(Timed out waiting 10000ms for recv; --dist-timeout 10 s)"),
+    ("Connection closed by peer [198.51.100.2]:40123", "(Connection closed by peer [198.51.100.2]:40123;")])
+def test_a_lost_peer_is_one_line_naming_the_rank_and_what_gloo_said_without_its_source_file(raised, says):
+    with pytest.raises(PeerLost) as caught:
+        with peers_explained(1, 2, 10):
+            raise RuntimeError(raised + "\nException raised from recv at ...")
+    line = str(caught.value)
+    assert line.startswith("rank 1: another process of the run stopped answering") and says in line
+    assert "\n" not in line and ".cc:" not in line and "--auto-resume" in line
+
+
+def test_a_bug_is_not_mistaken_for_a_lost_peer():
+    with pytest.raises(ValueError):
+        with peers_explained(0, 2, 10):
+            raise ValueError("timed out")  # not a collective's error
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with peers_explained(0, 2, 10):
+            raise RuntimeError("shape mismatch")

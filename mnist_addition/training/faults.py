@@ -17,6 +17,7 @@ No Accelerate here: the caller passes its accelerator's reduce.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 from typing import Any, Iterator
@@ -88,7 +89,8 @@ def peers_explained(rank: int, world: int, timeout: int) -> Iterator[None]:
     except (RuntimeError, ConnectionError) as e:
         if world == 1 or not is_peer_failure(e):
             raise
-        raise PeerLost(f"rank {rank}: another process of the run stopped answering ({first_line(e, 120).strip()}; "
+        said = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, 400).strip())[:120]  # gloo's "[file.cc:78] " prefix
+        raise PeerLost(f"rank {rank}: another process of the run stopped answering ({said}; "
                        f"--dist-timeout {timeout} s): the newest valid checkpoint is kept; once every machine is "
                        "back, run the same command with --auto-resume") from None
 
