@@ -22,8 +22,17 @@ from mnist_addition.rundir.checkpoint import latest_valid, list_checkpoints
 from mnist_addition.rundir.names import WEIGHTS
 from mnist_addition.testing.machines import INTERFACE, Machines, remove_leftovers, unavailable
 
-from .helpers import (SEED_ARGS, assert_trains_like, initial_weights, launch_env, our_lines, run_weights,
-                      same_weights, slow_env, wait_for_checkpoint)
+from .helpers import (
+    SEED_ARGS,
+    assert_trains_like,
+    initial_weights,
+    launch_env,
+    our_lines,
+    run_weights,
+    same_weights,
+    slow_env,
+    wait_for_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 PORTS = itertools.count(29600)  # machine 0's rendezvous port, a new one for every launch

@@ -42,6 +42,7 @@ SIGNATURES = "state-signatures.json"  # our signatures of Ray's state (sweep/tru
 UNVERIFIED = ".unverified"  # Ray's state that failed its check, set aside (never read)
 TRIAL_RUN = "run"  # a trial's run folder, STORAGE/NAME/trial-ID/run
 CONTINUED_FROM = "continued-from"  # beside TRIAL_RUN: the checkpoint a PBT trial continues
+TRIAL_LEASE = "attempt.json"  # beside TRIAL_RUN: which attempt of the trial may write (sweep/fencing.py)
 
 FOLDER_STAMP = "%Y%m%d-%H%M%S"  # runs/<stamp>, tune-<stamp>
 TIME_STAMP = "%Y-%m-%dT%H:%M:%S%z"  # when, in the JSON files (ISO 8601 with the UTC offset)

@@ -237,12 +237,25 @@ def _init_ray(options: SweepOptions) -> bool:
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
+            if _refused_token(e):
+                raise SweepError(f"the Ray cluster at {address} uses token authentication and refused this client's "
+                                 "token (or none was given): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to the "
+                                 "file holding the cluster's token (docs/sweeps.md, 'A cluster of machines')") from None
             raise SweepError(f"cannot connect to a Ray cluster at {address} ({first_line(e)}): "
                              "start one with 'ray start --head', or drop --address to run locally") from None
         return False
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=options.dashboard,
              dashboard_host="127.0.0.1", object_store_memory=200 * 1024**2, **quiet)
     return True
+
+
+def _refused_token(error: BaseException | None) -> bool:
+    """Whether Ray's connection error (or one it was raised from) is the cluster refusing the token."""
+    while error is not None:
+        if "InvalidAuthToken" in str(error) or "Unauthenticated" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from ..core.config import TrainConfig
 from ..rundir.checkpoint import latest_valid, read_state, restore_into
 from ..rundir.names import CHECKPOINTS, CONTINUED_FROM, TRIAL_RUN
+from .fencing import Lease
 from .options import trial_threads
 from .storage import Store
 
@@ -83,6 +84,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
         resumed_from = _prepare_run_dir(run_dir, restored, process)
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if process.is_main_process else None
+    lease = _lease(store, trial_dir)
     facts = {"processes": process.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
              "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id(),
              "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
@@ -96,6 +98,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     def send(row: dict[str, Any], upload: bool = True) -> None:
         checkpoint = None
         if store is not None:
+            lease.check(f"epoch {row['epoch']}'s run folder and checkpoint")  # a cut-off copy writes nothing
             if upload:
                 store.upload(run_dir, upload_as, skip=(CHECKPOINTS,))
             checkpoint = checkpoint_class.from_directory(str(current()))  # Ray copies it to storage
@@ -115,6 +118,18 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     # the scheduler ends a trial at its last report, before any code after it runs.
     last = final["history"][-1]
     send({**last, "replayed": True} if last["epoch"] <= resumed_from else last)  # (trained before a stop)
+
+
+def _lease(store: Store | None, trial_dir: str) -> Lease | None:
+    """This attempt's claim on the trial's folder, taken now (the main process's: it alone writes)."""
+    import ray
+
+    if store is None:
+        return None
+    context = ray.get_runtime_context()
+    lease = Lease(store, trial_dir, context.gcs_address, ray.util.get_node_ip_address())
+    lease.take()
+    return lease
 
 
 def _starting_point(settings: TrialSettings, trial_dir: str, params: dict[str, Any], checkpoint_class: type,

@@ -20,6 +20,7 @@ Needs root and iproute2's ``ip netns``: ``unavailable()`` says why not, for a te
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 NETWORK = ipaddress.ip_network("198.51.100.0/24")
-PREFIX = "mna-"  # every namespace this module builds: mna-<pid>-<index> and mna-<pid>-switch
+PREFIX = "mna-"  # every namespace this module builds: mna-<pid>-<set>-<index> and mna-<pid>-<set>-switch
 INTERFACE = "net0"  # each machine's interface to the test network
 
 
@@ -66,16 +67,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_namespace(name: str) -> None:
-    """Kill what runs in ``name`` (SIGCONT first: a stopped process is never left behind), then
-    delete it; its veth ends go with it."""
-    pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split()]
-    for pid in pids:
+def _kill_all(name: str) -> None:
+    """Kill what runs in namespace ``name`` (SIGCONT first: a stopped process is never left behind)."""
+    for pid in [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split()]:
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def _remove_namespace(name: str) -> None:
+    """Kill what runs in ``name``, then delete it; its veth ends go with it."""
+    _kill_all(name)
     _ip("netns", "del", name, check=False)
 
 
@@ -93,12 +97,15 @@ def remove_leftovers() -> list[str]:
 class Machines:
     """``count`` machines on one test network; use as a context manager."""
 
+    _built = itertools.count()
+
     def __init__(self, count: int) -> None:
         if not 1 <= count <= 200:
             raise ValueError(f"count must be 1 to 200, not {count}")
         self.count = count
-        self.names = [f"{PREFIX}{os.getpid()}-{i}" for i in range(count)]
-        self.switch = f"{PREFIX}{os.getpid()}-switch"
+        own = f"{PREFIX}{os.getpid()}-{next(Machines._built)}"  # several sets at once in one process
+        self.names = [f"{own}-{i}" for i in range(count)]
+        self.switch = f"{own}-switch"
         self.addresses = [str(NETWORK.network_address + i + 1) for i in range(count)]
         self._processes: list[subprocess.Popen] = []
 
@@ -139,6 +146,10 @@ class Machines:
 
     def restore(self, i: int) -> None:
         _ip("-n", self.switch, "link", "set", self.port(i), "up")
+
+    def kill(self, i: int) -> None:
+        """Every process on machine ``i`` killed at once, as a machine lost (its address stays)."""
+        _kill_all(self.names[i])
 
     def command(self, i: int, argv: Sequence[str]) -> list[str]:
         """``argv`` as run on machine ``i``."""

@@ -34,11 +34,9 @@ from ..core.config import ConfigError, TrainConfig
 from ..core.data import PairedMnist, Split, train_batches
 from ..core.evaluation import evaluate_counts
 from ..core.metrics import summarize
-from ..rundir import checkpoint, pictures
-from ..rundir import contents
+from ..rundir import checkpoint, contents, pictures
 from ..rundir.names import CURVES, FINISHED, HISTORY, STATUS, WEIGHTS
-from . import step
-from . import trackers
+from . import step, trackers
 from .checkpointer import Checkpointer
 from .faults import Preempted, StopSignal, peers_explained
 from .group import process_state

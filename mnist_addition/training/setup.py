@@ -19,8 +19,7 @@ from ..core.config import ConfigError, TrainConfig, check_batch, check_model_fit
 from ..core.data import PairedMnist, load_mnist, make_splits, steps_per_epoch
 from ..core.model import build_model, count_parameters, parameter_count
 from ..rundir.folder import RunFolder
-from . import step
-from . import trackers
+from . import step, trackers
 from .group import main_decides, process_state
 from .resume import check_resume
 from .state import Run

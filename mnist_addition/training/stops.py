@@ -11,8 +11,7 @@ from typing import Iterator
 from ..core.backends import is_out_of_memory
 from ..core.config import ConfigError
 from ..core.errors import Interrupted
-from ..rundir import checkpoint
-from ..rundir import contents
+from ..rundir import checkpoint, contents
 from ..rundir.folder import RunFolder, describe
 from ..rundir.names import FINISHED, STATUS, stamp
 from . import trackers

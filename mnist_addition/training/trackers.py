@@ -31,8 +31,7 @@ from typing import Any
 
 from ..core.config import TRACKERS, ConfigError, TrainConfig, read_json_file
 from ..core.errors import first_line, shown
-from ..rundir import contents
-from ..rundir import files
+from ..rundir import contents, files
 from ..rundir.names import CONFIG, CURVES, REPORT_FILES
 from ..rundir.names import TRACKERS as TRACKERS_FILE
 from . import stores
