@@ -8,6 +8,8 @@ The layers, each a folder, import only from the ones before them:
     sweep/     Ray Tune: ``mnist-addition tune``
     commands/  the command line: it parses and prints
 
+and, beside them, ``testing/``: tools for the tests and benchmarks that no layer imports.
+
 ``from mnist_addition import TrainConfig, train``: ``train(TrainConfig(epochs=1))`` is what
 ``mnist-addition train --epochs 1`` runs. Importing the package loads nothing heavy (so that Ctrl-C
 while torch loads is still answered in one line by the command line): the names below are
