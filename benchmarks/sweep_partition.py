@@ -107,8 +107,8 @@ def head_lost(m: Machines, folder: Path, data: Path, env: dict[str, str], addres
     while len(reported(sweep, 2)) < 2 and driver.poll() is None:
         time.sleep(0.05)
     m.kill(0)
-    for i in (1, 2):
-        m.run(i, [RAY, "stop", "--force"], env=env)
+    for i in (1, 2):  # the workers' Ray lost its head: stopped (`ray stop` would stop every Ray of this host)
+        m.kill(i)
     start = time.monotonic()
     done = m.run(1, [PY, "-m", "mnist_addition", "tune", "--resume", "--name", "lost", "--storage-path",
                      str(folder / "sweeps"), "--data-dir", str(data), "--no-download"], env=env, timeout=900)

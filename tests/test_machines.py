@@ -96,13 +96,14 @@ def test_the_namespaces_of_a_killed_harness_are_removed_by_the_next():
 
 
 def _launch(m: Machines, rank: int, run: Path, mnist_dir: Path, port: int, how: str = "static",
-            env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+            env: dict[str, str] | None = None, extra: tuple[str, ...] = (), own_address: bool = True) -> subprocess.Popen:
     """``accelerate launch`` of one process on machine ``rank``, machine 0 the main one; stderr
     (where our lines go) in ``run``'s sibling log."""
     env = dict(env or launch_env())
     c10d = []
     if how == "c10d":  # what docs/distributed.md tells users whose host name resolves to loopback
-        env["PET_LOCAL_ADDR"] = m.addresses[rank]
+        if own_address:
+            env["PET_LOCAL_ADDR"] = m.addresses[rank]
         c10d = ["--rdzv_conf", "is_host=1"] if rank == 0 else []
     command = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
                "--machine_rank", str(rank), "--main_process_ip", m.addresses[0], "--main_process_port", str(port),
@@ -162,6 +163,20 @@ def test_a_wrong_interface_is_one_line_on_each_machine_before_any_wait(machines,
         lines = our_lines((tmp_path / f"run-machine{rank}.log").read_text())
         assert code != 0 and len(lines) == 1 and says in lines[0] and f"reaches 198.51.100.1: {INTERFACE})" in lines[0], lines
     assert not run.exists() or not list_checkpoints(run)
+
+
+def test_c10d_without_each_machines_address_is_one_line_on_each_machine(machines, mnist_dir, tmp_path):
+    """c10d, the main machine hosting the store, but no PET_LOCAL_ADDR: the rendezvous announces the
+    host name, loopback on every machine. The machine without the store says what to set; the other
+    that the group did not form; each in one line, within --dist-timeout."""
+    run, port = tmp_path / "run", next(PORTS)
+    launched = [_launch(machines, rank, run, mnist_dir, port, how="c10d", own_address=False,
+                        extra=("--dist-timeout", "10")) for rank in (0, 1)]
+    codes = [p.wait(timeout=180) for p in launched]  # a hang guard
+    lines = [our_lines((tmp_path / f"run-machine{rank}.log").read_text()) for rank in (0, 1)]
+    assert all(code != 0 for code in codes) and [len(said) for said in lines] == [1, 1], lines
+    assert sum("set PET_LOCAL_ADDR=<each machine's own address>" in said[0] for said in lines) == 1, lines
+    assert sum("the process group did not form" in said[0] for said in lines) == 1, lines
 
 
 def test_a_machine_cut_off_mid_epoch_stops_both_and_the_relaunch_finishes_the_same_run(

@@ -80,3 +80,18 @@ def test_the_real_machine_answers_are_read():
     assert "127.0.0.1" in [ip for ips in network.local_interfaces().values() for ip in ips]
     assert network.route_source("127.0.0.1") == "127.0.0.1"
     assert network._resolve("127.0.0.1") == ["127.0.0.1"]
+
+
+def test_a_loopback_main_address_without_the_rendezvous_here_is_one_line(machine):
+    """c10d on machines whose host name resolves to loopback: the store's host announced "vm", which
+    is loopback on every machine; on the others nothing serves MASTER_PORT."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as store:
+        here = launch("vm", TORCHELASTIC_USE_AGENT_STORE="True", MASTER_PORT=str(store.getsockname()[1]))
+        assert settle_interface(here, pytest.fail) is None  # the launch is on this host: the store answers
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        elsewhere = launch("vm", TORCHELASTIC_USE_AGENT_STORE="True", MASTER_PORT=str(closed.getsockname()[1]))
+        with pytest.raises(NetworkError, match="MASTER_ADDR=vm, which is this machine's loopback.*PET_LOCAL_ADDR"):
+            settle_interface(elsewhere, pytest.fail)

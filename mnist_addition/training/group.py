@@ -4,6 +4,7 @@ are built here but the ``PartialState`` that owns the group."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
@@ -12,8 +13,8 @@ from accelerate.state import PartialState
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from ..core.backends import use_cpu
-from ..core.errors import UserError
-from .faults import join_restarted_group
+from ..core.errors import UserError, first_line
+from .faults import PeerLost, is_peer_failure, join_restarted_group
 from .network import settle_interface
 
 T = TypeVar("T")
@@ -28,9 +29,17 @@ def process_state(cpu: bool = False, timeout: int | None = None) -> PartialState
     """
     if use_cpu(cpu):
         settle_interface()  # gloo's interface, on a launch across machines
-    join_restarted_group(use_cpu(cpu), timeout)
-    group = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout)).to_kwargs() if timeout else {}
-    return PartialState(cpu=use_cpu(cpu), **group)
+    try:
+        join_restarted_group(use_cpu(cpu), timeout)
+        group = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout)).to_kwargs() if timeout else {}
+        return PartialState(cpu=use_cpu(cpu), **group)
+    except (RuntimeError, ConnectionError) as e:
+        if not is_peer_failure(e):
+            raise
+        raise PeerLost(f"rank {os.environ.get('RANK', '?')}: the process group did not form: not every process "
+                       f"joined in time ({first_line(e, 100).strip()}); start every machine with the same "
+                       "--num_machines, --main_process_ip and port, and check that each reaches the main process "
+                       "(docs/distributed.md, 'Machines with their own addresses')") from None
 
 
 def main_decides(process: PartialState, decide: Callable[[], T]) -> T:

@@ -11,7 +11,9 @@ under a launch of several machines (``MASTER_ADDR`` not this host's loopback):
 * not set, and the host name resolves to loopback (or not at all): the interface the kernel
   routes to ``MASTER_ADDR`` through is set as ``GLOO_SOCKET_IFNAME``, and said once per machine
   (the choice of a user who set nothing is what they would have set);
-* the main process's address unreachable (no route) or not resolvable: one line, before any wait.
+* the main process's address unreachable (no route) or not resolvable: one line, before any wait;
+* ``MASTER_ADDR`` loopback here while torchrun's store is not on this host (the c10d rendezvous of
+  machines whose host name resolves to loopback, without ``PET_LOCAL_ADDR``): one line.
 
 NCCL picks its interface itself (leaving out loopback and docker); ``NCCL_SOCKET_IFNAME`` chooses
 another. Nothing here runs for one process or a launch on one host.
@@ -84,6 +86,25 @@ def _check_named(names: str, main: str, interfaces: Mapping[str, list[str]], tow
                                f"reach; set it to the interface on their network{suggestion}")
 
 
+def _check_store_here(env: Mapping[str, str], main: str, resolved: list[str]) -> None:
+    """MASTER_ADDR resolves to loopback: right when the launch is on this host, where torchrun's
+    agent already serves the store at MASTER_PORT. Refused there, the store is on another machine
+    whose rendezvous announced a host name that resolves to loopback here (c10d on such hosts)."""
+    port = env.get("MASTER_PORT", "")
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not port.isdigit():
+        return
+    for address in resolved:
+        try:
+            socket.create_connection((address, int(port)), timeout=2).close()
+            return
+        except OSError:
+            continue
+    raise NetworkError(f"the main process's address came as MASTER_ADDR={main}, which is this machine's loopback, and "
+                       f"nothing serves the rendezvous at port {port} here: the machine that hosts it announced a host "
+                       "name that resolves to loopback; set PET_LOCAL_ADDR=<each machine's own address> on every "
+                       "machine (torchrun's --local-addr)")
+
+
 def settle_interface(environ: MutableMapping[str, str] | None = None,
                      say: Callable[[str], None] = print) -> str | None:
     """Check or choose gloo's interface for a launch across machines (see the module's text);
@@ -97,6 +118,7 @@ def settle_interface(environ: MutableMapping[str, str] | None = None,
         raise NetworkError(f"the main process's address {main} (MASTER_ADDR, from --main_process_ip) does not resolve "
                            "on this machine; pass its IP address")
     if all(_is_loopback(a) for a in resolved):
+        _check_store_here(env, main, resolved)
         return None  # every machine on this host: loopback is right
     address, interfaces = resolved[0], local_interfaces()
     source = route_source(address)
