@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,6 +21,7 @@ from mnist_addition.commands.cli import main
 from mnist_addition.core.config import TrainConfig
 from mnist_addition.rundir.checkpoint import list_checkpoints
 from mnist_addition.rundir.names import WEIGHTS
+from mnist_addition.testing.machines import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = ROOT.parent / "shared" / "mnist"
@@ -213,3 +215,10 @@ def wait_for_checkpoint(run: Path, step: int, proc: subprocess.Popen, limit: flo
 
 def our_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("mnist-addition train:")]
+
+
+def proven_on_real_addresses(where: str) -> pytest.MarkDecorator:
+    """Skips a loopback test where machines with their own addresses can be built (root and
+    ``ip netns``: CI), because the test named by ``where`` proves the same there, on real addresses
+    and real partitions; elsewhere (no root) the loopback test runs."""
+    return pytest.mark.skipif(unavailable() is None, reason=f"proven on machines with their own addresses ({where})")

@@ -15,7 +15,6 @@ import pytest
 
 from mnist_addition.commands.cli import main
 from mnist_addition.rundir.checkpoint import latest_valid
-from mnist_addition.testing.machines import unavailable
 
 from .helpers import (
     COMMON,
@@ -26,6 +25,7 @@ from .helpers import (
     initial_weights,
     launch_env,
     our_lines,
+    proven_on_real_addresses,
     run_weights,
     same_weights,
     slow_env,
@@ -232,6 +232,7 @@ def test_a_killed_worker_is_restarted_by_max_restarts_and_the_run_ends_bit_ident
 # ------------------------------------------------------------------------------------------------
 # A machine freezes: the others stop within --dist-timeout, one line each; all back: it continues
 # ------------------------------------------------------------------------------------------------
+@proven_on_real_addresses("tests/test_machines.py: a machine cut off mid-epoch")
 def test_a_frozen_machine_stops_the_other_within_the_timeout_and_auto_resume_continues(two_process_run, mnist_dir,
                                                                                         tmp_path):
     run, port = tmp_path / "run", free_port()
@@ -288,10 +289,7 @@ def _machine_command(how: str, rank: int, port: int, mnist_dir: Path, run: Path)
             "--dynamo_backend", "no", *train]
 
 
-# Where machines with their own addresses can be built (root, ip netns: CI), tests/test_machines.py
-# proves the static and the c10d rendezvous on them; these loopback copies run everywhere else.
-ON_REAL_ADDRESSES = pytest.mark.skipif(unavailable() is None, reason="proven on machines with their own addresses "
-                                                                     "(tests/test_machines.py)")
+ON_REAL_ADDRESSES = proven_on_real_addresses("tests/test_machines.py")
 
 
 @pytest.mark.parametrize("how", [pytest.param("static", marks=ON_REAL_ADDRESSES),

@@ -32,6 +32,8 @@ import ray.cloudpickle  # noqa: E402
 
 from mnist_addition.sweep import trial as trial_module  # noqa: E402
 
+from .helpers import proven_on_real_addresses  # noqa: E402
+
 pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
 
 # The trial wrappers below run in Ray's worker processes, which cannot import this test module:
@@ -532,6 +534,7 @@ def lossy_cluster():
     c.shutdown()
 
 
+@proven_on_real_addresses("tests/test_sweep_machines.py: a trial's worker cut off")
 def test_a_trial_whose_node_is_lost_goes_on_on_another_node(tmp_path, mnist_dir, lossy_cluster, monkeypatch):
     """The node of a running trial removed after the trial reported epoch 1: Ray retries it on the
     other node from that checkpoint; trials.csv says where it ran before."""

@@ -64,8 +64,6 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     ``report``/``checkpoint_class`` are Tune's for a single-process trial and Ray Train's on the
     workers of a multi-worker trial. Where it starts: ``_starting_point``.
     """
-    import ray
-
     torch = _worker_set_up(settings)
     from ..core.data import load_mnist, make_splits
     from ..training.group import process_state
@@ -85,10 +83,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if process.is_main_process else None
     lease = _lease(store, trial_dir)
-    facts = {"processes": process.num_processes, "resumed_from_epoch": resumed_from, "budget_epochs": config.epochs,
-             "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id(),
-             "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
-             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "continued_from": earlier}
+    facts = _attempt_facts(process.num_processes, resumed_from, config.epochs, torch.get_num_threads(), earlier)
     written: list[Path] = []
 
     def current() -> Path:
@@ -118,6 +113,15 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     # the scheduler ends a trial at its last report, before any code after it runs.
     last = final["history"][-1]
     send({**last, "replayed": True} if last["epoch"] <= resumed_from else last)  # (trained before a stop)
+
+
+def _attempt_facts(processes: int, resumed_from: int, epochs: int, threads: int, earlier: str | None) -> dict[str, Any]:
+    """What each report of this attempt carries beside its metrics (columns of trials.csv)."""
+    import ray
+
+    return {"processes": processes, "resumed_from_epoch": resumed_from, "budget_epochs": epochs, "threads": threads,
+            "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "continued_from": earlier}
 
 
 def _lease(store: Store | None, trial_dir: str) -> Lease | None:
