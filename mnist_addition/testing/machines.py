@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 NETWORK = ipaddress.ip_network("198.51.100.0/24")
@@ -186,10 +185,3 @@ class Machines:
     def __repr__(self) -> str:
         return f"Machines({', '.join(f'{n}={a}' for n, a in zip(self.names, self.addresses))})"
 
-
-def interfaces(machines: Machines, i: int) -> str:
-    """``ip -brief addr`` of machine ``i`` (for a test's failure message)."""
-    return machines.run(i, ["ip", "-brief", "addr"]).stdout
-
-
-__all__ = ["INTERFACE", "Machines", "NETWORK", "Path", "interfaces", "remove_leftovers", "unavailable"]
