@@ -318,7 +318,11 @@ def _run_multi_worker(params: dict[str, Any], settings: TrialSettings, trial_dir
         # The same name on a retry: Ray Train then resumes from this run's latest checkpoint.
         run_config=ray.train.RunConfig(
             name=f"train-{ray.tune.get_context().get_trial_id()}", storage_path=settings.experiment_uri,
-            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+            # Bounded, unlike Ray's default (-1): a worker group that cannot start (its resources
+            # never freed: seen once in CI after a crash) fails the trial after (K+1) x 60 s, and
+            # Tune retries it, instead of the controller retrying forever.
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures,
+                                                   controller_failure_limit=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()]),
     )
