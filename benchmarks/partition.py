@@ -85,12 +85,8 @@ def one_fault(m: Machines, tmp: Path, data: str, timeout: int, how: str, port: i
     for r, p in enumerate(watched):
         stopped[r] = stopped[r] or time.monotonic() - fault
     m.restore(1)
-    for p in machines:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
+    for r, p in enumerate(machines):  # what is left of the run on both machines (a frozen process too)
+        m.kill(r)
         p.wait()
     again = time.monotonic()
     machines = [launch(m, r, run, data, port + 1, timeout, logs[r]) for r in (0, 1)]

@@ -29,22 +29,9 @@ import yaml
 
 from mnist_addition.core.synthetic import write_mnist
 from mnist_addition.testing.machines import Machines, unavailable
+from mnist_addition.testing.slowed import slowed_env
 
 PY, RAY, PORT = sys.executable, str(Path(sys.executable).parent / "ray"), 6390
-SLOW = """
-import importlib.abc, sys, time
-class _Slow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "mnist_addition.training.loop":
-            import mnist_addition.training.step as step
-            real = step.train_step
-            def slow(*args, **kwargs):
-                time.sleep(0.3)
-                return real(*args, **kwargs)
-            step.train_step = slow
-        return None
-sys.meta_path.insert(0, _Slow())
-"""
 FAST = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
         "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
@@ -125,11 +112,9 @@ def main() -> None:
     if unavailable():
         sys.exit(f"sweep_partition.py: {unavailable()}")
     folder = Path(tempfile.mkdtemp(prefix="mna-", dir="/tmp"))  # short: Ray's socket paths
-    (folder / "slow").mkdir()
-    (folder / "slow" / "sitecustomize.py").write_text(SLOW)
     token = folder / "token"
     token.write_text(secrets.token_hex(32))
-    env = dict(os.environ, PYTHONPATH=str(folder / "slow"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    env = slowed_env(folder, 0.3, dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token)))
     data = write_mnist(folder / "mnist")
     with Machines(3) as m:
         address = cluster(m, folder, env, FAST if args.fast_health_checks else {})

@@ -22,6 +22,7 @@ from mnist_addition.core.config import TrainConfig
 from mnist_addition.rundir.checkpoint import list_checkpoints
 from mnist_addition.rundir.names import WEIGHTS
 from mnist_addition.testing.machines import unavailable
+from mnist_addition.testing.slowed import slowed_env
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = ROOT.parent / "shared" / "mnist"
@@ -174,31 +175,9 @@ def folder_files(folder):
             if p.is_file() and p.name != LOCK}
 
 
-# Each optimizer step sleeps a little in the processes a test interrupts, so that there is a
-# "mid-run" to interrupt; through the public seam step.train_step (a sitecustomize of the test's).
-SLOW = """
-import importlib.abc, sys, time
-class _Slow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "mnist_addition.training.loop":
-            import mnist_addition.training.step as step
-            real = step.train_step
-            def slow(*args, **kwargs):
-                time.sleep(0.15)
-                return real(*args, **kwargs)
-            step.train_step = slow
-        return None
-sys.meta_path.insert(0, _Slow())
-"""
-
-
 def slow_env(tmp_path: Path) -> dict[str, str]:
-    folder = tmp_path / "slow"
-    folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text(SLOW)
-    env = launch_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(folder), env.get("PYTHONPATH", "")])
-    return env
+    """The launch environment with each optimizer step sleeping 0.15 s: a "mid-run" to interrupt."""
+    return slowed_env(tmp_path, 0.15, launch_env())
 
 
 def wait_for_checkpoint(run: Path, step: int, proc: subprocess.Popen, limit: float = 300) -> None:
