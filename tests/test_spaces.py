@@ -61,6 +61,8 @@ def test_a_space_is_parsed_into_distributions(tmp_path):
     ({"fixed": {"epochs": 0}, "search": {"lr": {"uniform": [0.1, 0.2]}}}, "the fixed values is not a valid"),
     ({"fixed": {"preset": "seed"}, "search": {"width": {"choice": [16, 32]}}}, "width is fixed at 32"),
     ({"sweep": {"lr": 1}}, "unknown section 'sweep'"),
+    ({"seeds": 0, "search": {"lr": {"uniform": [0.1, 0.2]}}}, "'seeds:' must be a whole number in 1..64 (got 0)"),
+    ({"seeds": True, "search": {"lr": {"uniform": [0.1, 0.2]}}}, "'seeds:' must be a whole number"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_spaces_are_rejected_naming_the_key(tmp_path, data, message):
@@ -69,6 +71,19 @@ def test_bad_spaces_are_rejected_naming_the_key(tmp_path, data, message):
         load_space(path)
     assert message in str(error.value)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_space_sets_the_seeds_of_every_trial_and_the_flag_wins(tmp_path):
+    from mnist_addition.sweep.folder import open_sweep
+    from mnist_addition.sweep.options import SweepOptions
+
+    path = _space(tmp_path, {"seeds": 3, "search": {"lr": {"uniform": [0.1, 0.2]}}})
+    space = load_space(path)
+    assert space.seeds == 3 and load_space(path).to_dict()["seeds"] == 3
+    for flag, seeds in ((None, 3), (5, 5)):
+        sweep = open_sweep(SweepOptions(space=str(path), storage_path=str(tmp_path / "s"), seeds=flag))
+        sweep.close()
+        assert sweep.options.seeds == seeds
 
 
 def test_unreadable_space_files(tmp_path):

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mnist_addition.commands.cli import main
@@ -32,7 +33,7 @@ import ray.cloudpickle  # noqa: E402
 
 from mnist_addition.sweep import trial as trial_module  # noqa: E402
 
-from .helpers import proven_on_real_addresses  # noqa: E402
+from .helpers import proven_on_real_addresses, same_weights  # noqa: E402
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: make test-fast leaves these out
 
@@ -354,6 +355,48 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, clu
     retried = next(t for t in trials if t["resumed_from_epoch"] == "1")
     history = (tmp_path / "faults" / f"trial-{retried['trial_id']}" / "run" / "metrics.jsonl").read_text()
     assert [json.loads(line)["epoch"] for line in history.splitlines()] == [1, 2]  # epoch 1 was not trained again
+
+
+def test_a_k_seed_sweep_ranks_the_mean_picks_on_the_worst_seed_and_resumes_all_seeds_bit_identically(
+        tmp_path, mnist_dir, cluster, monkeypatch, capsys):
+    """--seeds 2: every report is the mean over the trial's two seeds with their spread and worst
+    beside it; --pick on the worst seed; a trial crashed after epoch 1 resumes both seeds from its
+    one checkpoint; each seed ends bit-identical to `train` of that seed alone."""
+    from mnist_addition.training.run import train
+    from mnist_addition.training.seeds import over_seeds
+
+    threads = torch.get_num_threads()
+    marker = tmp_path / "crashed-once"
+    monkeypatch.setattr(trial_module, "run_trial", crash_once_after_epoch_1(str(marker)))
+    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "k2", "--num-samples", "2", "--seeds", "2",
+                          "--scheduler", "fifo", "--address", cluster.address, "--max-failures", "1",
+                          "--metric", "val_both_acc", "--metric", "train_seconds",
+                          "--pick", "val_both_acc_min>=0.0")) == 0
+    assert "worst of 2 seeds" in capsys.readouterr().err and marker.exists()
+    sweep = tmp_path / "k2"
+    trials = read_trials(sweep)
+    assert sorted(t["resumed_from_epoch"] for t in trials) == ["0", "1"]  # one trial retried from epoch 1
+    for t in trials:
+        run = sweep / f"trial-{t['trial_id']}" / "run"
+        assert sorted(p.name for p in run.iterdir()) == ["seed-0", "seed-1"]  # the space's seed 0 and the next
+        last = [json.loads((run / f"seed-{s}" / "metrics.jsonl").read_text().splitlines()[-1]) for s in (0, 1)]
+        means = over_seeds(last)
+        for key in ("val_both_acc", "val_both_acc_std", "val_both_acc_min", "train_seconds"):
+            assert float(t[key]) == pytest.approx(means[key])
+        assert t["seeds"] == "2" and float(t["val_both_acc_min"]) == min(r["val_both_acc"] for r in last)
+        for s in (0, 1):  # neither the lockstep nor the retry changed a seed's training
+            history = (run / f"seed-{s}" / "metrics.jsonl").read_text().splitlines()
+            assert [json.loads(line)["epoch"] for line in history] == [1, 2]
+            alone = tmp_path / f"{t['trial_id']}-seed-{s}"
+            torch.set_num_threads(int(t["threads"]))  # as the trial computed: float sums depend on it
+            train(TrainConfig.load(run / f"seed-{s}" / "config.json").replace(output_dir=str(alone)), progress=False)
+            assert same_weights(run / f"seed-{s}", alone)
+    torch.set_num_threads(threads)
+    best = json.loads((sweep / "best_config.json").read_text())
+    fastest = min(trials, key=lambda t: float(t["train_seconds"]))
+    assert best["seeds"] == 2 and best["lr"] == pytest.approx(float(fastest["lr"]))  # picked by the mean time
+    with (sweep / "pareto.csv").open() as f:
+        assert {"val_both_acc_std", "train_seconds_std"} <= set(csv.DictReader(f).fieldnames)
 
 
 def test_a_sweep_whose_only_trial_failed_exits_1_without_a_best_config(tmp_path, mnist_dir, cluster, monkeypatch,

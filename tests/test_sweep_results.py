@@ -165,7 +165,39 @@ def test_pick_takes_the_cheapest_trial_that_meets_the_rule_and_names_the_closest
     assert "the closest is slow with val_both_acc 0.995 (train_seconds 20)" in str(error.value)  # finished first
 
 
+def test_a_k_seed_sweep_picks_the_cheapest_trial_whose_worst_seed_meets_the_rule(tmp_path):
+    """The mean alone would take "lucky": its mean meets the rule, its worst seed does not."""
+    trials = [cost("steady", 0.994, 9.0, val_both_acc_min=0.993, val_both_acc_std=0.001, seeds=3),
+              cost("lucky", 0.994, 5.0, val_both_acc_min=0.985, val_both_acc_std=0.006, seeds=3),
+              cost("slow", 0.996, 20.0, val_both_acc_min=0.995, val_both_acc_std=0.001, seeds=3)]
+    options = SweepOptions(name="s", metric=("val_both_acc", "train_seconds"), pick="val_both_acc_min>=0.993",
+                           num_samples=3, seeds=3)
+    assert options.pick_rule()[3] == "train_seconds"  # by the cost, not by the mean of the metric it names
+    summary = write_results(trials, options, ["lr"], {"width": 8}, 2, Store(str(tmp_path / "s")), 10.0,
+                            Console(file=open(tmp_path / "out.txt", "w")))
+    assert summary["best_trial"] == "steady" and summary["best"]["val_both_acc_min"] == 0.993
+    assert json.loads((tmp_path / "s" / "best_config.json").read_text())["seeds"] == 3
+    assert TrainConfig.load(tmp_path / "s" / "best_config.json").width == 8  # train --config reads it
+    header = (tmp_path / "s" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert {"seeds", "val_both_acc_std", "val_both_acc_min"} <= set(header)
+    assert "val_both_acc_std" in (tmp_path / "s" / "pareto.csv").read_text().splitlines()[0]
+
+
+def test_a_one_seed_sweep_writes_the_columns_and_best_config_it_always_did(tmp_path):
+    _write(tmp_path, [row("a", "finished", 0.9, epochs=2)])
+    header = (tmp_path / "s" / "trials.csv").read_text().splitlines()[0]
+    assert header == ("trial_id,lr,epochs,status,epochs_run,budget_epochs,val_digit_acc,val_sum_acc,val_both_acc,"
+                      "val_loss,images_per_s,train_seconds,trial_seconds,processes,threads,resumed_from_epoch,node_id,"
+                      "gpu_ids,moved_from,continued_from")
+    assert (tmp_path / "s" / "best_config.json").read_text() == \
+        TrainConfig.load(tmp_path / "s" / "best_config.json").replace().to_json() + "\n"
+
+
 @pytest.mark.parametrize("changes, message", [
+    (dict(metric=("val_both_acc_min", "train_seconds")), "is the worst of a trial's seeds, and a trial has one"),
+    (dict(metric=("val_both_acc", "train_seconds"), pick="val_both_acc_min>=0.99"), "add --seeds 3"),
+    (dict(seeds=0), "--seeds must be a whole number in 1..64"),
+    (dict(seeds=2, workers_per_trial=2), "--seeds trains its seeds in one process"),
     (dict(metric=("val_both_acc", "val_both_acc")), "is given twice"),
     (dict(metric=("val_both_acc", "train_seconds"), mode=("max",)), "once per --metric"),
     (dict(metric=("val_both_acc", "train_seconds"), mode=("max", "max")), "--mode max with --metric train_seconds"),

@@ -11,9 +11,10 @@ import argparse
 import json
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
-from ..core.config import TrainConfig, field_kinds
+from ..core.config import ConfigError, TrainConfig, field_kinds
 from ..core.errors import EXIT_INTERRUPTED, Interrupted, UserError, exit_with
 from .flags import build_parser
 
@@ -25,6 +26,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.run import start_of, train  # Accelerate is imported here, not for --help
     from .tables import epoch_line, results, start_line
 
+    if args.resume and args.seeds > 1:
+        raise ConfigError("--resume continues one run folder; K seeds continue with the same command and "
+                          "--output-dir DIR --auto-resume (each seed from its own checkpoint)")
     typed = {k: v for k, v in vars(args).items() if k in field_kinds()}
     config = resumed_config(args.resume, typed, {k: getattr(args, k) for k in NEW_RUN_OPTIONS}) if args.resume \
         else TrainConfig.resolve(args.config, args.smoke, typed)
@@ -37,11 +41,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             console.print(start_line(run.config, run.mode == "resume", run.processes))
 
+    if args.seeds > 1:
+        return _train_seeds(args, config, console)
     outcome = train(config, lambda row: console.print(epoch_line(row, config.epochs)),
                     start=start_of(bool(args.resume), args.overwrite, args.auto_resume), download=not args.no_download,
                     warn=lambda line: console.print(line, markup=False, highlight=False), on_start=started)
     if outcome.final is not None:
         Console(quiet=not outcome.main).print(*results(outcome.final, outcome.config.output_dir), sep="\n")
+    return 0
+
+
+def _train_seeds(args: argparse.Namespace, config: TrainConfig, console: Any) -> int:
+    """``train --seeds K``: K seeds in OUTPUT_DIR/seed-<s> (``training/seeds.py``), one line per
+    epoch over the seeds, then each seed's results and their mean, spread and worst (seeds.json)."""
+    from rich.console import Console
+
+    from ..rundir.contents import default_run_dir, write_json
+    from ..rundir.names import SEEDS_FILE
+    from ..training.run import start_of
+    from ..training.seeds import over_seeds, seed_configs, summary, train_seeds
+    from .tables import epoch_line, seeds_table
+
+    parent = str(config.output_dir or default_run_dir())
+    configs = seed_configs(config, args.seeds, parent)
+    console.print(f"[bold]training {args.seeds} seeds[/] {', '.join(str(c.seed) for c in configs)} of preset="
+                  f"{config.preset} width={config.width} epochs={config.epochs} one after another -> {parent}/seed-*")
+    start = start_of(False, args.overwrite, args.auto_resume)
+    outcomes = train_seeds(configs, lambda rows: console.print(epoch_line(over_seeds(rows), config.epochs)),
+                           starts=[start] * args.seeds, download=not args.no_download, progress=False,
+                           warn=lambda line: console.print(line, markup=False, highlight=False))
+    result = summary(outcomes)
+    write_json(Path(parent) / SEEDS_FILE, result)
+    Console(soft_wrap=True).print(seeds_table(result, parent))  # the results, on stdout as one run's are
     return 0
 
 

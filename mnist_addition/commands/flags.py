@@ -12,7 +12,16 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..core.config import INT_RANGES, TTA_VIEWS, TrainConfig, field_kinds, flag, preset_values, smoke_overrides
+from ..core.config import (
+    INT_RANGES,
+    MAX_SEEDS,
+    TTA_VIEWS,
+    TrainConfig,
+    field_kinds,
+    flag,
+    preset_values,
+    smoke_overrides,
+)
 from ..core.errors import EXIT_USAGE, shown
 from ..sweep.options import SweepOptions, shipped_spaces
 from .catalog import NUMERIC_DESCENDING, SORT_KEYS
@@ -132,6 +141,9 @@ def _train_command(sub: Any) -> None:
                        help="continue an interrupted run from its newest valid checkpoint")
     train.add_argument("--auto-resume", action="store_true", help="with --output-dir: start the run there, or continue "
                        "it, or (finished) do nothing; one command for the first start and every restart")
+    train.add_argument("--seeds", type=_whole("--seeds", 1, MAX_SEEDS), default=1, metavar="K",
+                       help="train K seeds (--seed and the K-1 after it) in OUTPUT_DIR/seed-<s>, one after another, "
+                            "and print their mean, spread and worst seed (seeds.json)")
     add_config_flags(train)
 
 

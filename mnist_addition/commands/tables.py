@@ -22,6 +22,9 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """One line per epoch of ``train``: loss, validation accuracies, speed."""
     val = (f"val digit {100 * row['val_digit_acc']:.2f}%  sum {100 * row['val_sum_acc']:.2f}%"
            if "val_digit_acc" in row else "no validation (--val-size 0)")
+    if "val_both_acc_std" in row:  # K seeds: the mean, the spread of both right, the worst seed
+        val += (f"  both {100 * row['val_both_acc']:.2f} ± {100 * row['val_both_acc_std']:.2f}% (worst "
+                f"{100 * row['val_both_acc_min']:.2f}%, mean of {row['seeds']} seeds)")
     return f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  {val}  {row['images_per_s']:,.0f} img/s"
 
 
@@ -42,6 +45,23 @@ def results(final: dict[str, Any], run_dir: str | Path | None) -> list[Any]:
         return [table]
     return [table, f"{final['params']:,} parameters, {final['train_seconds']:.1f} s of training "
                    f"({final['images_per_s']:,.0f} img/s, {final['setup']['mixed_precision']} precision)"]
+
+
+def seeds_table(result: dict[str, Any], parent: str) -> Table:
+    """``train --seeds K``: each seed's test (and validation) accuracies, their mean ± std and the worst seed."""
+    table = Table(title=f"{len(result['seeds'])} seeds - {parent} (test: the official 10k; val: held out of training)")
+    columns = [k for k in ("test_digit_acc", "test_sum_acc", "test_both_acc", "val_both_acc")
+               if k in result["runs"][0]]
+    for col in ("seed", *(k.replace("_acc", "").replace("_", " ") for k in columns), "train s"):
+        table.add_column(col, justify="right")
+    for run in result["runs"]:
+        table.add_row(str(run["seed"]), *(_pct(run[k]) for k in columns), _seconds(run["train_seconds"]))
+    if result["mean"]:
+        mean, std, worst = result["mean"], result["std"], result["worst"]
+        table.add_row("mean ± std", *(f"{100 * mean[k]:.2f} ± {100 * std[k]:.2f}%" for k in columns),
+                      f"{mean['train_seconds']:.1f} ± {std['train_seconds']:.1f}")
+        table.add_row("worst seed", *(_pct(worst[k]) for k in columns), _seconds(worst["train_seconds"]))
+    return table
 
 
 def _top(probs: list[float]) -> str:

@@ -307,6 +307,7 @@ INT_RANGES: dict[str, tuple[int, int, int]] = {
     "log_every": (1, 1_000_000_000, 20), "checkpoint_every": (0, 1_000_000_000, 0),
     "keep_checkpoints": (1, 1_000_000, 2), "dist_timeout": (1, 86_400, 300),
 }
+MAX_SEEDS = 64  # train --seeds, tune --seeds: K seeds of one config (training/seeds.py)
 # Float hyperparameters go into float32 tensors: --lr 1e308 overflows there. Far above any useful value.
 MAX_LR = 1000.0
 MAX_WEIGHT_DECAY = 1000.0
@@ -323,8 +324,9 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
                  mixed_precision="no"),
 }
 
-# Written next to the config in a run folder's config.json; ignored when a config is read back.
-BOOKKEEPING_KEYS = frozenset({"versions", "git_commit", "setup", "created"})
+# Written next to the config in a run folder's config.json, or (seeds: how many seeds a sweep
+# trial was scored over) in a sweep's best_config.json; ignored when a config is read back.
+BOOKKEEPING_KEYS = frozenset({"versions", "git_commit", "setup", "created", "seeds"})
 
 def smoke_overrides(sweep: bool = False) -> dict[str, Any]:
     """What ``train --smoke`` (or, ``sweep``, ``tune --smoke``) sets: a small subset, short training.

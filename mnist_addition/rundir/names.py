@@ -42,6 +42,9 @@ SIGNATURES = "state-signatures.json"  # our signatures of Ray's state (sweep/tru
 UNVERIFIED = ".unverified"  # Ray's state that failed its check, set aside (never read)
 TRIAL_RUN = "run"  # a trial's run folder, STORAGE/NAME/trial-ID/run
 CONTINUED_FROM = "continued-from"  # beside TRIAL_RUN: the checkpoint a PBT trial continues
+SEED_PREFIX = "seed-"  # RUN/seed-<s>: one seed of a K-seed run (train --seeds, tune --seeds)
+SEEDS_STAGED = "checkpoint-seeds"  # beside TRIAL_RUN: a K-seed trial's newest checkpoints as one, for Ray
+SEEDS_FILE = "seeds.json"  # RUN/seeds.json: each seed's final metrics and their mean, spread and worst
 TRIAL_LEASE = "attempt.json"  # beside TRIAL_RUN: which attempt of the trial may write (sweep/fencing.py)
 
 FOLDER_STAMP = "%Y%m%d-%H%M%S"  # runs/<stamp>, tune-<stamp>

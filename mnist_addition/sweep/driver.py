@@ -316,7 +316,7 @@ def _trainable(options: SweepOptions, base: dict[str, Any], store: Store, earlie
         base=base, data_dir=options.data_dir, download=options.download, workers=workers,
         cpus_per_worker=options.cpus_per_trial / workers, gpus_per_worker=gpus / workers,
         max_failures=options.max_failures, experiment_uri=store.uri, continues=options.scheduler == "pbt",
-        earlier=earlier)
+        earlier=earlier, seeds=options.seeds or 1)
     if workers == 1:
         resources = {"cpu": options.cpus_per_trial, "gpu": gpus}
     else:
@@ -350,7 +350,8 @@ def _printer(trials: int) -> Any:
                 if result.get("replayed") else ""
             self._print(f"[dim]{trial.trial_id}[/] epoch {result.get('epoch')}/{result.get('budget_epochs')}  "
                         f"val digit {100 * result['val_digit_acc']:.2f}%  sum {100 * result['val_sum_acc']:.2f}%  "
-                        f"both {100 * result['val_both_acc']:.2f}%  {result['images_per_s']:,.0f} img/s{replayed}  "
+                        f"both {100 * result['val_both_acc']:.2f}%{_spread(result)}  {result['images_per_s']:,.0f} "
+                        f"img/s{replayed}  "
                         f"[dim]({done}/{self.trials} trials done)[/]")
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -364,6 +365,14 @@ def _printer(trials: int) -> Any:
             self._print(f"{trial.trial_id} {verb}: {_short(trial.config)}")
 
     return Printer()
+
+
+def _spread(result: dict[str, Any]) -> str:
+    """A K-seed trial's epoch: the spread of its seeds and the worst one (nothing for one seed)."""
+    if "val_both_acc_std" not in result:
+        return ""
+    return (f" ± {100 * result['val_both_acc_std']:.2f} (worst of {result['seeds']} seeds "
+            f"{100 * result['val_both_acc_min']:.2f}%)")
 
 
 def _short(params: dict[str, Any]) -> str:

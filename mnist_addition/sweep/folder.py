@@ -87,8 +87,9 @@ def open_sweep(options: SweepOptions) -> Sweep:
             sweep.close()
             raise
         return sweep
-    options.check()
     space = load_space(options.space)
+    options.seeds = options.seeds or space.seeds or 1  # --seeds, else the space's seeds:, else one
+    options.check()
     options.name = options.name or f"tune-{stamp(FOLDER_STAMP)}"
     store = Store(experiment_uri(options.storage_path, options.name))
     _refuse_existing(store)
@@ -135,8 +136,8 @@ def _restore_options(options: SweepOptions, store: Store) -> Space:
     where = store.where(SWEEP_FILE)
     try:
         saved = json.loads(store.read_small(SWEEP_FILE))
-        for key in SweepOptions.SWEEP_DEFINING:
-            setattr(options, key, saved["options"][key])
+        for key in SweepOptions.SWEEP_DEFINING:  # a sweep from before --seeds trained one seed a trial
+            setattr(options, key, saved["options"].get(key, 1) if key == "seeds" else saved["options"][key])
         options.__post_init__()  # a metric list from JSON as a tuple
         if options.data_dir is None:
             options.data_dir = saved["options"]["data_dir"]

@@ -12,13 +12,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..core.config import ConfigError, flag
+from ..core.config import MAX_SEEDS, ConfigError, flag
 from ..core.errors import EXIT_FAILED
 
 # What a sweep can select on, and which way is better. train_seconds: a trial's training time (its
 # cost); with an accuracy, a multi-objective sweep finds the accuracy each cost buys (pareto.csv).
 METRICS = {"val_both_acc": "max", "val_digit_acc": "max", "val_sum_acc": "max", "val_loss": "min",
            "train_seconds": "min"}
+# With --seeds K above 1 a trial's metrics are means over its seeds; these name its worst seed.
+WORST_METRICS = {"val_both_acc_min": "max", "val_digit_acc_min": "max", "val_sum_acc_min": "max",
+                 "val_loss_max": "min", "train_seconds_max": "min"}
+ALL_METRICS = {**METRICS, **WORST_METRICS}
 PICK_OPERATORS = (">=", "<=")
 SCHEDULERS = ("asha", "fifo", "pbt")
 SEARCHERS = ("random", "optuna")
@@ -102,6 +106,9 @@ class SweepOptions:
     pick: str | None = _o(None, "which trial best_config.json is, as a rule on one metric, e.g. "
                                 "\"val_both_acc>=0.993\": the best on the other --metric among the trials that meet "
                                 "it (the cheapest accurate-enough one)", HOW, shown="the best on the first --metric")
+    seeds: int | None = _o(None, "seeds each trial trains its config with (the space's seed and the ones after it, one "
+                                 "after another); every metric is then their mean, with _std and the worst seed "
+                                 "(e.g. val_both_acc_min) beside it", HOW, shown="the space's seeds:, else 1")
     seed: int = _o(0, "seed of the sampler (every trial trains with the space's seed, 0 unless it sets one, so "
                       "configs are compared on equal terms)", HOW)
     top: int = _o(10, "rows in the results table", HOW)
@@ -118,7 +125,7 @@ class SweepOptions:
     # Fixed by the first run of a sweep; --resume takes them from sweep.json.
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
                       "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke",
-                      "log_with", "perturbation_epochs")  # the trackers' callbacks are restored with the sweep's state
+                      "log_with", "perturbation_epochs", "seeds")  # the trackers' callbacks are restored with the sweep's state
 
     @classmethod
     def from_flags(cls, given: dict[str, Any]) -> "SweepOptions":
@@ -164,6 +171,8 @@ class SweepOptions:
              f"is below Ray's smallest GPU share, 1/{GPU_GRAIN} (got {shown}): use e.g. 0.25 for 4 trials per GPU")
         need(self.workers_per_trial >= 0, "workers_per_trial", f"must be >= 0 (got {self.workers_per_trial})")
         need(self.max_concurrent >= 0, "max_concurrent", f"must be >= 0 (got {self.max_concurrent}); 0 = no limit")
+        need(self.seeds is None or 1 <= self.seeds <= MAX_SEEDS, "seeds",
+             f"must be a whole number in 1..{MAX_SEEDS} (got {self.seeds})")
         need(self.max_failures >= 0, "max_failures", f"must be >= 0 (got {self.max_failures})")
         need(self.top >= 1, "top", f"must be at least 1 (got {self.top})")
         need(self.grace_epochs >= 1, "grace_epochs", f"must be at least 1 (got {self.grace_epochs})")
@@ -189,13 +198,18 @@ class SweepOptions:
                                                        "it: drop --search optuna")
             need(not self.max_concurrent, "max_concurrent", "cannot limit a pbt population: all of its trials take "
                                                             "turns (give fewer --num-samples instead)")
+        need(workers == 1 or (self.seeds or 1) == 1, "seeds", f"trains its seeds in one process: drop "
+                                                            f"--workers-per-trial {workers} (or --seeds)")
+        if self.scheduler == "pbt":
             need(workers == 1, "scheduler", f"pbt trials train in one process each (a copied trial continues the "
                                             f"weights itself): drop --workers-per-trial {workers} or use asha")
 
     def _check_metrics(self) -> None:
-        unknown = next((m for m in self.metric if m not in METRICS), None)
+        unknown = next((m for m in self.metric if m not in ALL_METRICS), None)
         if unknown is not None or not self.metric:
-            raise SweepError(f"--metric must be one of {', '.join(METRICS)} (got {unknown!r})")
+            raise SweepError(f"--metric must be one of {', '.join(METRICS)}, or with --seeds 2 or more "
+                             f"{', '.join(WORST_METRICS)} (got {unknown!r})")
+        self._worst_needs_seeds(self.metric, "--metric")
         if len(set(self.metric)) != len(self.metric):
             raise SweepError(f"--metric {next(m for m in self.metric if self.metric.count(m) > 1)} is given twice: "
                              "give each metric once")
@@ -204,11 +218,17 @@ class SweepOptions:
                 raise SweepError(f"--mode must be max or min, once per --metric ({len(self.metric)} of them; got "
                                  f"{' '.join(self.mode)}); or leave --mode out")
             for metric, mode in zip(self.metric, self.mode):
-                if mode != METRICS[metric]:
+                if mode != ALL_METRICS[metric]:
                     raise SweepError(f"--mode {mode} with --metric {metric} would pick the worst trial: "
-                                     f"use --mode {METRICS[metric]} (or leave --mode out)")
+                                     f"use --mode {ALL_METRICS[metric]} (or leave --mode out)")
         if self.pick is not None:
-            self.pick_rule()
+            self._worst_needs_seeds((self.pick_rule()[0],), "--pick")
+
+    def _worst_needs_seeds(self, metrics: tuple[str, ...], option: str) -> None:
+        worst = next((m for m in metrics if m in WORST_METRICS), None)
+        if worst is not None and (self.seeds or 1) < 2:
+            raise SweepError(f"{option} {worst} is the worst of a trial's seeds, and a trial has one: add --seeds 3 "
+                             "(or seeds: in the space), or name the mean, " + worst.rsplit("_", 1)[0])
 
     @property
     def primary(self) -> str:
@@ -216,7 +236,7 @@ class SweepOptions:
         return self.metric[0]
 
     def modes(self) -> tuple[str, ...]:
-        return self.mode or tuple(METRICS[m] for m in self.metric)
+        return self.mode or tuple(ALL_METRICS[m] for m in self.metric)
 
     def resolved_mode(self) -> str:
         return self.modes()[0]
@@ -230,10 +250,12 @@ class SweepOptions:
             threshold = float(text)
         except ValueError:
             threshold = math.nan
-        if op is None or metric not in METRICS or not math.isfinite(threshold):
+        if op is None or metric not in ALL_METRICS or not math.isfinite(threshold):
             raise SweepError(f"--pick {self.pick!r} is not a rule: write METRIC>=VALUE or METRIC<=VALUE with a metric "
-                             f"of {', '.join(METRICS)}, e.g. --pick \"val_both_acc>=0.993\"")
-        by = next((m for m in self.metric if m != metric), None)
+                             f"of {', '.join(METRICS)} (with --seeds: also {', '.join(WORST_METRICS)}), e.g. --pick "
+                             "\"val_both_acc>=0.993\"")
+        mean = metric.rsplit("_", 1)[0] if metric in WORST_METRICS else metric  # the worst seed's: not by its mean
+        by = next((m for m in self.metric if m not in (metric, mean)), None)
         if by is None:
             raise SweepError(f"--pick on {metric} needs another --metric to pick the best by: add e.g. "
                              f"--metric train_seconds")

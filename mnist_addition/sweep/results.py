@@ -23,6 +23,11 @@ from .storage import Store
 FINISHED, STOPPED, ERROR, UNFINISHED = "finished", "stopped early", "error", "unfinished"
 METRIC_COLUMNS = ("val_digit_acc", "val_sum_acc", "val_both_acc", "val_loss", "images_per_s", "train_seconds",
                   "processes", "threads", "resumed_from_epoch", "node_id", "gpu_ids")
+# A K-seed sweep's (--seeds above 1): the metrics above are means over the seeds; these say their
+# spread and the worst seed (training/seeds.py's over_seeds). A one-seed sweep has none of them.
+SEED_COLUMNS = ("seeds", "val_both_acc_std", "val_both_acc_min", "val_digit_acc_std", "val_digit_acc_min",
+                "val_sum_acc_std", "val_sum_acc_min", "val_loss_std", "val_loss_max", "train_seconds_std",
+                "train_seconds_max")
 
 
 def trial_status(ray_status: str, errored: bool, epochs_run: int, budget: int) -> str:
@@ -126,7 +131,8 @@ def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int, status
         budget = int(m.get("budget_epochs") or config.get("epochs") or base_epochs)
         status = trial_status(statuses.get(trial_id, "TERMINATED"), bool(result.error), epochs_run, budget)
         rows.append({"trial_id": trial_id, **{k: config.get(k) for k in keys}, "status": status,
-                     "epochs_run": epochs_run, "budget_epochs": budget, **{k: m.get(k) for k in METRIC_COLUMNS},
+                     "epochs_run": epochs_run, "budget_epochs": budget,
+                     **{k: m.get(k) for k in (*METRIC_COLUMNS, *(SEED_COLUMNS if "seeds" in m else ()))},
                      "trial_seconds": m.get("time_total_s"), "moved_from": " ".join(earlier_nodes(history)),
                      "continued_from": m.get("continued_from") or "",
                      "copied_from": " ".join(copies(history)), "curve": curve})
@@ -232,8 +238,9 @@ def _write_so_far(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
 
 def _columns(keys: list[str], options: SweepOptions) -> list[str]:
     """trials.csv's columns: the trial, its sampled values, how it ended, its last metrics."""
-    columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6], "trial_seconds",
-               *METRIC_COLUMNS[6:], "moved_from", "continued_from"]
+    columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6],
+               *(SEED_COLUMNS if (options.seeds or 1) > 1 else ()), "trial_seconds", *METRIC_COLUMNS[6:],
+               "moved_from", "continued_from"]
     if options.scheduler == "pbt":  # whose weights each trial copied, at which epoch's end
         columns.append("copied_from")
     return columns
@@ -274,10 +281,11 @@ def _write_best(best: dict[str, Any], keys: list[str], base: dict[str, Any], sto
     else:
         best_config = TrainConfig.from_dict({**base, **{k: best[k] for k in keys}}, source="the best trial")
     best_config = best_config.replace(data_dir=None, output_dir=None)  # say where on the command line
-    store.write(BEST_FILE, (best_config.to_json() + "\n").encode())
+    seeds = {"seeds": best["seeds"]} if best.get("seeds") else {}  # what it was scored over (train --seeds K)
+    store.write(BEST_FILE, (json.dumps({**best_config.to_dict(), **seeds}, indent=2) + "\n").encode())
     return {"best_trial": best["trial_id"], "best_config": best_config.to_dict(),
             "best": {k: best[k] for k in ("val_digit_acc", "val_sum_acc", "val_both_acc", "train_seconds",
-                                          "epochs_run", "budget_epochs", "status")}}
+                                          "epochs_run", "budget_epochs", "status", *SEED_COLUMNS) if k in best}}
 
 
 def _write_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], keys: list[str], options: SweepOptions,
@@ -285,7 +293,8 @@ def _write_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], key
     """pareto.csv (the non-dominated trials) and pareto.png (every trial on the first two metrics, the front drawn)."""
     from ..rundir.plots import plot_pareto
 
-    columns = ["trial_id", *keys, *options.metric, "status", "epochs_run", "budget_epochs"]
+    spread = [f"{m}_std" for m in options.metric if (options.seeds or 1) > 1 and f"{m}_std" in SEED_COLUMNS]
+    columns = ["trial_id", *keys, *options.metric, *spread, "status", "epochs_run", "budget_epochs"]
     store.write(PARETO_CSV, _csv(front, list(dict.fromkeys(columns))))
     store.write(PARETO_PLOT, plot_pareto(trials, front, options.metric[:2], options.name or ""))
 
@@ -293,11 +302,17 @@ def _write_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], key
 def _print_table(console: Any, ranked: list[dict[str, Any]], keys: list[str], options: SweepOptions) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Top trials by {options.primary} (validation; the test set is not used)")
-    for col in ("#", "trial", *keys, "epochs run/own", "val digit", "val sum", "val both", "status"):
+    seeds = (options.seeds or 1) > 1  # the mean over each trial's seeds, its spread and the worst seed
+    table = Table(title=f"Top trials by {options.primary} (validation{f', mean of {options.seeds} seeds' if seeds else ''}"
+                        "; the test set is not used)")
+    worst = ("both ± std", "worst both") if seeds else ()
+    for col in ("#", "trial", *keys, "epochs run/own", "val digit", "val sum", "val both", *worst, "status"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right")
     for i, t in enumerate(ranked[:options.top], 1):
+        spread = (f"± {100 * t['val_both_acc_std']:.2f}", f"{100 * t['val_both_acc_min']:.2f}%") \
+            if seeds and t.get("val_both_acc_std") is not None else ("-", "-") if seeds else ()
         table.add_row(str(i), t["trial_id"], *(f"{t[k]:.3g}" if isinstance(t[k], float) else str(t[k]) for k in keys),
                       f"{t['epochs_run']}/{t['budget_epochs']}",
-                      *(f"{100 * t[k]:.2f}%" for k in ("val_digit_acc", "val_sum_acc", "val_both_acc")), t["status"])
+                      *(f"{100 * t[k]:.2f}%" for k in ("val_digit_acc", "val_sum_acc", "val_both_acc")), *spread,
+                      t["status"])
     console.print(table)

@@ -28,7 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..core.config import ConfigError, TrainConfig, did_you_mean, field_kinds, field_names, read_small_file, sweep_owned
+from ..core.config import (
+    MAX_SEEDS,
+    ConfigError,
+    TrainConfig,
+    did_you_mean,
+    field_kinds,
+    field_names,
+    read_small_file,
+    sweep_owned,
+)
 from ..core.errors import shown
 
 KINDS = ("uniform", "loguniform", "randint", "choice")
@@ -40,7 +49,7 @@ MAX_COMBINATIONS = 4096
 MAX_CHOICES = 100
 MAX_CHECKS = 20_000
 MAX_SPACE_BYTES = 64 * 1024
-SECTIONS = ("fixed", "search")
+SECTIONS = ("fixed", "search", "seeds")  # seeds: K, the seeds each trial trains (tune --seeds)
 
 
 class SpaceError(ConfigError):
@@ -59,10 +68,12 @@ class Space:
     path: str
     fixed: dict[str, Any]
     search: dict[str, Param]
+    seeds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML document again (``parse_space`` reads it back): what a sweep saves for --resume."""
-        return {"fixed": self.fixed, "search": {k: {p.kind: list(p.values)} for k, p in self.search.items()}}
+        return {"fixed": self.fixed, "search": {k: {p.kind: list(p.values)} for k, p in self.search.items()},
+                **({"seeds": self.seeds} if self.seeds is not None else {})}
 
     def base(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The fixed values, then ``overrides`` (e.g. ``--smoke``); keys being searched keep their space."""
@@ -115,7 +126,10 @@ def parse_space(data: Any, path: str) -> Space:
         raise SpaceError(f"{where} must be a mapping with 'search:' (and optionally 'fixed:') sections")
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
-        raise SpaceError(f"{where}: unknown section {unknown[0]!r}: use only {' and '.join(SECTIONS)}")
+        raise SpaceError(f"{where}: unknown section {unknown[0]!r}: use only {', '.join(SECTIONS)}")
+    seeds = data.get("seeds")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS):
+        raise SpaceError(f"{where}: 'seeds:' must be a whole number in 1..{MAX_SEEDS} (got {shown(seeds)})")
     fixed = data.get("fixed") or {}
     search_raw = data.get("search") or {}
     for name, section in (("fixed", fixed), ("search", search_raw)):
@@ -142,7 +156,7 @@ def parse_space(data: Any, path: str) -> Space:
         search[key] = param = _parse_param(key, spec, where)
         for value in param.values:  # each key alone first: the error names one value
             _check_config({**fixed, key: value}, where, f"{key}={value!r}")
-    space = Space(path=path, fixed=fixed, search=search)
+    space = Space(path=path, fixed=fixed, search=search, seeds=seeds)
     if space.checks() > MAX_CHECKS:
         raise SpaceError(f"{where} has too many combinations of choices to check ({space.checks():,} configs, at most "
                          f"{MAX_CHECKS:,}): search fewer choices per key, or a range instead of a long choice list")

@@ -106,12 +106,12 @@ class Store:
         return b"".join(self.chunks(name, limit))
 
     def upload(self, local: Path, name: str, skip: tuple[str, ...] = ()) -> int:
-        """Copy the files of the local folder ``local`` to ``name``, leaving out top-level entries in
-        ``skip``; returns how many files were copied."""
+        """Copy the files of the local folder ``local`` to ``name``, leaving out folders named in
+        ``skip`` (at any depth: each seed's of a K-seed run); returns how many files were copied."""
         copied = 0
         for path in sorted(local.rglob("*")):
             relative = path.relative_to(local)
-            if path.is_file() and relative.parts[0] not in skip and not path.name.endswith(".tmp"):
+            if path.is_file() and not set(relative.parts[:-1]) & set(skip) and not path.name.endswith(".tmp"):
                 self.write(f"{name}/{relative.as_posix()}", path.read_bytes())
                 copied += 1
         return copied

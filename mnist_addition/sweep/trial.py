@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.config import TrainConfig
-from ..rundir.checkpoint import latest_valid, read_state, restore_into
-from ..rundir.names import CHECKPOINTS, CONTINUED_FROM, TRIAL_RUN
+from ..rundir.checkpoint import CheckpointError, latest_valid, read_state
+from ..rundir.names import CHECKPOINTS, CONTINUED_FROM, SEEDS_STAGED, TRIAL_RUN
+from ..rundir.seeds import combine, epoch_of, histories, parts, problem, restore_each
 from .fencing import Lease
 from .options import trial_threads
 from .storage import Store
@@ -49,6 +50,7 @@ class TrialSettings:
     experiment_uri: str  # STORAGE/NAME: run folders, and a multi-worker trial's Ray Train run, go below it
     continues: bool = False  # PBT: a restored checkpoint is continued (maybe another trial's, with new values)
     earlier: tuple = ()  # rebuild.Earlier: the trials of a sweep resumed without Ray's state, to continue
+    seeds: int = 1  # the seeds the trial trains its config with (training/seeds.py)
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -59,7 +61,9 @@ def trial_dirname(trial_id: str) -> str:
 def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: Path, upload_as: str,
                      report: Callable[..., None], checkpoint_class: type, restored: Any) -> None:
     """Prepare the run folder (restoring a reported checkpoint), train (``training.run.train``, the
-    one way into a run), upload the run.
+    one way into a run; with ``settings.seeds`` above 1 ``training.seeds.train_seeds``, each seed in
+    ``run/seed-<s>``), report each epoch (the mean over the seeds, their spread and worst beside it),
+    upload the run.
 
     ``report``/``checkpoint_class`` are Tune's for a single-process trial and Ray Train's on the
     workers of a multi-worker trial. Where it starts: ``_starting_point``.
@@ -67,28 +71,19 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     torch = _worker_set_up(settings)
     from ..core.data import load_mnist, make_splits
     from ..training.group import process_state
-    from ..training.run import train
+    from ..training.seeds import over_seeds, train_seeds
 
     config = TrainConfig.from_dict({**settings.base, **params, "data_dir": settings.data_dir,
                                     "output_dir": str(run_dir)}, source="the sweep")
     process = process_state(config.cpu)  # under Ray Train: joins the process group Ray Train set up
     trial_dir = upload_as.split("/")[0]
     restored, earlier, replay_after = _starting_point(settings, trial_dir, params, checkpoint_class, restored)
-    start = None
-    if settings.continues and restored is not None:
-        config, start = _prepare_continuation(run_dir, restored, trial_dir, config, own=earlier is not None)
-        resumed_from = read_state(start.checkpoint)["epoch"]
-    else:
-        resumed_from = _prepare_run_dir(run_dir, restored, process)
+    configs, starts, resumed_from = _starts(settings, run_dir, restored, trial_dir, config, earlier, process)
     data = make_splits(load_mnist(settings.data_dir, download=settings.download), config.val_size)
     store = Store(settings.experiment_uri) if process.is_main_process else None
     lease = _lease(store, trial_dir)
     facts = _attempt_facts(process.num_processes, resumed_from, config.epochs, torch.get_num_threads(), earlier)
-    written: list[Path] = []
-
-    def current() -> Path:
-        """The checkpoint fit wrote last (or, none yet, the one it starts from)."""
-        return written[-1] if written else start.checkpoint if start else latest_valid(run_dir)[0]
+    newest = _Newest(run_dir, configs, starts)
 
     def send(row: dict[str, Any], upload: bool = True) -> None:
         checkpoint = None
@@ -96,23 +91,58 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
             lease.check(f"epoch {row['epoch']}'s run folder and checkpoint")  # a cut-off copy writes nothing
             if upload:
                 store.upload(run_dir, upload_as, skip=(CHECKPOINTS,))
-            checkpoint = checkpoint_class.from_directory(str(current()))  # Ray copies it to storage
+            checkpoint = checkpoint_class.from_directory(str(newest()))  # Ray copies it to storage
         report({**row, **facts}, checkpoint=checkpoint)
 
-    def on_epoch(row: dict[str, Any]) -> None:
-        if row["epoch"] < config.epochs:
-            send(row)
+    def on_epoch(rows: list[dict[str, Any]]) -> None:
+        if rows[0]["epoch"] < config.epochs:
+            send(over_seeds(rows))
 
     if replay_after is not None:  # epochs Ray's state does not hold, as the scheduler and the searcher saw them
-        history = [{**row, "replayed": True} for row in read_state(current())["history"] if row["epoch"] > replay_after]
+        history = [{**over_seeds(list(rows)), "replayed": True} for rows in zip(*histories(newest()))
+                   if rows[0]["epoch"] > replay_after]
         _replay(history, config.epochs, lambda row: report({**row, **facts}), send)
-    final = train(config, report=on_epoch, start=start or ("resume" if restored is not None else "new"), data=data,
-                  test="never", progress=False, warn=lambda line: print(line, flush=True),
-                  on_checkpoint=written.append).final
+    outcomes = train_seeds(configs, on_epoch, starts=starts, data=data, test="never", progress=False,
+                           warn=lambda line: print(line, flush=True), on_checkpoint=newest.written)
     # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
     # the scheduler ends a trial at its last report, before any code after it runs.
-    last = final["history"][-1]
+    last = over_seeds([outcome.final["history"][-1] for outcome in outcomes])
     send({**last, "replayed": True} if last["epoch"] <= resumed_from else last)  # (trained before a stop)
+
+
+class _Newest:
+    """The trial's newest checkpoint: the one its run wrote last (or, none yet, the one it starts
+    from); of K seeds, theirs as one folder (``rundir.seeds.combine``) beside the run folder."""
+
+    def __init__(self, run_dir: Path, configs: list[TrainConfig], starts: list[Any]) -> None:
+        self.run_dir, self.configs, self.starts = run_dir, configs, starts
+        self.paths: list[Path | None] = [None] * len(configs)
+
+    def written(self, index: int, path: Path) -> None:
+        self.paths[index] = path
+
+    def _of(self, index: int) -> Path:
+        start = self.starts[index]
+        return self.paths[index] or (start.checkpoint if not isinstance(start, str) else
+                                     latest_valid(Path(self.configs[index].output_dir))[0])
+
+    def __call__(self) -> Path:
+        if len(self.configs) == 1:
+            return self._of(0)
+        return combine({c.seed: self._of(i) for i, c in enumerate(self.configs)}, self.run_dir.parent / SEEDS_STAGED)
+
+
+def _starts(settings: TrialSettings, run_dir: Path, restored: Any, trial_dir: str, config: TrainConfig,
+            earlier: str | None, process: Any) -> tuple[list[TrainConfig], list[Any], int]:
+    """Each seed's config and ``start``, and the epoch the trial resumes after (0: a fresh start)."""
+    from ..training.seeds import seed_configs
+
+    configs = seed_configs(config, settings.seeds, str(run_dir)) if settings.seeds > 1 else [config]
+    if settings.continues and restored is not None:
+        configs, starts = _prepare_continuation(run_dir, restored, trial_dir, configs, own=earlier is not None)
+        return configs, starts, epoch_of(starts[0].checkpoint)
+    resumed_from = _prepare_run_dir(run_dir, restored, process)
+    return configs, ["resume" if restored is not None else "new"] * len(configs), resumed_from
 
 
 def _attempt_facts(processes: int, resumed_from: int, epochs: int, threads: int, earlier: str | None) -> dict[str, Any]:
@@ -162,7 +192,7 @@ def _starting_point(settings: TrialSettings, trial_dir: str, params: dict[str, A
     if settings.continues:
         return restored, None, None  # PBT's may be another trial's checkpoint: Ray's choice stands
     with restored.as_directory() as folder:
-        epoch = read_state(folder)["epoch"]
+        epoch = epoch_of(folder)
     newer = _newest_valid(settings, trial_dir, checkpoint_class, after=Path(restored.path).name)
     if newer is None or newer[1] <= epoch:
         return restored, None, None
@@ -187,14 +217,12 @@ def _first_valid(settings: TrialSettings, relpaths: list[str], checkpoint_class:
     """The first of these checkpoint folders of the sweep (newest first) whose files match their
     manifest and whose state reads, as Ray's Checkpoint, and its epoch; one damaged, half-written as
     the driver died, or gone is passed over."""
-    from ..rundir.checkpoint import CheckpointError, verify
-
     for relpath in relpaths:
         candidate = checkpoint_class(path=f"{settings.experiment_uri}/{relpath}")
         try:
             with candidate.as_directory() as folder:
-                if verify(Path(folder)) is None:
-                    return candidate, read_state(folder)["epoch"]
+                if problem(Path(folder)) is None:  # each seed's, of a K-seed trial
+                    return candidate, epoch_of(folder)
         except (OSError, CheckpointError):
             pass
         print(f"checkpoint {relpath} is not usable: trying the one before it", flush=True)
@@ -245,18 +273,18 @@ def _prepare_run_dir(run_dir: Path, restored: Any, process: Any) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)  # a previous attempt's leftovers: the reported checkpoint rules
             run_dir.mkdir(parents=True)
             if src:
-                restore_into(run_dir, src)
+                restore_each(run_dir, src)  # each seed's into its run/seed-<s>, of a K-seed trial
         process.wait_for_everyone()
-        return read_state(src)["epoch"] if src else 0
+        return epoch_of(src) if src else 0
 
 
-def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: TrainConfig,
-                          own: bool = False) -> tuple[TrainConfig, Any]:
-    """PBT: a fresh run folder, the checkpoint Ray handed back copied beside it, and the config that
-    continues it (``hparams.continued``: the copied run's past, this trial's values from the next
-    epoch on). The checkpoint is another trial's after an exploit (recorded as ``weights_from``),
-    or this trial's own after a pause or a retry, or (``own``) its earlier self's in a rebuilt
-    sweep (nothing to record)."""
+def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, configs: list[TrainConfig],
+                          own: bool = False) -> tuple[list[TrainConfig], list[Any]]:
+    """PBT: a fresh run folder, the checkpoint Ray handed back copied beside it, and for each seed
+    the config that continues its part (``hparams.continued``: the copied run's past, this trial's
+    values from the next epoch on) and its ``Continuation``. The checkpoint is another trial's after
+    an exploit (recorded as ``weights_from``), or this trial's own after a pause or a retry, or
+    (``own``) its earlier self's in a rebuilt sweep (nothing to record)."""
     from ..core.hparams import continued
     from ..training.start import Continuation
 
@@ -266,10 +294,17 @@ def _prepare_continuation(run_dir: Path, restored: Any, trial_dir: str, config: 
     run_dir.mkdir(parents=True)
     with restored.as_directory() as src:
         shutil.copytree(src, copy, symlinks=True)
-    saved = read_state(copy)
     source = Path(restored.path).parent.name
-    return continued(config, saved["schedule"], saved["epoch"]), Continuation(copy, None if own or source == trial_dir
-                                                                                 else source)
+    copied = parts(copy)
+    continued_configs, starts = [], []
+    for config in configs:
+        part = copied.get(config.seed if len(configs) > 1 else None)
+        if part is None:
+            raise CheckpointError(f"{restored.path} holds no checkpoint of seed {config.seed}")
+        saved = read_state(part)
+        continued_configs.append(continued(config, saved["schedule"], saved["epoch"]))
+        starts.append(Continuation(part, None if own or source == trial_dir else source))
+    return continued_configs, starts
 
 
 def staging_dir(trial_dir: str) -> Path:
