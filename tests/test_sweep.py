@@ -357,6 +357,97 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path, mnist_dir, clu
     assert [json.loads(line)["epoch"] for line in history.splitlines()] == [1, 2]  # epoch 1 was not trained again
 
 
+def hang_after_epoch_1(marker: str):
+    """A trial function whose training hangs (a step that never returns) after epoch 1's report:
+    trial ..._00000 on every attempt, the others on their first attempt only."""
+    def run_trial(params, settings):
+        import ray.tune
+
+        from mnist_addition.training import step
+
+        real, trial_id = ray.tune.report, ray.tune.get_context().get_trial_id()
+        hang = lambda *args: time.sleep(3600)  # noqa: E731
+
+        def hang_after_epoch_1(metrics, checkpoint=None):
+            real(metrics, checkpoint=checkpoint)
+            if metrics["epoch"] == 1:
+                os.close(os.open(f"{marker}-{trial_id}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                step.train_step = hang
+
+        ray.tune.report = hang_after_epoch_1
+        if os.path.exists(f"{marker}-{trial_id}") and trial_id.endswith("_00000"):
+            step.train_step = hang  # its retry, from epoch 1's checkpoint, hangs at its first step
+        return trial_module.run_trial(params, settings)
+
+    return run_trial
+
+
+def test_a_hung_trial_is_stopped_marked_hung_and_retried_from_its_checkpoint(tmp_path, mnist_dir, cluster,
+                                                                              monkeypatch, capsys):
+    """--trial-timeout 5: a trial that stops making steps is stopped 5 s later, with where it was
+    in hung.json; retried from its epoch-1 checkpoint it finishes (hangs 1), or, hanging again on
+    its last retry, it ends "hung", not "error"."""
+    monkeypatch.setattr(trial_module, "run_trial", hang_after_epoch_1(str(tmp_path / "hung")))
+    assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "hangs", "--num-samples", "2",
+                          "--scheduler", "fifo", "--address", cluster.address, "--max-failures", "1",
+                          "--trial-timeout", "5")) == 0
+    err = capsys.readouterr().err
+    sweep = tmp_path / "hangs"
+    trials = {t["trial_id"][-5:]: t for t in read_trials(sweep)}
+    hung, recovered = trials["00000"], trials["00001"]
+    assert (hung["status"], hung["hangs"], hung["epochs_run"]) == ("hung", "2", "1")
+    assert (recovered["status"], recovered["hangs"], recovered["resumed_from_epoch"]) == ("finished", "1", "1")
+    marker = json.loads((sweep / f"trial-{hung['trial_id']}" / "hung.json").read_text())
+    assert marker["hangs"] == 2 and marker["idle_seconds"] >= 5 and "train_epoch" in marker["stack"]
+    assert marker["stack"].rstrip().endswith("time.sleep(3600)  # noqa: E731")  # where it was: the hung step
+    assert f"{recovered['trial_id']} failed hung: no training step" in err
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert (summary["hung"], summary["errors"], summary["finished"]) == (1, 1, 1)
+    assert json.loads((sweep / "best_config.json").read_text())["lr"] == pytest.approx(float(recovered["lr"]))
+
+
+def sleep_after_epoch_1_but_00000(seconds: float):
+    """A trial function whose trials, all but ..._00000, sleep after reporting epoch 1."""
+    def run_trial(params, settings):
+        import ray.tune
+
+        real, trial_id = ray.tune.report, ray.tune.get_context().get_trial_id()
+
+        def slow(metrics, checkpoint=None):
+            real(metrics, checkpoint=checkpoint)
+            if metrics["epoch"] == 1 and not trial_id.endswith("_00000"):
+                time.sleep(seconds)
+
+        ray.tune.report = slow
+        return trial_module.run_trial(params, settings)
+
+    return run_trial
+
+
+def test_a_spent_time_budget_writes_what_finished_and_the_sweep_resumes(tmp_path, mnist_dir, cluster, monkeypatch,
+                                                                         capsys):
+    """--time-budget: the trials still running are stopped resumably, trials.csv and best_config.json
+    are written from the one that finished, exit 0; --resume finishes the rest from its checkpoint."""
+    real = trial_module.run_trial
+    monkeypatch.setattr(trial_module, "run_trial", sleep_after_epoch_1_but_00000(600))
+    args = tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "budget", "--num-samples", "2", "--scheduler", "fifo",
+                     "--address", cluster.address)
+    assert main([*args, "--time-budget", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "the time budget of 30 s is spent: 1 of 2 trials unfinished" in err
+    assert err.rstrip().endswith(f"continue with  mnist-addition tune --resume --name budget --storage-path {tmp_path}")
+    sweep = tmp_path / "budget"
+    trials = {t["trial_id"][-5:]: t for t in read_trials(sweep)}
+    assert (trials["00000"]["status"], trials["00001"]["status"]) == ("finished", "unfinished")
+    assert json.loads((sweep / "best_config.json").read_text())["lr"] == pytest.approx(float(trials["00000"]["lr"]))
+    monkeypatch.setattr(trial_module, "run_trial", real)
+    assert main(["tune", "--resume", "--name", "budget", "--storage-path", str(tmp_path), "--address",
+                 cluster.address]) == 0
+    resumed = {t["trial_id"][-5:]: t for t in read_trials(sweep)}
+    assert resumed["00001"]["status"] == "finished" and resumed["00001"]["resumed_from_epoch"] == "1"
+    assert resumed["00000"]["val_both_acc"] == trials["00000"]["val_both_acc"]  # kept, not trained again
+
+
 def test_a_k_seed_sweep_ranks_the_mean_picks_on_the_worst_seed_and_resumes_all_seeds_bit_identically(
         tmp_path, mnist_dir, cluster, monkeypatch, capsys):
     """--seeds 2: every report is the mean over the trial's two seeds with their spread and worst

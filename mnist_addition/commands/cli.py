@@ -134,7 +134,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     # a log file gets the whole results table, not 80 columns of it
     console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
     summary = run_sweep(options, console)
-    return EXIT_INTERRUPTED if summary.get("unfinished") else 0
+    return EXIT_INTERRUPTED if summary.get("unfinished") and not summary.get("time_budget_spent") else 0
 
 
 def _wide_console() -> Any:

@@ -46,6 +46,7 @@ SEED_PREFIX = "seed-"  # RUN/seed-<s>: one seed of a K-seed run (train --seeds, 
 SEEDS_STAGED = "checkpoint-seeds"  # beside TRIAL_RUN: a K-seed trial's newest checkpoints as one, for Ray
 SEEDS_FILE = "seeds.json"  # RUN/seeds.json: each seed's final metrics and their mean, spread and worst
 TRIAL_LEASE = "attempt.json"  # beside TRIAL_RUN: which attempt of the trial may write (sweep/fencing.py)
+TRIAL_HUNG = "hung.json"  # beside TRIAL_RUN: the trial's attempt that --trial-timeout stopped (sweep/watchdog.py)
 
 FOLDER_STAMP = "%Y%m%d-%H%M%S"  # runs/<stamp>, tune-<stamp>
 TIME_STAMP = "%Y-%m-%dT%H:%M:%S%z"  # when, in the JSON files (ISO 8601 with the UTC offset)

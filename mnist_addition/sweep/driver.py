@@ -25,6 +25,7 @@ from .results import FINISHED, ended_status, score_metric, trial_rows, write_res
 from .spaces import Space
 from .storage import Store
 from .trust import Signer
+from .watchdog import hang_of
 
 
 def require_ray() -> None:
@@ -121,31 +122,42 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
         start = time.perf_counter()
         with _storage_failures(sweep):
             interrupts.in_tune = True
+            interrupts.start_budget(options.time_budget)
             try:
                 grid = tuner.fit()
             finally:
                 interrupts.in_tune = False
-            wall = time.perf_counter() - start
-            trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-            # Stopped by a signal, Tune marks the trials it stops TERMINATED: their state as last saved says otherwise.
-            statuses = saves.statuses if interrupts.stopped and saves.statuses is not None else {
-                t.trial_id: t.status for t in trials}
-            keys = list(space.search)
-            rows = trial_rows(grid, score_metric(options.metric), keys, base_epochs, statuses,
-                              {t.trial_id: t.config for t in trials})
-            summary = write_results(rows, options, keys, base, max_epochs, sweep.store, wall, console,
-                                    interrupted=interrupts.name() or None)
+            rows = _rows(sweep, grid, saves.statuses if interrupts.stopped or interrupts.budget_spent else None,
+                         base_epochs)
+            summary = write_results(rows, options, list(space.search), base, max_epochs, sweep.store,
+                                    time.perf_counter() - start, console, interrupted=interrupts.name() or None)
         if interrupts.stopped:
             raise interrupts.stop(f"{summary['unfinished']} of {options.num_samples} trials unfinished, each "
                                   "continues from its last checkpoint (no best_config.json until the sweep ends)")
         if summary["unfinished"]:
-            console.print(f"[red]interrupted[/]: {summary['unfinished']} of {options.num_samples} trials unfinished; "
-                          f"continue with  {sweep.resume_command()}")
+            spent = f"the time budget of {options.time_budget:g} s is spent" if interrupts.budget_spent else \
+                "[red]interrupted[/]"
+            summary["time_budget_spent"] = interrupts.budget_spent  # ended as asked: exit 0
+            console.print(f"{spent}: {summary['unfinished']} of {options.num_samples} trials unfinished (each continues "
+                          f"from its last checkpoint); continue with  {sweep.resume_command()}")
         return summary
     finally:
         activate(None)
         if started or ray.is_initialized():
             ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
+
+
+def _rows(sweep: Sweep, grid: Any, saved: dict[str, str] | None, base_epochs: int) -> list[dict[str, Any]]:
+    """The trials of Tune's ResultGrid as rows (``results.trial_rows``). ``saved``: their statuses
+    in Tune's state as last saved, for a sweep that was stopped (Tune marks the trials it stops
+    TERMINATED: that state says otherwise)."""
+    options = sweep.options
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    statuses = saved if saved is not None else {t.trial_id: t.status for t in trials}
+    hangs = {t.trial_id: hang_of(sweep.store, trial.trial_dirname(t.trial_id)) for t in trials} \
+        if options.trial_timeout else None
+    return trial_rows(grid, score_metric(options.metric), list(sweep.space.search), base_epochs, statuses,
+                      {t.trial_id: t.config for t in trials}, hangs)
 
 
 def _banner(options: SweepOptions, max_epochs: int, concurrent: int, uri: str) -> str:
@@ -316,7 +328,7 @@ def _trainable(options: SweepOptions, base: dict[str, Any], store: Store, earlie
         base=base, data_dir=options.data_dir, download=options.download, workers=workers,
         cpus_per_worker=options.cpus_per_trial / workers, gpus_per_worker=gpus / workers,
         max_failures=options.max_failures, experiment_uri=store.uri, continues=options.scheduler == "pbt",
-        earlier=earlier, seeds=options.seeds or 1)
+        earlier=earlier, seeds=options.seeds or 1, trial_timeout=options.trial_timeout)
     if workers == 1:
         resources = {"cpu": options.cpus_per_trial, "gpu": gpus}
     else:
@@ -325,17 +337,27 @@ def _trainable(options: SweepOptions, base: dict[str, Any], store: Store, earlie
     return tune.with_resources(tune.with_parameters(trial.run_trial, settings=settings), resources)
 
 
-def _printer(trials: int) -> Any:
+def _printer(trials: int, store_uri: str) -> Any:
     """A Tune callback printing one line per trial event instead of Ray's status tables."""
     from ray.tune import Callback
 
     class Printer(Callback):
         # Tune pickles its callbacks with the experiment state: the console is made on first use.
         def __getstate__(self) -> dict[str, Any]:
-            return {"trials": self.trials}
+            return {"trials": self.trials, "uri": self.uri}
 
         def __init__(self) -> None:
-            self.trials = trials
+            self.trials, self.uri = trials, store_uri
+
+        def _hung(self, trial: Any) -> str:
+            """ hung: ... when --trial-timeout stopped the trial's latest attempt, else "" """
+            if not getattr(self, "uri", None) or not hang_of(Store(self.uri), _trial_dir(trial))[1]:
+                return ""
+            return (" hung: no training step and no report within --trial-timeout; where it was: "
+                    f"{_trial_dir(trial)}/hung.json")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self._print(f"[yellow]{trial.trial_id} failed{self._hung(trial)}[/] (retrying it from its last checkpoint)")
 
         def _print(self, text: str) -> None:
             from rich.console import Console
@@ -355,8 +377,8 @@ def _printer(trials: int) -> Any:
                         f"[dim]({done}/{self.trials} trials done)[/]")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._print(f"[red]{trial.trial_id} failed[/] (retried from its last checkpoint while --max-failures "
-                        f"allows; details: {trial.local_path}/error.txt)")
+            self._print(f"[red]{trial.trial_id} failed{self._hung(trial)}[/] (no --max-failures retries left; "
+                        f"details: {trial.local_path}/error.txt)")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             ended = ended_status(trial.last_result)
@@ -441,4 +463,4 @@ def _run_config(options: SweepOptions, store_uri: str, max_epochs: int) -> Any:
         # PBT: a trial may copy any member's checkpoint at a perturbation, even after that member
         # trained on (a synchronous population takes turns on a small machine): keep them all
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if options.scheduler == "pbt" else 1),
-        callbacks=[_printer(options.num_samples), SignState(), *trackers.callbacks(options.log_with, options.name, store_uri)])
+        callbacks=[_printer(options.num_samples, store_uri), SignState(), *trackers.callbacks(options.log_with, options.name, store_uri)])

@@ -8,6 +8,10 @@ command that continues. Outside the loop (data, Ray's start, the results files) 
 the driver at once with the same line. A second signal during Tune's graceful stop skips it.
 
 A trial stopped this way continues from its last checkpoint, the end of its last epoch.
+
+``--time-budget`` ends a run of the sweep the same way, from a timer started as Tune's loop starts
+(not Ray's ``time_budget_s``: Ray counts it from the sweep's first start, so a resumed sweep whose
+budget was spent would stop at once, and it ends the running trials as if they had finished).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from ..core.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted
@@ -38,7 +43,9 @@ class Interrupts:
         self.resume_command = resume_command
         self.signum: int | None = None
         self.in_tune = False
+        self.budget_spent = False
         self._previous: dict[int, Any] = {}
+        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> "Interrupts":
         # Tune's own SIGINT handler would hide Ctrl-C from us: ours hands every signal to Tune's stop
@@ -54,8 +61,26 @@ class Interrupts:
             signal.signal(signum, self._on_signal)
 
     def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def start_budget(self, seconds: float) -> None:
+        """``--time-budget``: after ``seconds`` (0: never), Tune's graceful stop, as after a signal."""
+        if seconds > 0:
+            self._timer = threading.Timer(seconds, self._budget_spent, args=(seconds,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _budget_spent(self, seconds: float) -> None:
+        if not self.in_tune or self.signum is not None or not hasattr(signal, "SIGUSR1"):
+            return  # Tune's loop has ended, or a signal is stopping it already
+        self.budget_spent = True
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+        print(f"mnist-addition tune: the time budget of {seconds:g} s is spent: stopping the trials and saving the "
+              "sweep's state", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)  # to the main thread: Tune's handler, its graceful stop
 
     @property
     def stopped(self) -> bool:

@@ -85,6 +85,12 @@ class SweepOptions:
                                    "between them", WHERE, shown="one per GPU above 1 GPU, else 1")
     max_concurrent: int = _o(0, "trials at once", WHERE, shown="as many as resources allow")
     max_failures: int = _o(2, "retries of a crashed trial, each from its last checkpoint", WHERE)
+    trial_timeout: float = _o(0.0, "seconds a trial may go without a training step or an epoch's report before it "
+                                   "is stopped, marked hung and retried from its last checkpoint (within "
+                                   "--max-failures)", WHERE, shown="0: never")
+    time_budget: float = _o(0.0, "seconds this run of the sweep may take: then running trials are stopped (resumable), "
+                                 "results and best_config.json are written from the trials that ended, and "
+                                 "tune --resume goes on", WHERE, shown="0: no limit")
     dashboard: bool = _o(False, "start the Ray dashboard on 127.0.0.1 (local Ray only)", WHERE)
     log_with: str = _o("none", "trackers that log each trial as a run of one experiment named --name, comma-separated: "
                                "mlflow, tensorboard, wandb, aim, comet_ml; logged by this machine (the driver), "
@@ -138,6 +144,7 @@ class SweepOptions:
             if changed:
                 raise SweepError(f"{flag(changed[0])} cannot change when resuming (the sweep's sweep.json fixes it): "
                                  "drop the flag, or start a new sweep under another --name")
+            cls(**given).check_limits()
         else:
             given["space"] = str(find_space(given.get("space") or ("smoke" if given.get("smoke") else "default")))
             if given.get("smoke"):
@@ -148,6 +155,13 @@ class SweepOptions:
         if self.workers_per_trial:
             return self.workers_per_trial
         return int(self.gpus_per_trial) if self.gpus_per_trial and self.gpus_per_trial > 1 else 1
+
+    def check_limits(self) -> None:
+        """The time limits (which --resume may change): seconds, finite, 0 for none."""
+        for option in ("trial_timeout", "time_budget"):
+            value = getattr(self, option)
+            if not (math.isfinite(value) and value >= 0):
+                raise SweepError(f"{flag(option)} must be a number of seconds >= 0 (got {value:g}); 0 = no limit")
 
     def check(self) -> None:
         """Reject bad numbers and combinations before anything starts."""
@@ -174,6 +188,7 @@ class SweepOptions:
         need(self.seeds is None or 1 <= self.seeds <= MAX_SEEDS, "seeds",
              f"must be a whole number in 1..{MAX_SEEDS} (got {self.seeds})")
         need(self.max_failures >= 0, "max_failures", f"must be >= 0 (got {self.max_failures})")
+        self.check_limits()
         need(self.top >= 1, "top", f"must be at least 1 (got {self.top})")
         need(self.grace_epochs >= 1, "grace_epochs", f"must be at least 1 (got {self.grace_epochs})")
         need(self.perturbation_epochs >= 1, "perturbation_epochs", f"must be at least 1 (got {self.perturbation_epochs})")

@@ -21,6 +21,7 @@ from .options import NoUsableTrial, SweepOptions
 from .storage import Store
 
 FINISHED, STOPPED, ERROR, UNFINISHED = "finished", "stopped early", "error", "unfinished"
+HUNG = "hung"  # an error: --trial-timeout stopped the trial's last attempt (watchdog.py)
 METRIC_COLUMNS = ("val_digit_acc", "val_sum_acc", "val_both_acc", "val_loss", "images_per_s", "train_seconds",
                   "processes", "threads", "resumed_from_epoch", "node_id", "gpu_ids")
 # A K-seed sweep's (--seeds above 1): the metrics above are means over the seeds; these say their
@@ -30,21 +31,23 @@ SEED_COLUMNS = ("seeds", "val_both_acc_std", "val_both_acc_min", "val_digit_acc_
                 "train_seconds_max")
 
 
-def trial_status(ray_status: str, errored: bool, epochs_run: int, budget: int) -> str:
+def trial_status(ray_status: str, errored: bool, epochs_run: int, budget: int, hung: bool = False) -> str:
     """A trial's status, the one rule (``trials.csv``, the trackers, the printed lines): finished:
     trained all of its own epochs; stopped early: the scheduler ended it sooner; error: it failed
-    (after its retries); unfinished: the sweep was interrupted (--resume goes on)."""
+    (after its retries); hung: it failed, its last attempt stopped by --trial-timeout; unfinished:
+    the sweep was interrupted (--resume goes on)."""
     if errored or ray_status == "ERROR":
-        return ERROR
+        return HUNG if hung else ERROR
     if ray_status != "TERMINATED":
         return UNFINISHED
     return FINISHED if epochs_run >= budget else STOPPED
 
 
-def ended_status(last: dict[str, Any] | None, failed: bool = False) -> dict[str, Any]:
+def ended_status(last: dict[str, Any] | None, failed: bool = False, hung: bool = False) -> dict[str, Any]:
     """How a trial that has just ended ended, from its last report: status, epochs run, budget."""
     epoch, budget = (last or {}).get("epoch", 0), (last or {}).get("budget_epochs", 0)
-    return {"status": trial_status("TERMINATED", failed, epoch, budget), "epochs_run": epoch, "budget_epochs": budget}
+    return {"status": trial_status("TERMINATED", failed, epoch, budget, hung), "epochs_run": epoch,
+            "budget_epochs": budget}
 
 
 def usable(trial: dict[str, Any], metric: str) -> bool:
@@ -115,10 +118,12 @@ def choose(trials: list[dict[str, Any]], options: SweepOptions) -> dict[str, Any
 
 
 def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int, statuses: dict[str, str],
-               configs: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+               configs: dict[str, dict[str, Any]] | None = None,
+               hangs: dict[str, tuple[int, bool]] | None = None) -> list[dict[str, Any]]:
     """One row per trial of a Ray ResultGrid: sampled values, status, epochs, last metrics, curve.
     ``configs``: each trial's sampled values as Tune holds them (a trial stopped before its first
-    report has no results for the grid to read them from)."""
+    report has no results for the grid to read them from); ``hangs``: with --trial-timeout, each
+    trial's hung attempts and whether its last attempt hung (``watchdog.hangs``)."""
     rows = []
     for result in grid:
         m = result.metrics or {}
@@ -129,8 +134,9 @@ def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int, status
         config = result.config or (configs or {}).get(trial_id) or {}
         epochs_run = int(m.get("epoch", 0) or 0)
         budget = int(m.get("budget_epochs") or config.get("epochs") or base_epochs)
-        status = trial_status(statuses.get(trial_id, "TERMINATED"), bool(result.error), epochs_run, budget)
-        rows.append({"trial_id": trial_id, **{k: config.get(k) for k in keys}, "status": status,
+        hung = (hangs or {}).get(trial_id, (0, False))
+        status = trial_status(statuses.get(trial_id, "TERMINATED"), bool(result.error), epochs_run, budget, hung[1])
+        rows.append({"trial_id": trial_id, **{k: config.get(k) for k in keys}, "status": status, "hangs": hung[0],
                      "epochs_run": epochs_run, "budget_epochs": budget,
                      **{k: m.get(k) for k in (*METRIC_COLUMNS, *(SEED_COLUMNS if "seeds" in m else ()))},
                      "trial_seconds": m.get("time_total_s"), "moved_from": " ".join(earlier_nodes(history)),
@@ -200,7 +206,7 @@ def write_results(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
     if ranked:
         _print_table(console, ranked, keys, options)
     console.print(f"{len(trials)} trials ({summary['finished']} finished, {summary['stopped_early']} stopped early, "
-                  f"{summary['errors']} failed), {summary['epochs_run']} epochs in {wall:.0f} s "
+                  f"{summary['errors']} failed{_hung(summary)}), {summary['epochs_run']} epochs in {wall:.0f} s "
                   f"({summary['sum_train_seconds']:.0f} s of it training)")
     if not ranked and not summary["unfinished"]:
         unusable = len(trials) - summary["errors"]
@@ -231,14 +237,15 @@ def _write_so_far(trials: list[dict[str, Any]], options: SweepOptions, keys: lis
         store.write(PLOT_FILE, plot_sweep(trials, keys, score_metric(options.metric), max_epochs))
     store.write(SUMMARY_FILE, json.dumps(summary, indent=2).encode())
     console.print(f"so far: {summary['finished']} finished, {summary['stopped_early']} stopped early, {summary['errors']} "
-                  f"failed, {summary['unfinished']} of {options.num_samples} trials unfinished; wrote {CSV_FILE}, "
+                  f"failed{_hung(summary)}, {summary['unfinished']} of {options.num_samples} trials unfinished; wrote {CSV_FILE}, "
                   f"{SUMMARY_FILE} to {store.uri}")
     return summary
 
 
 def _columns(keys: list[str], options: SweepOptions) -> list[str]:
     """trials.csv's columns: the trial, its sampled values, how it ended, its last metrics."""
-    columns = ["trial_id", *keys, "status", "epochs_run", "budget_epochs", *METRIC_COLUMNS[:6],
+    columns = ["trial_id", *keys, "status", *(["hangs"] if options.trial_timeout else []), "epochs_run",
+               "budget_epochs", *METRIC_COLUMNS[:6],
                *(SEED_COLUMNS if (options.seeds or 1) > 1 else ()), "trial_seconds", *METRIC_COLUMNS[6:],
                "moved_from", "continued_from"]
     if options.scheduler == "pbt":  # whose weights each trial copied, at which epoch's end
@@ -246,8 +253,14 @@ def _columns(keys: list[str], options: SweepOptions) -> list[str]:
     return columns
 
 
+def _hung(summary: dict[str, Any]) -> str:
+    return f" ({summary['hung']} of them hung)" if summary.get("hung") else ""
+
+
 def _summary(trials: list[dict[str, Any]], options: SweepOptions, store: Store, wall: float, ranked: int) -> dict[str, Any]:
-    counts = {status: sum(t["status"] == status for t in trials) for status in (FINISHED, STOPPED, ERROR, UNFINISHED)}
+    counts = {status: sum(t["status"] == status for t in trials) for status in (FINISHED, STOPPED, ERROR, HUNG)}
+    counts[ERROR] += counts[HUNG]  # a hung trial failed
+    hung = {"hung": counts[HUNG]} if options.trial_timeout else {}
     return {
         "name": options.name, "uri": store.uri, "trials": len(trials), "metric": options.primary,
         "mode": options.resolved_mode(), "metrics": list(options.metric), "modes": list(options.modes()),
@@ -255,7 +268,7 @@ def _summary(trials: list[dict[str, Any]], options: SweepOptions, store: Store, 
         "sum_trial_seconds": sum(t["trial_seconds"] or 0 for t in trials),
         "sum_train_seconds": sum(t["train_seconds"] or 0 for t in trials),
         "epochs_run": sum(t["epochs_run"] for t in trials), "finished": counts[FINISHED],
-        "stopped_early": counts[STOPPED], "errors": counts[ERROR],
+        "stopped_early": counts[STOPPED], "errors": counts[ERROR], **hung,
         # interrupted trials, and those not yet sampled when the sweep stopped (not in the grid at all)
         "unfinished": options.num_samples - counts[FINISHED] - counts[STOPPED] - counts[ERROR],
         "best_trial": None, "best": None, "best_config": None}

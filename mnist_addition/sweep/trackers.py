@@ -5,7 +5,7 @@ and they run on the **driver**: trials on any node report their metrics to the d
 them, so only the machine that runs ``mnist-addition tune`` needs to reach the tracking store (a
 sqlite file or a folder on a laptop; a tracking server on a cluster). Each trial's run holds its
 sampled values as parameters and its per-epoch validation metrics at each epoch; at its end it is
-tagged with how it ended (finished, stopped early by the scheduler, error) and its budget.
+tagged with how it ended (finished, stopped early by the scheduler, error, hung) and its budget.
 
 * MLflow: the store is ``MLFLOW_TRACKING_URI`` (MLflow's default: ``./mlflow.db``), resolved when
   the sweep starts, so ``--resume`` logs to the same store; the experiment is ``--name``.
@@ -22,6 +22,9 @@ from typing import Any
 from ..core.config import tracker_names
 from .options import SweepError
 from .results import FINISHED, STOPPED, ended_status
+from .storage import Store
+from .trial import trial_dirname
+from .watchdog import hang_of
 
 # tracker -> (the module it needs, the extra that installs it)
 SWEEP_TRACKERS = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboardX", "tune"),
@@ -84,7 +87,7 @@ def callbacks(log_with: str, sweep_name: str, storage_uri: str) -> list[Any]:
         if name == "mlflow":
             made.append(_mlflow(sweep_name, storage_uri))
         elif name == "tensorboard":
-            made.append(_tensorboard())
+            made.append(_tensorboard(storage_uri))
         elif name == "wandb":
             import os
 
@@ -114,7 +117,7 @@ def _mlflow(sweep_name: str, storage_uri: str) -> Any:
             run_id = self._trial_runs.get(trial)
             if run_id is not None:
                 client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-                for key, value in ended_status(trial.last_result, failed).items():
+                for key, value in ended_status(trial.last_result, failed, _hung(storage_uri, trial, failed)).items():
                     client.set_tag(run_id, key, str(value))
             super().log_trial_end(trial, failed)
 
@@ -122,7 +125,12 @@ def _mlflow(sweep_name: str, storage_uri: str) -> Any:
                        tags={"sweep": sweep_name, "sweep_storage": storage_uri})
 
 
-def _tensorboard() -> Any:
+def _hung(storage_uri: str, trial: Any, failed: bool) -> bool:
+    """Whether the failed trial's last attempt was stopped by --trial-timeout (``watchdog``)."""
+    return failed and hang_of(Store(storage_uri), trial_dirname(trial.trial_id))[1]
+
+
+def _tensorboard(storage_uri: str) -> Any:
     from ray.tune.logger import TBXLoggerCallback
 
     class SweepTensorBoard(keep_going(TBXLoggerCallback)):
@@ -130,10 +138,11 @@ def _tensorboard() -> Any:
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
             if self._trial_result.get(trial):  # the last result, which becomes the trial's HParams metrics
-                ended = ended_status(trial.last_result, failed)["status"]
+                hung = _hung(storage_uri, trial, failed)
+                ended = ended_status(trial.last_result, failed, hung)["status"]
                 self._trial_result[trial] = {**self._trial_result[trial], "finished": float(ended == FINISHED),
                                              "stopped_early": float(ended == STOPPED),
-                                             "error": float(failed)}
+                                             "error": float(failed), **({"hung": 1.0} if hung else {})}
             super().log_trial_end(trial, failed)
 
     return SweepTensorBoard()

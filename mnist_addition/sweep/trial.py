@@ -29,11 +29,12 @@ from typing import Any, Callable
 
 from ..core.config import TrainConfig
 from ..rundir.checkpoint import CheckpointError, latest_valid, read_state
-from ..rundir.names import CHECKPOINTS, CONTINUED_FROM, SEEDS_STAGED, TRIAL_RUN
+from ..rundir.names import CHECKPOINTS, CONTINUED_FROM, SEEDS_STAGED, TRIAL_HUNG, TRIAL_RUN
 from ..rundir.seeds import combine, epoch_of, histories, parts, problem, restore_each
-from .fencing import Lease
+from .fencing import Lease, Superseded
 from .options import trial_threads
 from .storage import Store
+from .watchdog import Watchdog, mark_hung
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrialSettings:
     continues: bool = False  # PBT: a restored checkpoint is continued (maybe another trial's, with new values)
     earlier: tuple = ()  # rebuild.Earlier: the trials of a sweep resumed without Ray's state, to continue
     seeds: int = 1  # the seeds the trial trains its config with (training/seeds.py)
+    trial_timeout: float = 0  # seconds without a step or a report before the trial is stopped as hung (watchdog.py)
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -84,6 +86,7 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
     lease = _lease(store, trial_dir)
     facts = _attempt_facts(process.num_processes, resumed_from, config.epochs, torch.get_num_threads(), earlier)
     newest = _Newest(run_dir, configs, starts)
+    watchdog = Watchdog(settings.trial_timeout, _on_hung(settings.trial_timeout, store, lease, trial_dir))
 
     def send(row: dict[str, Any], upload: bool = True) -> None:
         checkpoint = None
@@ -92,22 +95,40 @@ def train_and_report(params: dict[str, Any], settings: TrialSettings, run_dir: P
             if upload:
                 store.upload(run_dir, upload_as, skip=(CHECKPOINTS,))
             checkpoint = checkpoint_class.from_directory(str(newest()))  # Ray copies it to storage
-        report({**row, **facts}, checkpoint=checkpoint)
+        with watchdog.paused():  # a report waits for the driver to take it
+            report({**row, **facts}, checkpoint=checkpoint)
 
     def on_epoch(rows: list[dict[str, Any]]) -> None:
         if rows[0]["epoch"] < config.epochs:
             send(over_seeds(rows))
 
-    if replay_after is not None:  # epochs Ray's state does not hold, as the scheduler and the searcher saw them
-        history = [{**over_seeds(list(rows)), "replayed": True} for rows in zip(*histories(newest()))
-                   if rows[0]["epoch"] > replay_after]
-        _replay(history, config.epochs, lambda row: report({**row, **facts}), send)
-    outcomes = train_seeds(configs, on_epoch, starts=starts, data=data, test="never", progress=False,
-                           warn=lambda line: print(line, flush=True), on_checkpoint=newest.written)
-    # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
-    # the scheduler ends a trial at its last report, before any code after it runs.
-    last = over_seeds([outcome.final["history"][-1] for outcome in outcomes])
-    send({**last, "replayed": True} if last["epoch"] <= resumed_from else last)  # (trained before a stop)
+    with watchdog:
+        if replay_after is not None:  # epochs Ray's state does not hold, as the scheduler and the searcher saw them
+            history = [{**over_seeds(list(rows)), "replayed": True} for rows in zip(*histories(newest()))
+                       if rows[0]["epoch"] > replay_after]
+            _replay(history, config.epochs, lambda row: report({**row, **facts}), send)
+        outcomes = train_seeds(configs, on_epoch, starts=starts, data=data, test="never", progress=False,
+                               warn=lambda line: print(line, flush=True), on_checkpoint=newest.written,
+                               on_step=watchdog.beat)
+        # The last epoch is reported once the run folder is complete (weights, metrics.json, curves):
+        # the scheduler ends a trial at its last report, before any code after it runs.
+        last = over_seeds([outcome.final["history"][-1] for outcome in outcomes])
+        send({**last, "replayed": True} if last["epoch"] <= resumed_from else last)  # (trained before a stop)
+
+
+def _on_hung(seconds: float, store: Store | None, lease: Lease | None, trial_dir: str) -> Callable[[float, str], None]:
+    """What the watchdog does once this attempt hung: say so, with where it was, and (the main
+    process, while the lease is its own) write ``hung.json``; the watchdog then ends the process."""
+    def on_hung(idle: float, stack: str) -> None:
+        print(f"{trial_dir}: no training step and no report for {idle:.0f} s (--trial-timeout {seconds:g}): "
+              f"stopping it as hung; it was at\n{stack}", flush=True)
+        if store is not None and lease is not None:
+            try:
+                lease.check(TRIAL_HUNG)
+                mark_hung(store, trial_dir, lease.attempt, idle, stack)
+            except (Superseded, OSError) as e:
+                print(f"{trial_dir}: not marked hung: {e}", flush=True)
+    return on_hung
 
 
 class _Newest:

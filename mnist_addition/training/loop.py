@@ -54,7 +54,7 @@ TESTS = ("end", "every_epoch", "never")  # when the test set is scored
 def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist | None = None,
         start: str | Continuation = "new", test: str = "end", progress: bool = True,
         warn: Callable[[str], None] = print, on_checkpoint: Callable[[Path], None] | None = None,
-        download: bool = True) -> dict[str, Any]:
+        download: bool = True, on_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``config``; call ``report(row)`` after every epoch on every process; return final metrics.
 
     The loop that ``run.train`` (the one way into a run) calls once the process group is joined
@@ -64,7 +64,7 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
     that starts where another run's checkpoint ends, with this config's later scheduled values:
     population-based training). ``test``: score the test set at the "end", "every_epoch"
     (benchmarks, never for selection) or "never" (sweep trials). ``on_checkpoint(path)``: after
-    each checkpoint.
+    each checkpoint; ``on_step()``: after each optimizer step (a sweep's watchdog of hung trials).
     """
     if start not in STARTS and not isinstance(start, Continuation):
         raise ConfigError(f"start must be one of {', '.join(STARTS)} or a Continuation, got {start!r}")
@@ -84,7 +84,7 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
             with Progress(enabled=progress and run.main, epochs=config.epochs, steps=run.steps) as bar:
                 while state.epoch <= config.epochs:
                     first = state.step
-                    loss_sum, seconds = train_epoch(run, state, checkpointer, bar, stop)
+                    loss_sum, seconds = train_epoch(run, state, checkpointer, bar, stop, on_step)
                     checkpointer.check_finite(state, loss_sum)
                     state.loss_sum = run.accelerator.reduce(loss_sum, reduction="mean").item()
                     state.train_seconds += seconds
@@ -101,7 +101,7 @@ def fit(config: TrainConfig, report: Report | None = None, *, data: PairedMnist 
 
 
 def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, bar: Progress,
-                stop: StopSignal) -> tuple[torch.Tensor, float]:
+                stop: StopSignal, on_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, float]:
     """The steps of ``state.epoch`` from ``state.step`` on (a resumed epoch starts mid-way): the
     summed loss (on the device) and the seconds they took, the GPU's queued work included."""
     config, first, began = run.config, state.step, time.perf_counter()
@@ -115,6 +115,8 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, bar: Pr
             run.world, first, config.rotate, config.scale, config.elastic):
         loss_sum += step.train_step(run, images, numbers, digits, sums, run.lr_at(state.global_step))
         state.advance(len(digits))
+        if on_step is not None:
+            on_step()
         if run.average is not None:
             run.average.update(state.global_step)
         if bar.enabled and (state.step % config.log_every == 0 or state.step == run.steps):

@@ -67,7 +67,7 @@ def start_of(resume: bool = False, overwrite: bool = False, auto_resume: bool = 
 def train(config: TrainConfig, report: Report | None = None, *, start: str | Continuation = "new",
           data: PairedMnist | None = None, download: bool = True, test: str = "end", progress: bool = True,
           warn: Callable[[str], None] = print, on_checkpoint: Callable[[Path], None] | None = None,
-          on_start: Callable[[Started], None] | None = None) -> Outcome:
+          on_start: Callable[[Started], None] | None = None, on_step: Callable[[], None] | None = None) -> Outcome:
     """Train ``config`` from start to end (see the module's docstring); ``report(row)`` after every
     epoch, ``warn(line)`` for notes, ``on_start(Started)`` once the run folder is chosen, the rest
     as ``fit``'s."""
@@ -87,7 +87,7 @@ def train(config: TrainConfig, report: Report | None = None, *, start: str | Con
     final = None
     if mode != "finished":
         final = fit(config, report, data=data, start=start if isinstance(start, Continuation) else mode, test=test,
-                    progress=progress, warn=warn, on_checkpoint=on_checkpoint, download=download)
+                    progress=progress, warn=warn, on_checkpoint=on_checkpoint, download=download, on_step=on_step)
     if owner:
         leave(process)
     return Outcome(config, mode, process.num_processes, process.is_main_process, final)
