@@ -262,6 +262,57 @@ def test_sweep_runs_on_an_existing_cluster_across_its_nodes(random_sweeps, clust
     assert len(node_ids(cluster)) == 2  # ... and left the cluster running
 
 
+def test_a_sweep_warm_started_from_an_earlier_one_gives_optuna_its_trials(random_sweeps, tmp_path, mnist_dir,
+                                                                            cluster, capsys):
+    """--warm-start OLD: OLD's trials that this sweep could have trained are Optuna's prior
+    observations (the start says how many); sweep.json keeps where they came from, and --resume
+    cannot change it."""
+    old = random_sweeps[0]
+    assert main(tune_args(old.parent / "space.yaml", mnist_dir, tmp_path, "warm", "--num-samples", "1",
+                          "--scheduler", "fifo", "--search", "optuna", "--warm-start", str(old),
+                          "--address", cluster.address)) == 0
+    assert f"warm start: 2 trial(s) of {old} given to Optuna as prior observations\n" in capsys.readouterr().err
+    (trial,) = read_trials(tmp_path / "warm")
+    assert trial["status"] == "finished"
+    assert json.loads((tmp_path / "warm" / "sweep.json").read_text())["options"]["warm_start"] == [str(old)]
+    assert main(["tune", "--resume", "--name", "warm", "--storage-path", str(tmp_path), "--warm-start", str(old)]) == 2
+    assert "--warm-start cannot change when resuming" in capsys.readouterr().err
+
+
+def test_a_finished_sweep_grows_and_optuna_goes_on_from_what_it_learned(tmp_path, mnist_dir, cluster, monkeypatch,
+                                                                        capsys):
+    """--resume --num-samples 3 of a finished 2-trial Optuna sweep: the restored study holds both
+    results when it suggests the third trial, the two earlier trials are kept as they were and
+    ranked with the new one; a sweep cannot shrink."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    seen, real = [], OptunaSearch.suggest
+
+    def suggest(self, trial_id):
+        seen.append(sum(t.state.name == "COMPLETE" for t in self._ot_study.trials))
+        return real(self, trial_id)
+
+    monkeypatch.setattr(OptunaSearch, "suggest", suggest)
+    args = tune_args(tiny_space(tmp_path, epochs=1), mnist_dir, tmp_path, "grows", "--scheduler", "fifo",
+                     "--search", "optuna", "--max-concurrent", "1", "--address", cluster.address)
+    assert main([*args, "--num-samples", "2"]) == 0
+    before = {t["trial_id"]: t for t in read_trials(tmp_path / "grows")}
+    seen.clear()
+    resume = ["tune", "--resume", "--name", "grows", "--storage-path", str(tmp_path), "--address", cluster.address]
+    assert main([*resume, "--num-samples", "3"]) == 0
+    assert "from 2 to 3 trials" in capsys.readouterr().err
+    assert seen == [2]  # the one new suggestion, made knowing both earlier results
+    after = {t["trial_id"]: t for t in read_trials(tmp_path / "grows")}
+    (new,) = set(after) - set(before)
+    for trial_id, trial in before.items():  # kept, not trained again
+        assert (after[trial_id]["val_both_acc"], after[trial_id]["lr"]) == (trial["val_both_acc"], trial["lr"])
+    assert after[new]["status"] == "finished"
+    assert json.loads((tmp_path / "grows" / "sweep.json").read_text())["options"]["num_samples"] == 3
+    assert json.loads((tmp_path / "grows" / "summary.json").read_text())["trials"] == 3
+    assert main([*resume, "--num-samples", "2"]) == 2
+    assert "--num-samples 2 is fewer than the 3 trials" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("search", ["random", "optuna"])
 def test_the_same_seed_samples_the_same_configs(tmp_path, mnist_dir, cluster, search, request):
     sweeps = request.getfixturevalue("random_sweeps") if search == "random" else \

@@ -19,12 +19,14 @@ from ..core.hparams import SCHEDULED
 from ..rundir.names import SWEEP_FILE, TUNER_FILE, UNVERIFIED
 from . import pbt, rebuild, trackers, trial
 from .folder import Sweep, open_sweep
+from .grow import growing
 from .interrupts import Interrupts
 from .options import DRIVER_CPUS, SweepError, SweepOptions, gpu_share
 from .results import FINISHED, ended_status, score_metric, trial_rows, write_results
 from .spaces import Space
 from .storage import Store
 from .trust import Signer
+from .warm import Prior, load_prior
 from .watchdog import hang_of
 
 
@@ -90,6 +92,9 @@ def _trials_base(options: SweepOptions, space: Space) -> tuple[dict[str, Any], i
 def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
     options, space = sweep.options, sweep.space
     base, base_epochs, max_epochs = _trials_base(options, space)
+    prior = load_prior(options.warm_start, space, base, options.metric) if options.warm_start else None
+    if prior is not None:
+        console.print(prior.line(options.warm_start))
 
     import ray
 
@@ -117,14 +122,15 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
             options.gpus_per_trial = gpu_share(total.get("CPU", 0), total.get("GPU", 0), options.cpus_per_trial)
         fits = _check_resources(options)
         concurrent = min(options.max_concurrent or fits, fits)
-        tuner = _tuner(sweep, base, max_epochs, concurrent, console)
+        tuner = _tuner(sweep, base, max_epochs, concurrent, console, prior)
         console.print(_banner(options, max_epochs, concurrent, sweep.store.uri))
         start = time.perf_counter()
         with _storage_failures(sweep):
             interrupts.in_tune = True
             interrupts.start_budget(options.time_budget)
             try:
-                grid = tuner.fit()
+                with growing(options.num_samples) if sweep.grown_from else contextlib.nullcontext():
+                    grid = tuner.fit()
             finally:
                 interrupts.in_tune = False
             rows = _rows(sweep, grid, saves.statuses if interrupts.stopped or interrupts.budget_spent else None,
@@ -192,7 +198,8 @@ def _load_and_check_data(options: SweepOptions, space: Space, base: dict[str, An
     check_against_data(space, base, len(mnist.train_labels), options.workers())
 
 
-def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int, console: Any) -> Any:
+def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int, console: Any,
+           prior: Prior | None = None) -> Any:
     """A new Tuner (saving and signing sweep.json and Ray's tuner.pkl first), the interrupted one
     restored from storage (whose files ``Signer.verified`` checked), or, when that state cannot be
     trusted or is not all there, a new one that continues the earlier trials (``rebuild``)."""
@@ -200,6 +207,9 @@ def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int,
 
     options, space, store, signer = sweep.options, sweep.space, sweep.store, sweep.signer
     earlier: list[rebuild.Earlier] = []
+    if sweep.grown_from:
+        console.print(f"[bold]growing[/] {store.uri} from {sweep.grown_from} to {options.num_samples} trials: the "
+                      f"{options.search} searcher goes on from the trials so far, ranked with the new ones")
     if options.resume:
         if _restorable(store, signer):
             console.print(f"[bold]resuming[/] {store.uri}: finished trials are kept, unfinished ones continue "
@@ -221,7 +231,7 @@ def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int,
         signer.save()  # first: sweep.json is never there without its signature
         store.write(SWEEP_FILE, sweep_json)
     tuner = tune.Tuner(_trainable(options, base, store, tuple(earlier)), param_space=_param_space(space),
-                       tune_config=_tune_config(options, space, max_epochs, concurrent),
+                       tune_config=_tune_config(options, space, max_epochs, concurrent, prior),
                        run_config=_run_config(options, store.uri, max_epochs))
     signer.sign_stored(TUNER_FILE)  # tuner.pkl, which Ray wrote straight into the storage
     signer.save()
@@ -366,6 +376,7 @@ def _printer(trials: int, store_uri: str) -> Any:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            total = max(self.trials, len(trials))  # a grown sweep has more than it was made with
             # epochs reported again from a checkpoint Ray's state did not know (trial.py's _starting_point)
             earlier = result.get("continued_from")
             replayed = (f" (trained by {earlier})" if earlier else " (trained before the stop)") \
@@ -374,7 +385,7 @@ def _printer(trials: int, store_uri: str) -> Any:
                         f"val digit {100 * result['val_digit_acc']:.2f}%  sum {100 * result['val_sum_acc']:.2f}%  "
                         f"both {100 * result['val_both_acc']:.2f}%{_spread(result)}  {result['images_per_s']:,.0f} "
                         f"img/s{replayed}  "
-                        f"[dim]({done}/{self.trials} trials done)[/]")
+                        f"[dim]({done}/{total} trials done)[/]")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._print(f"[red]{trial.trial_id} failed{self._hung(trial)}[/] (no --max-failures retries left; "
@@ -401,7 +412,8 @@ def _short(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _tune_config(options: SweepOptions, space: Space, max_epochs: int, concurrent: int) -> Any:
+def _tune_config(options: SweepOptions, space: Space, max_epochs: int, concurrent: int,
+                 prior: Prior | None = None) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -425,8 +437,13 @@ def _tune_config(options: SweepOptions, space: Space, max_epochs: int, concurren
             from ray.tune.search.optuna import OptunaSearch
 
             # several metrics: Optuna's multi-objective sampling (metric and mode lists)
-            searcher = OptunaSearch(seed=options.seed) if single else \
-                OptunaSearch(seed=options.seed, metric=list(options.metric), mode=list(options.modes()))
+            kwargs = {} if single else {"metric": list(options.metric), "mode": list(options.modes())}
+            if prior is not None:
+                from .warm_search import WarmOptunaSearch
+
+                searcher = WarmOptunaSearch(prior, seed=options.seed, **kwargs)
+            else:
+                searcher = OptunaSearch(seed=options.seed, **kwargs)
         except (ImportError, AssertionError):
             raise SweepError('--search optuna needs optuna: pip install -e ".[tune]"') from None
         limit = concurrent  # Tune wraps a Searcher in a ConcurrencyLimiter

@@ -22,6 +22,7 @@ from .options import SweepError, SweepOptions
 from .spaces import Space, load_space, parse_space
 from .storage import Store, absolute, experiment_uri
 from .trust import Signer
+from .warm import resolve
 
 MAX_NAME_BYTES = 255  # a folder name, on every filesystem we know
 
@@ -37,6 +38,7 @@ class Sweep:
     signer: Signer
     lock: files.FolderLock | None = None
     created: list[Path] = field(default_factory=list)  # folders this driver made (removed if left empty)
+    grown_from: int | None = None  # --resume --num-samples M: the trials the sweep had before (grow.py)
 
     def resume_command(self) -> str:
         return f"mnist-addition tune --resume --name {self.options.name} --storage-path {self.options.storage_path}"
@@ -82,7 +84,9 @@ def open_sweep(options: SweepOptions) -> Sweep:
         sweep = _take(options, store)
         try:
             sweep.signer = Signer.verified(store)  # before anything in the folder is read
+            asked = options.num_samples
             sweep.space = _restore_options(sweep.options, store)
+            sweep.grown_from = _grow(sweep, asked)
         except BaseException:
             sweep.close()
             raise
@@ -90,6 +94,7 @@ def open_sweep(options: SweepOptions) -> Sweep:
     space = load_space(options.space)
     options.seeds = options.seeds or space.seeds or 1  # --seeds, else the space's seeds:, else one
     options.check()
+    options.warm_start = tuple(resolve(source, options.storage_path) for source in options.warm_start)
     options.name = options.name or f"tune-{stamp(FOLDER_STAMP)}"
     store = Store(experiment_uri(options.storage_path, options.name))
     _refuse_existing(store)
@@ -131,13 +136,37 @@ def _take(options: SweepOptions, store: Store) -> Sweep:
     return sweep
 
 
+def _grow(sweep: Sweep, asked: int | None) -> int | None:
+    """--resume --num-samples M: the sweep's new size, checked and saved in sweep.json (signed); returns
+    the size it had (None: it does not grow)."""
+    options, had = sweep.options, sweep.options.num_samples
+    if asked is None or asked == had:
+        return None
+    if asked < had:
+        raise SweepError(f"--num-samples {asked} is fewer than the {had} trials of {sweep.store.uri}: a sweep grows, "
+                         "it does not shrink; leave --num-samples out to finish it")
+    if options.scheduler == "pbt":
+        raise SweepError("--num-samples cannot grow a pbt sweep: its population is fixed; start a new sweep under "
+                         "another --name")
+    saved = json.loads(sweep.store.read_small(SWEEP_FILE))
+    saved["options"]["num_samples"] = options.num_samples = asked
+    sweep_json = json.dumps(saved, indent=2).encode()
+    sweep.signer.sign(SWEEP_FILE, sweep_json)
+    sweep.signer.save()
+    sweep.store.write(SWEEP_FILE, sweep_json)
+    return had
+
+
+LATER = {"seeds": 1, "warm_start": ()}  # options that sweeps saved before them did not have: what they meant
+
+
 def _restore_options(options: SweepOptions, store: Store) -> Space:
     """The sweep-defining options and the space from ``sweep.json``, checked as when they were given."""
     where = store.where(SWEEP_FILE)
     try:
         saved = json.loads(store.read_small(SWEEP_FILE))
         for key in SweepOptions.SWEEP_DEFINING:  # a sweep from before --seeds trained one seed a trial
-            setattr(options, key, saved["options"].get(key, 1) if key == "seeds" else saved["options"][key])
+            setattr(options, key, saved["options"].get(key, LATER[key]) if key in LATER else saved["options"][key])
         options.__post_init__()  # a metric list from JSON as a tuple
         if options.data_dir is None:
             options.data_dir = saved["options"]["data_dir"]

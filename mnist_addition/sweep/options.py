@@ -30,6 +30,7 @@ DRIVER_CPUS = 0.1  # a multi-worker trial's own process only waits on its TorchT
 # Ray schedules fractional GPUs in steps of 1/10,000; a share is rounded down to that.
 GPU_GRAIN = 10_000
 SMOKE_SAMPLES = 4  # trials of `tune --smoke` unless --num-samples
+DEFAULT_SAMPLES = 8  # trials of `tune` unless --num-samples
 
 
 class SweepError(ConfigError):
@@ -62,7 +63,8 @@ class SweepOptions:
 
     space: str = _o("default", "YAML search space, or the name of a shipped one (tune/)",
                     shown="default; smoke with --smoke")  # --help adds the shipped names (flags.py)
-    num_samples: int = _o(8, "trials to sample", shown=f"8; {SMOKE_SAMPLES} with --smoke")
+    num_samples: int | None = _o(None, "trials to sample; with --resume, more than the sweep has grows it (the "
+                                       "searcher goes on from what it learned)", shown=f"{DEFAULT_SAMPLES}; {SMOKE_SAMPLES} with --smoke")
     data_dir: str | None = _o(None, "folder with MNIST/raw/*-ubyte, the same path on every node",
                               shown="$MNIST_ADDITION_DATA or ~/.cache/mnist-addition")
     smoke: bool = _o(False, "tiny trials: 10,000 training images, 2 epochs")
@@ -115,6 +117,10 @@ class SweepOptions:
     seeds: int | None = _o(None, "seeds each trial trains its config with (the space's seed and the ones after it, one "
                                  "after another); every metric is then their mean, with _std and the worst seed "
                                  "(e.g. val_both_acc_min) beside it", HOW, shown="the space's seeds:, else 1")
+    warm_start: tuple[str, ...] = _o((), "an earlier sweep (a folder, URI, or name in --storage-path) whose trials "
+                                         "Optuna starts from as prior observations (those the new sweep could have "
+                                         "trained; the rest are skipped and counted); repeat it for several; needs "
+                                         "--search optuna", HOW, repeat=True, shown="none")
     seed: int = _o(0, "seed of the sampler (every trial trains with the space's seed, 0 unless it sets one, so "
                       "configs are compared on equal terms)", HOW)
     top: int = _o(10, "rows in the results table", HOW)
@@ -127,11 +133,16 @@ class SweepOptions:
             self.mode = (self.mode,)
         self.metric = tuple(self.metric)
         self.mode = None if self.mode is None else tuple(self.mode)
+        self.warm_start = (self.warm_start,) if isinstance(self.warm_start, str) else tuple(self.warm_start)
+        if self.num_samples is None and not self.resume:  # resumed: sweep.json's, unless given to grow it
+            self.num_samples = DEFAULT_SAMPLES
 
     # Fixed by the first run of a sweep; --resume takes them from sweep.json.
     SWEEP_DEFINING = ("space", "num_samples", "cpus_per_trial", "gpus_per_trial", "workers_per_trial",
                       "max_concurrent", "scheduler", "grace_epochs", "search", "metric", "mode", "seed", "smoke",
-                      "log_with", "perturbation_epochs", "seeds")  # the trackers' callbacks are restored with the sweep's state
+                      "log_with", "perturbation_epochs", "seeds", "warm_start")  # the trackers' callbacks are restored with the sweep's state
+
+    GROWS = ("num_samples",)  # sweep-defining, but --resume may raise it (grow.py)
 
     @classmethod
     def from_flags(cls, given: dict[str, Any]) -> "SweepOptions":
@@ -140,10 +151,11 @@ class SweepOptions:
         trials; ``--resume`` refuses every sweep-defining flag (sweep.json fixes them)."""
         given = dict(given)
         if given.get("resume"):
-            changed = [k for k in cls.SWEEP_DEFINING if k in given]
+            changed = [k for k in cls.SWEEP_DEFINING if k in given and k not in cls.GROWS]
             if changed:
                 raise SweepError(f"{flag(changed[0])} cannot change when resuming (the sweep's sweep.json fixes it): "
-                                 "drop the flag, or start a new sweep under another --name")
+                                 "drop the flag, or start a new sweep under another --name, with --warm-start "
+                                 f"{given.get('name') or 'NAME'} to begin from this one's trials")
             cls(**given).check_limits()
         else:
             given["space"] = str(find_space(given.get("space") or ("smoke" if given.get("smoke") else "default")))
@@ -195,6 +207,8 @@ class SweepOptions:
         need(self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
         need(self.search in SEARCHERS, "search", f"must be one of {', '.join(SEARCHERS)}")
         self._check_metrics()
+        need(not self.warm_start or self.search == "optuna", "warm_start",
+             "gives earlier trials to Optuna, which random search would ignore: add --search optuna")
         from .trackers import check
 
         check(self.log_with)
