@@ -211,6 +211,19 @@ def test_bad_metric_mode_and_pick_options_are_refused(changes, message):
         SweepOptions(**changes).check()
 
 
+def test_the_worst_seed_and_the_time_limits_are_flags_of_tune(capsys):
+    from mnist_addition.commands.cli import main
+
+    assert main(["tune", "--metric", "val_both_acc_min", "--metric", "train_seconds"]) == 2  # the flag parses ...
+    assert "is the worst of a trial's seeds, and a trial has one: add --seeds 3" in capsys.readouterr().err
+    SweepOptions(metric=("val_both_acc_min", "train_seconds"), seeds=5, trial_timeout=60, time_budget=3600).check()
+    for option, value in (("trial_timeout", -1.0), ("time_budget", float("nan"))):
+        with pytest.raises(SweepError, match=f"--{option.replace('_', '-')} must be a number of seconds >= 0"):
+            SweepOptions(**{option: value}).check()
+    assert main(["tune", "--resume", "--name", "x", "--trial-timeout", "inf"]) == 2  # --resume may change it: checked
+    assert "--trial-timeout must be a number of seconds >= 0 (got inf)" in capsys.readouterr().err
+
+
 def test_a_multi_objective_sweep_writes_its_front_and_marks_it_in_trials_csv(tmp_path):
     import csv
 

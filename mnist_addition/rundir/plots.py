@@ -142,6 +142,11 @@ def plot_sweep(trials: list[dict[str, Any]], keys: list[str], metric: str, epoch
             if pts and x_key:
                 ax.scatter([t[x_key] for t in pts], [100 * t[metric] for t in pts], color=cmap(i), marker=marker,
                            s=60, label=f"{colour_key}={c}" + ("" if finished else " (stopped)") if colour_key else None)
+                spread = [t for t in pts if _spread(t, metric) is not None]  # a K-seed trial: mean ± std
+                if spread:
+                    ax.errorbar([t[x_key] for t in spread], [100 * t[metric] for t in spread],
+                                yerr=[100 * _spread(t, metric) for t in spread], fmt="none", ecolor=cmap(i),
+                                alpha=0.6, capsize=3)
         for t in group:
             if t["curve"]:
                 curves.plot([r["epoch"] for r in t["curve"]], [100 * r[metric] for r in t["curve"]],
@@ -190,16 +195,23 @@ def plot_compare(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> No
     path.write_bytes(png_bytes(fig, 110))
 
 
+def _spread(trial: dict[str, Any], metric: str) -> float | None:
+    """A K-seed trial's standard deviation of ``metric`` over its seeds (None: one seed, or none)."""
+    value = trial.get(f"{metric}_std")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 def plot_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], metrics: tuple[str, ...], name: str) -> bytes:
     """Every trial on two metrics (finished: dots, stopped early: crosses), the front as a step line."""
     plt = pyplot()
     x_key, y_key = metrics[1], metrics[0]  # the cost across, the accuracy up (as the metrics are given)
 
-    def shown(value: float, key: str) -> float:
-        return 100 * value if key.endswith("_acc") else value
+    def shown(value: float, key: str) -> float:  # accuracies (a worst seed's too) in %
+        return 100 * value if key.endswith(("_acc", "_acc_min")) else value
 
     def label(key: str) -> str:
-        return f"{key} (%)" if key.endswith("_acc") else f"{key} (s)" if key.endswith("seconds") else key
+        return f"{key} (%)" if key.endswith(("_acc", "_acc_min")) else \
+            f"{key} (s)" if key.endswith(("seconds", "seconds_max")) else key
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
     points = [t for t in trials if all(isinstance(t.get(k), (int, float)) and math.isfinite(t[k]) for k in metrics)]
@@ -208,6 +220,12 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[dict[str, Any]], metri
         if group:
             ax.scatter([shown(t[x_key], x_key) for t in group], [shown(t[y_key], y_key) for t in group],
                        marker=marker, s=40, color="tab:blue" if finished else "tab:gray", label=f"trials ({what})")
+            spread = [t for t in group if _spread(t, x_key) is not None or _spread(t, y_key) is not None]
+            if spread:  # K-seed trials: mean ± std of each metric that has one (not the worst seed's)
+                ax.errorbar([shown(t[x_key], x_key) for t in spread], [shown(t[y_key], y_key) for t in spread],
+                            xerr=[shown(_spread(t, x_key) or 0.0, x_key) for t in spread],
+                            yerr=[shown(_spread(t, y_key) or 0.0, y_key) for t in spread], fmt="none",
+                            ecolor="tab:blue" if finished else "tab:gray", alpha=0.5, capsize=2)
     line = sorted(front, key=lambda t: t[x_key])
     ax.step([shown(t[x_key], x_key) for t in line], [shown(t[y_key], y_key) for t in line], where="post",
             color="tab:red", marker="o", ms=7, mfc="none", label="Pareto front")

@@ -137,20 +137,27 @@ def _run(sweep: Sweep, console: Any, interrupts: Interrupts) -> dict[str, Any]:
                          base_epochs)
             summary = write_results(rows, options, list(space.search), base, max_epochs, sweep.store,
                                     time.perf_counter() - start, console, interrupted=interrupts.name() or None)
-        if interrupts.stopped:
-            raise interrupts.stop(f"{summary['unfinished']} of {options.num_samples} trials unfinished, each "
-                                  "continues from its last checkpoint (no best_config.json until the sweep ends)")
-        if summary["unfinished"]:
-            spent = f"the time budget of {options.time_budget:g} s is spent" if interrupts.budget_spent else \
-                "[red]interrupted[/]"
-            summary["time_budget_spent"] = interrupts.budget_spent  # ended as asked: exit 0
-            console.print(f"{spent}: {summary['unfinished']} of {options.num_samples} trials unfinished (each continues "
-                          f"from its last checkpoint); continue with  {sweep.resume_command()}")
-        return summary
+        return _closing(sweep, summary, interrupts, console)
     finally:
         activate(None)
         if started or ray.is_initialized():
             ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
+
+
+def _closing(sweep: Sweep, summary: dict[str, Any], interrupts: Interrupts, console: Any) -> dict[str, Any]:
+    """The sweep's last line when trials are left: stopped by a signal (``SweepStopped``), by the
+    time budget (exit 0) or interrupted otherwise, each with the command that continues."""
+    options = sweep.options
+    if interrupts.stopped:
+        raise interrupts.stop(f"{summary['unfinished']} of {options.num_samples} trials unfinished, each "
+                              "continues from its last checkpoint (no best_config.json until the sweep ends)")
+    if summary["unfinished"]:
+        spent = f"the time budget of {options.time_budget:g} s is spent" if interrupts.budget_spent else \
+            "[red]interrupted[/]"
+        summary["time_budget_spent"] = interrupts.budget_spent  # ended as asked: exit 0
+        console.print(f"{spent}: {summary['unfinished']} of {options.num_samples} trials unfinished (each continues "
+                      f"from its last checkpoint); continue with  {sweep.resume_command()}")
+    return summary
 
 
 def _rows(sweep: Sweep, grid: Any, saved: dict[str, str] | None, base_epochs: int) -> list[dict[str, Any]]:

@@ -108,7 +108,7 @@ class SweepOptions:
     metric: tuple[str, ...] = _o(("val_both_acc",), "what to select on; repeat it for a multi-objective sweep, e.g. "
                                                     "--metric val_both_acc --metric train_seconds (Pareto front; "
                                                     "ASHA prunes on the first)", HOW,
-                                 tuple(METRICS), repeat=True, shown="val_both_acc")
+                                 tuple(ALL_METRICS), repeat=True, shown="val_both_acc")
     mode: tuple[str, ...] | None = _o(None, "max or min, once per --metric", HOW, ("max", "min"), repeat=True,
                                       shown="max for accuracies, min for val_loss and train_seconds")
     pick: str | None = _o(None, "which trial best_config.json is, as a rule on one metric, e.g. "
