@@ -26,12 +26,20 @@ def test_gpu_recipe_is_a_valid_config():
     assert config.preset == "fast" and config.batch_size > TrainConfig().batch_size and not config.compile
 
 
-def test_cpu_fastest_recipe_is_a_valid_config():
+@pytest.mark.parametrize("name", ["cpu_fastest.json", "cpu_fastest_every_seed.json"])
+def test_cpu_fastest_recipes_are_valid_configs(name):
     from mnist_addition.core.config import TrainConfig
+    from mnist_addition.sweep import find_space
 
-    config = TrainConfig.load(LAUNCH / "cpu_fastest.json")
+    config = TrainConfig.load(LAUNCH / name)
     assert (config.preset, config.stem) == ("fast", "stride") and config.crop > 0
     assert config.epochs <= TrainConfig().epochs
+    if name == "cpu_fastest_every_seed.json":  # a trial of the fastest space (docs/experiments/seeds-per-trial.md)
+        import yaml
+
+        space = yaml.safe_load(find_space("fastest").read_text())
+        assert all(getattr(config, k) == v for k, v in space["fixed"].items())
+        assert all(getattr(config, k) in spec["choice"] for k, spec in space["search"].items() if "choice" in spec)
 
 
 def test_cpu_accurate_recipe_is_the_accurate_space_with_its_winners_values():
