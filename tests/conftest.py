@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
+# Every Ray this session starts in its own process binds and connects on 127.0.0.1 only. Ray reads
+# the variable once, when it is first imported, and a test module collected before test_sweep.py
+# that imported Ray would otherwise put the shared clusters on this machine's own address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from mnist_addition.commands.cli import main
 from mnist_addition.core.synthetic import write_mnist

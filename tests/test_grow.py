@@ -1,11 +1,11 @@
 """A sweep that grows (sweep/grow.py) at the level of Ray's search algorithm: grown random search
-samples what a larger sweep would have. A grown sweep end to end: tests/test_sweep.py."""
+samples what a larger sweep would have. A grown sweep end to end: tests/test_sweep.py.
+
+Ray is imported inside the test, never at collection: tests/test_sweep.py sets
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray reads it at its import (its clusters stay on
+127.0.0.1); an earlier import would put them on this machine's address."""
 
 from __future__ import annotations
-
-import pytest
-
-ray_tune = pytest.importorskip("ray.tune")
 
 
 def trainable(config):
@@ -13,12 +13,13 @@ def trainable(config):
 
 
 def sampler(num_samples: int):
+    from ray import tune
     from ray.tune.experiment import Experiment
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     generator = BasicVariantGenerator(random_state=7)
     generator.add_configurations([Experiment("e", trainable, num_samples=num_samples,
-                                             config={"lr": ray_tune.loguniform(1e-3, 1e-1)})])
+                                             config={"lr": tune.loguniform(1e-3, 1e-1)})])
     return generator
 
 

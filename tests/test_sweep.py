@@ -434,14 +434,15 @@ def hang_after_epoch_1(marker: str):
 
 
 def test_a_hung_trial_is_stopped_marked_hung_and_retried_from_its_checkpoint(tmp_path, mnist_dir, cluster,
-                                                                              monkeypatch, capsys):
-    """--trial-timeout 5: a trial that stops making steps is stopped 5 s later, with where it was
+                                                                              monkeypatch, capsys, mlflow_db):
+    """--trial-timeout 8: a trial that stops making steps is stopped 8 s later, with where it was
     in hung.json; retried from its epoch-1 checkpoint it finishes (hangs 1), or, hanging again on
-    its last retry, it ends "hung", not "error"."""
+    its last retry, it ends "hung", not "error", in trials.csv and in MLflow."""
     monkeypatch.setattr(trial_module, "run_trial", hang_after_epoch_1(str(tmp_path / "hung")))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     assert main(tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "hangs", "--num-samples", "2",
                           "--scheduler", "fifo", "--address", cluster.address, "--max-failures", "1",
-                          "--trial-timeout", "5")) == 0
+                          "--trial-timeout", "8", "--log-with", "mlflow")) == 0
     err = capsys.readouterr().err
     sweep = tmp_path / "hangs"
     trials = {t["trial_id"][-5:]: t for t in read_trials(sweep)}
@@ -449,12 +450,13 @@ def test_a_hung_trial_is_stopped_marked_hung_and_retried_from_its_checkpoint(tmp
     assert (hung["status"], hung["hangs"], hung["epochs_run"]) == ("hung", "2", "1")
     assert (recovered["status"], recovered["hangs"], recovered["resumed_from_epoch"]) == ("finished", "1", "1")
     marker = json.loads((sweep / f"trial-{hung['trial_id']}" / "hung.json").read_text())
-    assert marker["hangs"] == 2 and marker["idle_seconds"] >= 5 and "train_epoch" in marker["stack"]
+    assert marker["hangs"] == 2 and marker["idle_seconds"] >= 8 and "train_epoch" in marker["stack"]
     assert marker["stack"].rstrip().endswith("time.sleep(3600)  # noqa: E731")  # where it was: the hung step
     assert f"{recovered['trial_id']} failed hung: no training step" in err
     summary = json.loads((sweep / "summary.json").read_text())
     assert (summary["hung"], summary["errors"], summary["finished"]) == (1, 1, 1)
     assert json.loads((sweep / "best_config.json").read_text())["lr"] == pytest.approx(float(recovered["lr"]))
+    check_trials_in_mlflow(mlflow_db, "hangs", list(trials.values()))  # the status tag: hung, finished
 
 
 def sleep_after_epoch_1_but_00000(seconds: float):
