@@ -477,17 +477,18 @@ def sleep_after_epoch_1_but_00000(seconds: float):
     return run_trial
 
 
-def test_a_spent_time_budget_writes_what_finished_and_the_sweep_resumes(tmp_path, mnist_dir, cluster, monkeypatch,
-                                                                         capsys):
+def test_a_spent_time_budget_writes_what_finished_and_the_sweep_resumes_and_grows(tmp_path, mnist_dir, cluster,
+                                                                                   monkeypatch, capsys):
     """--time-budget: the trials still running are stopped resumably, trials.csv and best_config.json
-    are written from the one that finished, exit 0; --resume finishes the rest from its checkpoint."""
+    are written from the one that finished, exit 0; --resume --num-samples 3 finishes the stopped
+    trial from its checkpoint and adds a third (random search, grown through the command line)."""
     real = trial_module.run_trial
     monkeypatch.setattr(trial_module, "run_trial", sleep_after_epoch_1_but_00000(600))
     args = tune_args(tiny_space(tmp_path), mnist_dir, tmp_path, "budget", "--num-samples", "2", "--scheduler", "fifo",
                      "--address", cluster.address)
-    assert main([*args, "--time-budget", "30"]) == 0
+    assert main([*args, "--time-budget", "20"]) == 0
     err = capsys.readouterr().err
-    assert "the time budget of 30 s is spent: 1 of 2 trials unfinished" in err
+    assert "the time budget of 20 s is spent: 1 of 2 trials unfinished" in err
     assert err.rstrip().endswith(f"continue with  mnist-addition tune --resume --name budget --storage-path {tmp_path}")
     sweep = tmp_path / "budget"
     trials = {t["trial_id"][-5:]: t for t in read_trials(sweep)}
@@ -495,10 +496,13 @@ def test_a_spent_time_budget_writes_what_finished_and_the_sweep_resumes(tmp_path
     assert json.loads((sweep / "best_config.json").read_text())["lr"] == pytest.approx(float(trials["00000"]["lr"]))
     monkeypatch.setattr(trial_module, "run_trial", real)
     assert main(["tune", "--resume", "--name", "budget", "--storage-path", str(tmp_path), "--address",
-                 cluster.address]) == 0
+                 cluster.address, "--num-samples", "3"]) == 0
+    assert "from 2 to 3 trials" in capsys.readouterr().err
     resumed = {t["trial_id"][-5:]: t for t in read_trials(sweep)}
     assert resumed["00001"]["status"] == "finished" and resumed["00001"]["resumed_from_epoch"] == "1"
     assert resumed["00000"]["val_both_acc"] == trials["00000"]["val_both_acc"]  # kept, not trained again
+    assert (resumed["00002"]["status"], resumed["00002"]["resumed_from_epoch"]) == ("finished", "0")  # the new one
+    assert resumed["00002"]["lr"] not in (trials["00000"]["lr"], trials["00001"]["lr"])
 
 
 def test_a_k_seed_sweep_ranks_the_mean_picks_on_the_worst_seed_and_resumes_all_seeds_bit_identically(
