@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from ..core.errors import first_line
 from ..core.hparams import SCHEDULED
 from ..rundir.names import SWEEP_FILE, TUNER_FILE, UNVERIFIED
 from . import pbt, rebuild, trackers, trial
-from .folder import Sweep, open_sweep
+from .folder import Sweep, open_sweep, write_sweep_json
 from .grow import growing
 from .interrupts import Interrupts
 from .options import DRIVER_CPUS, SweepError, SweepOptions, gpu_share
@@ -233,10 +232,7 @@ def _tuner(sweep: Sweep, base: dict[str, Any], max_epochs: int, concurrent: int,
                       f"({len(moved)} file(s) moved to {store.where(UNVERIFIED)}); the sweep starts again from "
                       f"{SWEEP_FILE}, and {len(earlier)} earlier trial(s) continue from their checkpoints")
     else:
-        sweep_json = json.dumps({"options": dataclasses.asdict(options), "space": space.to_dict()}, indent=2).encode()
-        signer.sign(SWEEP_FILE, sweep_json)
-        signer.save()  # first: sweep.json is never there without its signature
-        store.write(SWEEP_FILE, sweep_json)
+        write_sweep_json(store, signer, {"options": dataclasses.asdict(options), "space": space.to_dict()})
     tuner = tune.Tuner(_trainable(options, base, store, tuple(earlier)), param_space=_param_space(space),
                        tune_config=_tune_config(options, space, max_epochs, concurrent, prior),
                        run_config=_run_config(options, store.uri, max_epochs))

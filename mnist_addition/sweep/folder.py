@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import shown
 from ..rundir import files
@@ -85,8 +86,8 @@ def open_sweep(options: SweepOptions) -> Sweep:
         try:
             sweep.signer = Signer.verified(store)  # before anything in the folder is read
             asked = options.num_samples
-            sweep.space = _restore_options(sweep.options, store)
-            sweep.grown_from = _grow(sweep, asked)
+            sweep.space, saved = _restore_options(sweep.options, store)
+            sweep.grown_from = _grow(sweep, saved, asked)
         except BaseException:
             sweep.close()
             raise
@@ -136,9 +137,17 @@ def _take(options: SweepOptions, store: Store) -> Sweep:
     return sweep
 
 
-def _grow(sweep: Sweep, asked: int | None) -> int | None:
-    """--resume --num-samples M: the sweep's new size, checked and saved in sweep.json (signed); returns
-    the size it had (None: it does not grow)."""
+def write_sweep_json(store: Store, signer: Signer, document: dict[str, Any]) -> None:
+    """Write ``sweep.json``, its signature saved first: it is never there without one."""
+    data = json.dumps(document, indent=2).encode()
+    signer.sign(SWEEP_FILE, data)
+    signer.save()
+    store.write(SWEEP_FILE, data)
+
+
+def _grow(sweep: Sweep, saved: dict[str, Any], asked: int | None) -> int | None:
+    """--resume --num-samples M: the sweep's new size, checked and saved in ``saved`` (sweep.json,
+    signed); returns the size it had (None: it does not grow)."""
     options, had = sweep.options, sweep.options.num_samples
     if asked is None or asked == had:
         return None
@@ -148,20 +157,17 @@ def _grow(sweep: Sweep, asked: int | None) -> int | None:
     if options.scheduler == "pbt":
         raise SweepError("--num-samples cannot grow a pbt sweep: its population is fixed; start a new sweep under "
                          "another --name")
-    saved = json.loads(sweep.store.read_small(SWEEP_FILE))
     saved["options"]["num_samples"] = options.num_samples = asked
-    sweep_json = json.dumps(saved, indent=2).encode()
-    sweep.signer.sign(SWEEP_FILE, sweep_json)
-    sweep.signer.save()
-    sweep.store.write(SWEEP_FILE, sweep_json)
+    write_sweep_json(sweep.store, sweep.signer, saved)
     return had
 
 
 LATER = {"seeds": 1, "warm_start": ()}  # options that sweeps saved before them did not have: what they meant
 
 
-def _restore_options(options: SweepOptions, store: Store) -> Space:
-    """The sweep-defining options and the space from ``sweep.json``, checked as when they were given."""
+def _restore_options(options: SweepOptions, store: Store) -> tuple[Space, dict[str, Any]]:
+    """The sweep-defining options and the space from ``sweep.json``, checked as when they were given;
+    returns the space and the document read."""
     where = store.where(SWEEP_FILE)
     try:
         saved = json.loads(store.read_small(SWEEP_FILE))
@@ -177,4 +183,4 @@ def _restore_options(options: SweepOptions, store: Store) -> Space:
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise SweepError(f"{where} is not what mnist-addition tune writes ({type(e).__name__}: {shown(str(e))}): "
                          "restore it, or start a new sweep under another --name") from None
-    return parse_space(space_doc, space_path)
+    return parse_space(space_doc, space_path), saved

@@ -156,11 +156,12 @@ class SweepOptions:
                 raise SweepError(f"{flag(changed[0])} cannot change when resuming (the sweep's sweep.json fixes it): "
                                  "drop the flag, or start a new sweep under another --name, with --warm-start "
                                  f"{given.get('name') or 'NAME'} to begin from this one's trials")
-            cls(**given).check_limits()
-        else:
-            given["space"] = str(find_space(given.get("space") or ("smoke" if given.get("smoke") else "default")))
-            if given.get("smoke"):
-                given.setdefault("num_samples", SMOKE_SAMPLES)
+            options = cls(**given)
+            options.check_limits()  # the rest is checked once sweep.json is read (folder.py)
+            return options
+        given["space"] = str(find_space(given.get("space") or ("smoke" if given.get("smoke") else "default")))
+        if given.get("smoke"):
+            given.setdefault("num_samples", SMOKE_SAMPLES)
         return cls(**given)
 
     def workers(self) -> int:

@@ -123,7 +123,7 @@ def trial_rows(grid: Any, metric: str, keys: list[str], base_epochs: int, status
     """One row per trial of a Ray ResultGrid: sampled values, status, epochs, last metrics, curve.
     ``configs``: each trial's sampled values as Tune holds them (a trial stopped before its first
     report has no results for the grid to read them from); ``hangs``: with --trial-timeout, each
-    trial's hung attempts and whether its last attempt hung (``watchdog.hangs``)."""
+    trial's hung attempts and whether its last attempt hung (``watchdog.hang_of``)."""
     rows = []
     for result in grid:
         m = result.metrics or {}

@@ -3,7 +3,7 @@
 A sign of life is a training step or a report (an epoch's end). Ray's own limits do not catch a
 stuck trial: ``time_budget_s`` and ``stop`` act at a trial's reports, and a trial that never
 reports again never meets them (ray-project/ray #47475). So each trial process runs a
-``Watchdog``: a thread that, after ``seconds`` without a beat, hands the main thread's stack to
+``Watchdog``: a thread that, after ``seconds`` without a beat, hands the trial thread's stack to
 ``on_hung`` (the trial writes ``trial-ID/hung.json`` with it) and ends the process. Ray sees the
 trial's actor die and retries the trial from its last checkpoint while ``--max-failures`` allows;
 ``results`` calls a trial whose last attempt ended this way ``hung``, not ``error``.
@@ -41,7 +41,7 @@ class Watchdog:
         self.seconds, self.on_hung, self.end = seconds, on_hung, end
         self.last, self.pauses = time.monotonic(), 0
         self._stop = threading.Event()
-        self._main = threading.get_ident()
+        self._watched = threading.get_ident()  # the trial's thread (Tune runs it beside the actor's main one)
         self._thread = threading.Thread(target=self._watch, name="trial-watchdog", daemon=True)
 
     def beat(self) -> None:
@@ -77,7 +77,7 @@ class Watchdog:
             if idle > self.seconds:
                 faulthandler.cancel_dump_traceback_later()
                 try:
-                    self.on_hung(idle, stack_of(self._main))
+                    self.on_hung(idle, stack_of(self._watched))
                 finally:
                     self.end(EXIT_HUNG)
                 return
